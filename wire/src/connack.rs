@@ -25,8 +25,13 @@ impl ConnAck {
         version: ProtocolVersion,
     ) -> Result<ConnAck, DecodeError> {
         let flags = reader.u8()?;
-        // [MQTT-3.2.2-1]: bits 7-1 are reserved.
-        if flags & 0xFE != 0 {
+        // [MQTT-3.2.2-1]: bits 7-1 are reserved; v3.1 has no session present flag at all.
+        let reserved = if version == ProtocolVersion::V3_1 {
+            0xFF
+        } else {
+            0xFE
+        };
+        if flags & reserved != 0 {
             return Err(DecodeError::ReservedBitsSet(flags));
         }
         let code = reader.u8()?;

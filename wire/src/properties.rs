@@ -648,3 +648,133 @@ impl AuthProperties {
         Ok(())
     }
 }
+
+/// Pseudo packet type for the will properties section of CONNECT in [`allowed_in`].
+pub const WILL_SECTION: u8 = 0;
+
+/// The packet types (and [`WILL_SECTION`]) a property may appear in, per the table of 2.2.2.2.
+/// Empty for an unknown identifier.
+pub fn allowed_in(identifier: u8) -> &'static [u8] {
+    use packet_type::*;
+    match identifier {
+        id::PAYLOAD_FORMAT_INDICATOR
+        | id::MESSAGE_EXPIRY_INTERVAL
+        | id::CONTENT_TYPE
+        | id::RESPONSE_TOPIC
+        | id::CORRELATION_DATA => &[PUBLISH, WILL_SECTION],
+        id::SUBSCRIPTION_IDENTIFIER => &[PUBLISH, SUBSCRIBE],
+        id::SESSION_EXPIRY_INTERVAL => &[CONNECT, CONNACK, DISCONNECT],
+        id::ASSIGNED_CLIENT_IDENTIFIER
+        | id::SERVER_KEEP_ALIVE
+        | id::RESPONSE_INFORMATION
+        | id::MAXIMUM_QOS
+        | id::RETAIN_AVAILABLE
+        | id::WILDCARD_SUBSCRIPTION_AVAILABLE
+        | id::SUBSCRIPTION_IDENTIFIER_AVAILABLE
+        | id::SHARED_SUBSCRIPTION_AVAILABLE => &[CONNACK],
+        id::AUTHENTICATION_METHOD | id::AUTHENTICATION_DATA => &[CONNECT, CONNACK, AUTH],
+        id::REQUEST_PROBLEM_INFORMATION | id::REQUEST_RESPONSE_INFORMATION => &[CONNECT],
+        id::WILL_DELAY_INTERVAL => &[WILL_SECTION],
+        id::SERVER_REFERENCE => &[CONNACK, DISCONNECT],
+        id::REASON_STRING => &[
+            CONNACK, PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK, UNSUBACK, DISCONNECT, AUTH,
+        ],
+        id::RECEIVE_MAXIMUM | id::TOPIC_ALIAS_MAXIMUM | id::MAXIMUM_PACKET_SIZE => {
+            &[CONNECT, CONNACK]
+        }
+        id::TOPIC_ALIAS => &[PUBLISH],
+        id::USER_PROPERTY => &[
+            CONNECT,
+            CONNACK,
+            PUBLISH,
+            WILL_SECTION,
+            PUBACK,
+            PUBREC,
+            PUBREL,
+            PUBCOMP,
+            SUBSCRIBE,
+            SUBACK,
+            UNSUBSCRIBE,
+            UNSUBACK,
+            DISCONNECT,
+            AUTH,
+        ],
+        _ => &[],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::primitives::Reader;
+
+    /// Decodes a one-property section in `section` and reports whether it was accepted.
+    fn accepts(section: u8, identifier: u8) -> bool {
+        let mut body = BytesMut::new();
+        body.put_u8(identifier);
+        match property_type(identifier) {
+            Some(PropertyType::Byte) => body.put_u8(1),
+            Some(PropertyType::TwoByteInteger) => body.put_u16(1),
+            Some(PropertyType::FourByteInteger) => body.put_u32(1),
+            Some(PropertyType::VariableByteInteger) => body.put_u8(1),
+            Some(PropertyType::Utf8String) => put_binary(&mut body, b"a"),
+            Some(PropertyType::BinaryData) => put_binary(&mut body, b"a"),
+            Some(PropertyType::Utf8StringPair) => {
+                put_binary(&mut body, b"a");
+                put_binary(&mut body, b"b");
+            }
+            None => return false,
+        }
+        let mut section_bytes = BytesMut::new();
+        put_vbi(&mut section_bytes, body.len() as u32);
+        section_bytes.extend_from_slice(&body);
+        let reader = &mut Reader::new(section_bytes.freeze());
+        use packet_type::*;
+        let result = match section {
+            WILL_SECTION => WillProperties::decode(reader, CONNECT).map(drop),
+            CONNECT => ConnectProperties::decode(reader, CONNECT).map(drop),
+            CONNACK => ConnAckProperties::decode(reader, CONNACK).map(drop),
+            PUBLISH => PublishProperties::decode(reader, PUBLISH).map(drop),
+            SUBSCRIBE => SubscribeProperties::decode(reader, SUBSCRIBE).map(drop),
+            DISCONNECT => DisconnectProperties::decode(reader, DISCONNECT).map(drop),
+            AUTH => AuthProperties::decode(reader, AUTH).map(drop),
+            other => AckProperties::decode(reader, other).map(drop),
+        };
+        match result {
+            Ok(()) => true,
+            Err(DecodeError::PropertyNotAllowed { .. } | DecodeError::UnknownProperty(_)) => false,
+            // Authentication data alone is a protocol error, but the identifier is allowed.
+            Err(DecodeError::InvalidPropertyValue { .. }) => true,
+            Err(other) => panic!("section {section} property {identifier:#x}: {other}"),
+        }
+    }
+
+    #[test]
+    fn structs_follow_the_property_table() {
+        let sections = [
+            WILL_SECTION,
+            packet_type::CONNECT,
+            packet_type::CONNACK,
+            packet_type::PUBLISH,
+            packet_type::PUBACK,
+            packet_type::PUBREC,
+            packet_type::PUBREL,
+            packet_type::PUBCOMP,
+            packet_type::SUBSCRIBE,
+            packet_type::SUBACK,
+            packet_type::UNSUBSCRIBE,
+            packet_type::UNSUBACK,
+            packet_type::DISCONNECT,
+            packet_type::AUTH,
+        ];
+        for identifier in 0..=0x7F_u8 {
+            for section in sections {
+                assert_eq!(
+                    accepts(section, identifier),
+                    allowed_in(identifier).contains(&section),
+                    "section {section} property {identifier:#x}"
+                );
+            }
+        }
+    }
+}
