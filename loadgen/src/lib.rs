@@ -1,0 +1,23 @@
+//! ringmq-loadgen: an MQTT load generator and meter (emqtt-bench class) that works against any
+//! MQTT broker, itself thread-per-core (one glommio executor per core, each client a task).
+//!
+//! Owns: the scenario format ([`plan::Scenario`]: groups of idle / subscribing / publishing
+//! clients), the run ([`runner::run`]: connection pacing, open-loop publishing, phases), the
+//! measurement ([`header::PayloadHeader`] in every payload, [`seq::SeqTracker`] for loss,
+//! duplicates and reordering, HDR histograms in [`stats`]) and self-observation
+//! ([`monitor`]: per-thread CPU and send backlog, so a run where the loadgen was the
+//! bottleneck says so).
+//!
+//! Must not touch: MQTT encoding/decoding (that is `wire`'s; this crate only calls it) or
+//! anything of the broker. No TLS yet (left for the TLS issue).
+//!
+//! Main types: [`plan::Scenario`], [`runner::RunOptions`], [`stats::Summary`].
+
+pub mod client;
+pub mod header;
+pub mod monitor;
+pub mod net;
+pub mod plan;
+pub mod runner;
+pub mod seq;
+pub mod stats;
