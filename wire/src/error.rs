@@ -143,6 +143,9 @@ pub enum EncodeError {
     /// The packet type does not exist in the requested version (AUTH before v5).
     #[error("packet type {packet_type} does not exist in protocol level {level}")]
     PacketNotSupported { packet_type: u8, level: u8 },
+    /// A PUBLISH topic may be empty only in v5 with a topic alias; the peer would reject it.
+    #[error("empty topic name without a v5 topic alias")]
+    EmptyTopic,
     /// SUBSCRIBE/UNSUBSCRIBE need at least one filter; an empty list would be rejected by the peer.
     #[error("subscribe/unsubscribe without topic filters")]
     EmptyFilterList,

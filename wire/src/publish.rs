@@ -90,6 +90,9 @@ impl Publish {
         if (self.qos == QoS::AtMostOnce) != self.packet_id.is_none() {
             return Err(EncodeError::PacketIdMismatch);
         }
+        if self.topic.is_empty() && !(version.is_v5() && self.properties.topic_alias.is_some()) {
+            return Err(EncodeError::EmptyTopic);
+        }
         let mut len = string_len(self.topic.len())?;
         if self.packet_id.is_some() {
             len += 2;

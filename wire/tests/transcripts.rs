@@ -802,6 +802,19 @@ fn encode_errors() {
         encode(&Packet::Auth(Auth::default()), V4, &mut out),
         Err(EncodeError::PacketNotSupported { .. })
     ));
+    // A v3 subscriber needs the real topic: an alias-only PUBLISH cannot be sent to it.
+    let alias_only = Publish {
+        properties: PublishProperties {
+            topic_alias: Some(1),
+            ..PublishProperties::default()
+        },
+        ..Publish::default()
+    };
+    assert_eq!(
+        encoded_len(&Packet::Publish(alias_only.clone()), V4),
+        Err(EncodeError::EmptyTopic)
+    );
+    assert_eq!(encoded_len(&Packet::Publish(alias_only), V5), Ok(8));
     let disconnect = Disconnect {
         reason_code: ReasonCode::GrantedQoS1,
         ..Disconnect::default()
