@@ -1,4 +1,185 @@
-//! `ringmq`: the broker binary. Wires configuration, shards, listeners and signals together.
-mod limits;
+//! `ringmq`: the broker binary. Reads configuration (embedded default, `--config FILE`, flags),
+//! sets up logging and the Prometheus endpoint, reports the host limits that will cap it, starts
+//! the shards and waits for SIGTERM/SIGINT to shut down gracefully.
 
-fn main() {}
+mod config;
+mod limits;
+mod metrics_http;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use tracing::{error, info};
+
+use crate::config::Config;
+
+/// ringmq — a shared-nothing, thread-per-core MQTT 3.1/3.1.1/5.0 broker.
+#[derive(Debug, Parser)]
+#[command(name = "ringmq", version, about)]
+struct Args {
+    /// TOML configuration file (defaults to the embedded configuration; see `--print-default-config`).
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// MQTT listen address; repeat for several. Overrides the config's `listen`.
+    #[arg(long)]
+    listen: Vec<SocketAddr>,
+    /// Number of shards (0 = one per CPU core). Overrides the config's `shards`.
+    #[arg(long)]
+    shards: Option<u16>,
+    /// Prometheus endpoint address ("" disables). Overrides the config's `metrics_listen`.
+    #[arg(long)]
+    metrics_listen: Option<String>,
+    /// Log format: text or json. Overrides the config's `log.format`.
+    #[arg(long)]
+    log_format: Option<String>,
+    /// Print the embedded default configuration and exit.
+    #[arg(long)]
+    print_default_config: bool,
+    /// Validate the configuration and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() {
+    if let Err(err) = run() {
+        // Logging may not be up yet: stderr always.
+        eprintln!("ringmq: error: {err:#}");
+        std::process::exit(2);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.print_default_config {
+        print!("{}", config::EMBEDDED_DEFAULT);
+        return Ok(());
+    }
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::parse(config::EMBEDDED_DEFAULT, "embedded default")?,
+    };
+    if !args.listen.is_empty() {
+        config.listen = args.listen.clone();
+    }
+    if let Some(shards) = args.shards {
+        config.shards = shards;
+    }
+    if let Some(m) = &args.metrics_listen {
+        config.metrics_listen = m.clone();
+    }
+    if let Some(f) = &args.log_format {
+        config.log.format = f.clone();
+    }
+    config.validate()?;
+    if args.check_config {
+        println!("configuration ok");
+        return Ok(());
+    }
+    init_logging(&config)?;
+
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let shards = if config.shards == 0 {
+        u16::try_from(cpus).unwrap_or(u16::MAX)
+    } else {
+        config.shards
+    };
+
+    // Limits that cap the broker, said once at start.
+    let _ = limits::raise_open_files_limit();
+    let host = limits::HostLimits::read();
+    limits::log_startup_limits(
+        &host,
+        usize::from(shards),
+        shard::runtime::IO_MEMORY_PER_SHARD_BYTES,
+        config.listen_backlog,
+    );
+
+    // Block the stop signals in every thread (shards inherit the mask) so this thread can wait
+    // for them synchronously.
+    let signals = block_stop_signals()?;
+
+    if !config.metrics_listen.is_empty() {
+        let addr: SocketAddr = config.metrics_listen.parse().context("metrics_listen")?;
+        let bound = metrics_http::serve(addr)?;
+        info!(addr = %bound, "prometheus metrics on /metrics");
+    }
+
+    let broker = shard::start(shard::RuntimeConfig {
+        listen: config.listen.clone(),
+        shards,
+        pin: config.pin_shards,
+        listen_backlog: config.listen_backlog,
+        limits: config.limits.clone(),
+        rules: config.acl.clone(),
+    })?;
+    for addr in &broker.local_addrs {
+        info!(addr = %addr, shards, "ringmq listening");
+    }
+    // Machine-readable line for tests and scripts that start on port 0.
+    if let Some(addr) = broker.local_addrs.first() {
+        println!("listening {addr}");
+    }
+
+    let signal = wait_for_signal(&signals);
+    info!(
+        signal,
+        "shutting down: closing connections, publishing wills"
+    );
+    broker.shutdown();
+    broker.join().map_err(|e| {
+        error!(error = %e, "a shard failed");
+        anyhow::anyhow!(e)
+    })?;
+    info!("stopped");
+    Ok(())
+}
+
+fn init_logging(config: &Config) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log.level))
+        .with_context(|| format!("log.level: {:?} is not a valid filter", config.log.level))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = if config.log.format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+    result.map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
+}
+
+fn block_stop_signals() -> anyhow::Result<libc::sigset_t> {
+    // SAFETY: plain libc signal-mask calls on a zeroed, initialised set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if rc != 0 {
+            anyhow::bail!("cannot block SIGINT/SIGTERM: error {rc}");
+        }
+        Ok(set)
+    }
+}
+
+fn wait_for_signal(set: &libc::sigset_t) -> &'static str {
+    loop {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: `set` holds the blocked signals; sigwait writes the one received.
+        let rc = unsafe { libc::sigwait(set, &mut sig) };
+        if rc == 0 {
+            return if sig == libc::SIGTERM {
+                "SIGTERM"
+            } else {
+                "SIGINT"
+            };
+        }
+    }
+}

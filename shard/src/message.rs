@@ -1,0 +1,124 @@
+//! The published message as it travels between sessions and shards, and the cross-shard envelope.
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use smallvec::SmallVec;
+use wire::Publish;
+
+/// Index of a shard (one per core). At most [`SHARDS_MAX`].
+pub type ShardId = u16;
+/// Route masks are one bit per shard.
+pub const SHARDS_MAX: usize = 64;
+
+/// Identifies one session incarnation process-wide; used for no-local [MQTT-3.8.3-3] and for
+/// telling a message's publisher apart from its subscribers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionKey {
+    pub shard: ShardId,
+    pub slot: u32,
+    pub generation: u32,
+}
+
+/// A message accepted from a publisher (or a will), decoded once and shared by every subscriber on
+/// every shard. `publish` holds the publisher's QoS and RETAIN; per-delivery fields (packet id,
+/// DUP, subscription identifiers, topic alias) are set when a copy is encoded.
+#[derive(Debug)]
+pub struct Message {
+    pub publish: Publish,
+    pub origin: Option<SessionKey>,
+    /// When the Message Expiry Interval runs out.
+    pub expires_at: Option<Instant>,
+    /// Orders concurrent retained updates of one topic across shards (last writer wins).
+    pub received_at: Instant,
+}
+
+impl Message {
+    /// A copy whose topic and payload own their memory, for messages kept long (retained, offline
+    /// queues): a slice of a shard's read buffer would otherwise pin the whole buffer chunk.
+    pub fn compacted(&self) -> Message {
+        let mut publish = self.publish.clone();
+        publish.topic = wire::Utf8Bytes::from(publish.topic.as_str());
+        publish.payload = Bytes::copy_from_slice(&publish.payload);
+        Message {
+            publish,
+            origin: self.origin,
+            expires_at: self.expires_at,
+            received_at: self.received_at,
+        }
+    }
+}
+
+/// A shared-subscription group chosen by the publishing shard to receive one copy.
+#[derive(Debug, Clone)]
+pub struct SharedPick {
+    /// The topic filter after `$share/group/`.
+    pub filter: Arc<str>,
+    pub group: Arc<str>,
+    /// Times this pick was forwarded because the chosen shard had no member left. Bounded by the
+    /// number of shards so a pick never circulates.
+    pub hops: u8,
+}
+
+/// A route change: a shard's local subscriber count for a filter (or a shared group on it) went
+/// 0→1 (`present`) or 1→0. Only these transitions cross shards.
+#[derive(Debug, Clone)]
+pub struct RouteChange {
+    pub shard: ShardId,
+    pub filter: Arc<str>,
+    pub group: Option<Arc<str>>,
+    pub present: bool,
+}
+
+/// Per-shard statistics sent to shard 0 for `$SYS`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ShardStats {
+    pub connections: u64,
+    pub sessions_offline: u64,
+    pub subscriptions: u64,
+    pub retained: u64,
+    pub messages_received: u64,
+    pub messages_sent: u64,
+    pub messages_dropped: u64,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+}
+
+/// What shards send each other. Sent in batches (`Vec<ShardMsg>`), one batch per destination per
+/// loop turn.
+#[derive(Debug)]
+pub enum ShardMsg {
+    /// Deliver to this shard's matching normal subscribers (`normal`) and to one member of each
+    /// picked shared group.
+    Publish {
+        message: Arc<Message>,
+        normal: bool,
+        shared: SmallVec<[SharedPick; 1]>,
+    },
+    Route(RouteChange),
+    /// Acknowledges a batch of route changes, so a SUBACK is sent only once every shard routes the
+    /// new subscription.
+    RouteAck {
+        barrier: u64,
+    },
+    /// Asks for a [`ShardMsg::RouteAck`] once everything sent before it is applied.
+    RouteBarrier {
+        from: ShardId,
+        barrier: u64,
+    },
+    /// Store (or clear, for an empty payload) a retained message.
+    Retain(Arc<Message>),
+    /// A connection whose CONNECT named a client id owned by the receiving shard. `buffered` holds
+    /// the bytes read so far, starting with the CONNECT frame.
+    HandOff {
+        fd: OwnedFd,
+        buffered: Bytes,
+    },
+    Stats {
+        from: ShardId,
+        stats: ShardStats,
+    },
+    Shutdown,
+}

@@ -1,0 +1,194 @@
+//! Per-shard counters. The hot path bumps plain `u64` fields owned by the shard (no atomics shared
+//! between cores); once a second the shard publishes the deltas into the process-wide `metrics`
+//! recorder, which the broker renders as Prometheus text.
+
+use metrics::{counter, gauge, Counter, Gauge};
+use wire::QoS;
+
+use crate::session::{CloseReason, DropReason};
+
+const DROP_REASONS: [DropReason; 7] = [
+    DropReason::Expired,
+    DropReason::PacketTooLarge,
+    DropReason::QueueFull,
+    DropReason::NoSubscribers,
+    DropReason::CrossShardFull,
+    DropReason::EncodeFailed,
+    DropReason::Offline,
+];
+
+const CLOSE_REASONS: [&str; 7] = [
+    "client_disconnect",
+    "connection_lost",
+    "keepalive_timeout",
+    "session_taken_over",
+    "protocol_error",
+    "server_shutting_down",
+    "slow_consumer",
+];
+
+/// Plain counters, bumped on the shard's own thread.
+#[derive(Debug, Default, Clone)]
+pub struct Counters {
+    pub connections_accepted: u64,
+    pub connections_closed: [u64; CLOSE_REASONS.len()],
+    pub messages_received: [u64; 3],
+    pub messages_sent: [u64; 3],
+    pub messages_dropped: [[u64; DROP_REASONS.len()]; 3],
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub cross_shard_sent: u64,
+    pub wills_published: u64,
+    pub sessions_expired: u64,
+    pub takeovers: u64,
+    pub subscriptions_refused: u64,
+    pub retained_refused: u64,
+    pub handoffs: u64,
+}
+
+impl Counters {
+    pub fn drop(&mut self, qos: QoS, reason: DropReason) {
+        let r = DROP_REASONS.iter().position(|d| *d == reason).unwrap_or(0);
+        self.messages_dropped[qos as usize][r] += 1;
+    }
+
+    pub fn closed(&mut self, reason: CloseReason) {
+        let label = reason.label();
+        let r = CLOSE_REASONS.iter().position(|c| *c == label).unwrap_or(0);
+        self.connections_closed[r] += 1;
+    }
+
+    pub fn dropped_total(&self) -> u64 {
+        self.messages_dropped.iter().flatten().sum()
+    }
+}
+
+/// Gauge values sampled at publish time.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Gauges {
+    pub connections: u64,
+    pub sessions_online: u64,
+    pub sessions_offline: u64,
+    pub subscriptions: u64,
+    pub retained: u64,
+    pub queued: u64,
+    pub cross_shard_queue_depth: u64,
+    pub busy_ratio: f64,
+}
+
+/// The shard's registered metric handles and the counter values last published.
+pub struct Exporter {
+    last: Counters,
+    accepted: Counter,
+    closed: Vec<Counter>,
+    received: Vec<Counter>,
+    sent: Vec<Counter>,
+    dropped: Vec<Vec<Counter>>,
+    bytes_received: Counter,
+    bytes_sent: Counter,
+    cross_shard_sent: Counter,
+    wills: Counter,
+    expired: Counter,
+    takeovers: Counter,
+    refused: Counter,
+    handoffs: Counter,
+    g_connections: Gauge,
+    g_online: Gauge,
+    g_offline: Gauge,
+    g_subscriptions: Gauge,
+    g_retained: Gauge,
+    g_queued: Gauge,
+    g_cross_depth: Gauge,
+    g_busy: Gauge,
+}
+
+const QOS_LABELS: [&str; 3] = ["0", "1", "2"];
+
+impl Exporter {
+    pub fn new(shard: u16) -> Self {
+        let s = shard.to_string();
+        Exporter {
+            last: Counters::default(),
+            accepted: counter!("ringmq_connections_accepted_total", "shard" => s.clone()),
+            closed: CLOSE_REASONS
+                .iter()
+                .map(|r| counter!("ringmq_connections_closed_total", "shard" => s.clone(), "reason" => *r))
+                .collect(),
+            received: QOS_LABELS
+                .iter()
+                .map(|q| counter!("ringmq_messages_received_total", "shard" => s.clone(), "qos" => *q))
+                .collect(),
+            sent: QOS_LABELS
+                .iter()
+                .map(|q| counter!("ringmq_messages_sent_total", "shard" => s.clone(), "qos" => *q))
+                .collect(),
+            dropped: QOS_LABELS
+                .iter()
+                .map(|q| {
+                    DROP_REASONS
+                        .iter()
+                        .map(|r| {
+                            counter!("ringmq_messages_dropped_total", "shard" => s.clone(), "qos" => *q, "reason" => r.label())
+                        })
+                        .collect()
+                })
+                .collect(),
+            bytes_received: counter!("ringmq_bytes_received_total", "shard" => s.clone()),
+            bytes_sent: counter!("ringmq_bytes_sent_total", "shard" => s.clone()),
+            cross_shard_sent: counter!("ringmq_cross_shard_sent_total", "shard" => s.clone()),
+            wills: counter!("ringmq_wills_published_total", "shard" => s.clone()),
+            expired: counter!("ringmq_sessions_expired_total", "shard" => s.clone()),
+            takeovers: counter!("ringmq_session_takeovers_total", "shard" => s.clone()),
+            refused: counter!("ringmq_subscriptions_refused_total", "shard" => s.clone()),
+            handoffs: counter!("ringmq_connection_handoffs_total", "shard" => s.clone()),
+            g_connections: gauge!("ringmq_connections", "shard" => s.clone()),
+            g_online: gauge!("ringmq_sessions", "shard" => s.clone(), "state" => "online"),
+            g_offline: gauge!("ringmq_sessions", "shard" => s.clone(), "state" => "offline"),
+            g_subscriptions: gauge!("ringmq_subscriptions", "shard" => s.clone()),
+            g_retained: gauge!("ringmq_retained_messages", "shard" => s.clone()),
+            g_queued: gauge!("ringmq_session_queue_messages", "shard" => s.clone()),
+            g_cross_depth: gauge!("ringmq_cross_shard_queue_depth", "shard" => s.clone()),
+            g_busy: gauge!("ringmq_shard_busy_ratio", "shard" => s),
+        }
+    }
+
+    /// Publishes what changed since the last call.
+    pub fn publish(&mut self, now: &Counters, gauges: Gauges) {
+        let last = &self.last;
+        self.accepted
+            .increment(now.connections_accepted - last.connections_accepted);
+        for (i, c) in self.closed.iter().enumerate() {
+            c.increment(now.connections_closed[i] - last.connections_closed[i]);
+        }
+        for q in 0..3 {
+            self.received[q].increment(now.messages_received[q] - last.messages_received[q]);
+            self.sent[q].increment(now.messages_sent[q] - last.messages_sent[q]);
+            for (r, c) in self.dropped[q].iter().enumerate() {
+                c.increment(now.messages_dropped[q][r] - last.messages_dropped[q][r]);
+            }
+        }
+        self.bytes_received
+            .increment(now.bytes_received - last.bytes_received);
+        self.bytes_sent.increment(now.bytes_sent - last.bytes_sent);
+        self.cross_shard_sent
+            .increment(now.cross_shard_sent - last.cross_shard_sent);
+        self.wills
+            .increment(now.wills_published - last.wills_published);
+        self.expired
+            .increment(now.sessions_expired - last.sessions_expired);
+        self.takeovers.increment(now.takeovers - last.takeovers);
+        self.refused
+            .increment(now.subscriptions_refused - last.subscriptions_refused);
+        self.handoffs.increment(now.handoffs - last.handoffs);
+        self.g_connections.set(gauges.connections as f64);
+        self.g_online.set(gauges.sessions_online as f64);
+        self.g_offline.set(gauges.sessions_offline as f64);
+        self.g_subscriptions.set(gauges.subscriptions as f64);
+        self.g_retained.set(gauges.retained as f64);
+        self.g_queued.set(gauges.queued as f64);
+        self.g_cross_depth
+            .set(gauges.cross_shard_queue_depth as f64);
+        self.g_busy.set(gauges.busy_ratio);
+        self.last = now.clone();
+    }
+}

@@ -1,0 +1,106 @@
+//! `$SYS/broker/...` statistics, refreshed every `Limits::sys_interval_secs`. Every shard sends its
+//! figures to shard 0, which publishes the totals as retained messages (so a new `$SYS/#`
+//! subscriber gets the latest at once, as with Mosquitto).
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use wire::{Publish, QoS, Utf8Bytes};
+
+use crate::message::{Message, ShardMsg, ShardStats};
+use crate::runtime::ShardCtx;
+
+pub async fn sys_loop(ctx: Rc<ShardCtx>) {
+    let interval = Duration::from_secs(u64::from(
+        ctx.state.borrow().limits.sys_interval_secs.max(1),
+    ));
+    loop {
+        glommio::timer::sleep(interval).await;
+        let mut state = ctx.state.borrow_mut();
+        let stats = state.stats();
+        let id = state.id;
+        if id != 0 {
+            state.send_to(0, ShardMsg::Stats { from: id, stats });
+            continue;
+        }
+        if let Some(own) = state.stats_by_shard.get_mut(0) {
+            *own = stats;
+        }
+        let total = state
+            .stats_by_shard
+            .iter()
+            .fold(ShardStats::default(), |mut t, s| {
+                t.connections += s.connections;
+                t.sessions_offline += s.sessions_offline;
+                t.subscriptions += s.subscriptions;
+                t.retained = t.retained.max(s.retained);
+                t.messages_received += s.messages_received;
+                t.messages_sent += s.messages_sent;
+                t.messages_dropped += s.messages_dropped;
+                t.bytes_received += s.bytes_received;
+                t.bytes_sent += s.bytes_sent;
+                t
+            });
+        let now = Instant::now();
+        let uptime = now.duration_since(state.started_at).as_secs();
+        let shards = state.shard_count;
+        let topics: [(&str, String); 12] = [
+            (
+                "$SYS/broker/version",
+                format!("ringmq {}", env!("CARGO_PKG_VERSION")),
+            ),
+            ("$SYS/broker/uptime", format!("{uptime} seconds")),
+            ("$SYS/broker/shards", shards.to_string()),
+            (
+                "$SYS/broker/clients/connected",
+                total.connections.to_string(),
+            ),
+            (
+                "$SYS/broker/clients/disconnected",
+                total.sessions_offline.to_string(),
+            ),
+            (
+                "$SYS/broker/subscriptions/count",
+                total.subscriptions.to_string(),
+            ),
+            (
+                "$SYS/broker/retained messages/count",
+                total.retained.to_string(),
+            ),
+            (
+                "$SYS/broker/messages/received",
+                total.messages_received.to_string(),
+            ),
+            ("$SYS/broker/messages/sent", total.messages_sent.to_string()),
+            (
+                "$SYS/broker/messages/dropped",
+                total.messages_dropped.to_string(),
+            ),
+            (
+                "$SYS/broker/bytes/received",
+                total.bytes_received.to_string(),
+            ),
+            ("$SYS/broker/bytes/sent", total.bytes_sent.to_string()),
+        ];
+        for (topic, value) in topics {
+            let publish = Publish {
+                dup: false,
+                qos: QoS::AtMostOnce,
+                retain: true,
+                topic: Utf8Bytes::from(topic),
+                packet_id: None,
+                properties: Default::default(),
+                payload: Bytes::from(value),
+            };
+            let message = Arc::new(Message {
+                publish,
+                origin: None,
+                expires_at: None,
+                received_at: now,
+            });
+            state.publish(message, now);
+        }
+    }
+}
