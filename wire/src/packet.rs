@@ -85,7 +85,15 @@ pub fn decode(mut frame: Bytes, version: ProtocolVersion) -> Result<Packet, Deco
     let flags = first & 0x0F;
     let mut reader = Reader::new(frame);
     let packet = match kind {
-        packet_type::PUBLISH => Packet::Publish(Publish::decode(&mut reader, flags, version)?),
+        packet_type::PUBLISH => {
+            // The hot path: the payload takes the rest of the frame, so there is nothing left
+            // to check, and returning directly lets the packet be built in the return slot.
+            return Ok(Packet::Publish(Publish::decode(
+                &mut reader,
+                flags,
+                version,
+            )?));
+        }
         packet_type::CONNECT => {
             check_flags(kind, flags)?;
             Packet::Connect(Box::new(Connect::decode(&mut reader)?))

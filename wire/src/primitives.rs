@@ -155,12 +155,43 @@ impl PartialEq<&str> for Utf8Bytes {
     }
 }
 
+/// What one pass over a string found.
+pub(crate) struct Scan {
+    pub(crate) null: bool,
+    pub(crate) wildcard: bool,
+    pub(crate) non_ascii: bool,
+}
+
+/// Looks for U+0000, '+'/'#' and non-ASCII bytes in one pass. No early exit, so the compiler
+/// vectorises it; topics are short and almost always valid, so the common case is one scan
+/// instead of three (UTF-8 check, NUL search, wildcard search).
+pub(crate) fn scan(bytes: &[u8]) -> Scan {
+    let mut null = false;
+    let mut wildcard = false;
+    let mut high = 0u8;
+    for &byte in bytes {
+        null |= byte == 0;
+        wildcard |= (byte == b'+') | (byte == b'#');
+        high |= byte;
+    }
+    Scan {
+        null,
+        wildcard,
+        non_ascii: high >= 0x80,
+    }
+}
+
 /// MQTT UTF-8 rules: well-formed and no U+0000.
 pub fn validate_utf8(bytes: &[u8]) -> Result<(), DecodeError> {
-    if std::str::from_utf8(bytes).is_err() {
+    check_scanned(bytes, &scan(bytes))
+}
+
+pub(crate) fn check_scanned(bytes: &[u8], found: &Scan) -> Result<(), DecodeError> {
+    // ASCII is always well-formed UTF-8; only other input needs the full check.
+    if found.non_ascii && std::str::from_utf8(bytes).is_err() {
         return Err(DecodeError::InvalidUtf8);
     }
-    if bytes.contains(&0) {
+    if found.null {
         return Err(DecodeError::NullCharacter);
     }
     Ok(())
@@ -302,6 +333,18 @@ impl Reader {
     pub(crate) fn utf8(&mut self) -> Result<Utf8Bytes, DecodeError> {
         let bytes = self.binary()?;
         Utf8Bytes::try_from_bytes(bytes)
+    }
+
+    /// A PUBLISH topic name: MQTT UTF-8 plus no wildcards [MQTT-3.3.2-2], checked in one scan.
+    /// Emptiness is the caller's business (v5 topic aliases).
+    pub(crate) fn topic_name(&mut self) -> Result<Utf8Bytes, DecodeError> {
+        let bytes = self.binary()?;
+        let found = scan(&bytes);
+        check_scanned(&bytes, &found)?;
+        if found.wildcard {
+            return Err(DecodeError::InvalidTopicName);
+        }
+        Ok(Utf8Bytes(bytes))
     }
 
     pub(crate) fn packet_id(&mut self) -> Result<std::num::NonZeroU16, DecodeError> {

@@ -8,7 +8,6 @@ use crate::error::{DecodeError, EncodeError};
 use crate::framing::packet_type;
 use crate::primitives::{put_binary, string_len, ProtocolVersion, QoS, Reader, Utf8Bytes};
 use crate::properties::PublishProperties;
-use crate::topic;
 
 const FLAG_DUP: u8 = 0b1000;
 const FLAG_RETAIN: u8 = 0b0001;
@@ -28,6 +27,8 @@ pub struct Publish {
 }
 
 impl Publish {
+    // Inlined so the packet is built in place in the caller's return slot.
+    #[inline]
     pub(crate) fn decode(
         reader: &mut Reader,
         flags: u8,
@@ -40,7 +41,7 @@ impl Publish {
         if dup && qos == QoS::AtMostOnce {
             return Err(DecodeError::DupWithQoS0);
         }
-        let topic = reader.utf8()?;
+        let topic = reader.topic_name()?;
         let packet_id = if qos == QoS::AtMostOnce {
             None
         } else {
@@ -59,9 +60,6 @@ impl Publish {
             if properties.topic_alias.is_none() {
                 return Err(DecodeError::EmptyTopicWithoutAlias);
             }
-        } else {
-            // [MQTT-3.3.2-2]: no wildcards in a topic name.
-            topic::validate_name(topic.as_str()).map_err(|_| DecodeError::InvalidTopicName)?;
         }
         Ok(Publish {
             dup,

@@ -292,6 +292,11 @@ fn publish() {
     assert_eq!(publish.qos, QoS::AtLeastOnce);
     assert!(publish.retain);
     assert_eq!(publish.packet_id.map(|id| id.get()), Some(10));
+    // Non-ASCII topics take the full UTF-8 check and are fine when well-formed.
+    let Packet::Publish(publish) = ok(&[0x30, 0x05, 0, 3, 0xC3, 0xA4, b'x'], V4) else {
+        panic!()
+    };
+    assert_eq!(publish.topic, "äx");
     // v5: empty topic with topic alias 1 (3.3.2.3.4).
     let Packet::Publish(publish) = ok(&[0x30, 0x06, 0, 0, 3, 0x23, 0, 1], V5) else {
         panic!()
