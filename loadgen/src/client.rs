@@ -199,7 +199,11 @@ async fn read_packet(
     }
 }
 
-fn encode(packet: &Packet, version: ProtocolVersion, out: &mut BytesMut) -> Result<(), ClientError> {
+fn encode(
+    packet: &Packet,
+    version: ProtocolVersion,
+    out: &mut BytesMut,
+) -> Result<(), ClientError> {
     wire::encode(packet, version, out)?;
     Ok(())
 }
@@ -370,12 +374,12 @@ async fn reader_loop(
                     _ => {}
                 }
             }
-            Packet::PubAck(done) | Packet::PubComp(done) => {
-                if state.inflight.borrow_mut().remove(&done.packet_id.get()) {
-                    LiveCounters::add(&ctx.live().acked, 1);
-                    ctx.report.borrow_mut().acked += 1;
-                    state.notify.notify();
-                }
+            Packet::PubAck(done) | Packet::PubComp(done)
+                if state.inflight.borrow_mut().remove(&done.packet_id.get()) =>
+            {
+                LiveCounters::add(&ctx.live().acked, 1);
+                ctx.report.borrow_mut().acked += 1;
+                state.notify.notify();
             }
             Packet::PubRec(received) => {
                 queue(&state, &Packet::PubRel(ack(received.packet_id)), version)
@@ -496,7 +500,11 @@ pub async fn run_client(ctx: Rc<ThreadCtx>, spec: ClientSpec, connect_at: Durati
         LiveCounters::add(&ctx.live().clients_done, 1);
     };
     let fail = |ctx: &ThreadCtx, reason: String| {
-        *ctx.report.borrow_mut().connect_failures.entry(reason).or_default() += 1;
+        *ctx.report
+            .borrow_mut()
+            .connect_failures
+            .entry(reason)
+            .or_default() += 1;
         LiveCounters::add(&ctx.live().connect_failed, 1);
         if is_publisher {
             LiveCounters::add(&ctx.live().publishers_done, 1);
@@ -711,7 +719,11 @@ pub async fn run_client(ctx: Rc<ThreadCtx>, spec: ClientSpec, connect_at: Durati
         _ => None,
     };
     if let Some(reason) = unexpected {
-        *ctx.report.borrow_mut().disconnects.entry(reason).or_default() += 1;
+        *ctx.report
+            .borrow_mut()
+            .disconnects
+            .entry(reason)
+            .or_default() += 1;
         LiveCounters::add(&ctx.live().dropped, 1);
     } else {
         out.clear();

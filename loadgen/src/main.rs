@@ -5,11 +5,17 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use ringmq_loadgen::plan::{ConnectionSettings, GroupSpec, MqttVersion, Role, RunSettings, Scenario};
+use ringmq_loadgen::plan::{
+    ConnectionSettings, GroupSpec, MqttVersion, Role, RunSettings, Scenario,
+};
 use ringmq_loadgen::runner::{self, RunOptions};
 
 #[derive(Parser, Debug)]
-#[command(name = "ringmq-loadgen", version, about = "MQTT load generator and latency/loss meter")]
+#[command(
+    name = "ringmq-loadgen",
+    version,
+    about = "MQTT load generator and latency/loss meter"
+)]
 struct Cli {
     #[command(flatten)]
     common: Common,

@@ -72,7 +72,8 @@ impl CpuSampler {
             let now = thread_cpu_ticks(tid);
             let percent = match (self.last[slot], now) {
                 (Some(before), Some(after)) if wall > Duration::ZERO => {
-                    (after.saturating_sub(before)) as f64 / self.ticks_per_second
+                    (after.saturating_sub(before)) as f64
+                        / self.ticks_per_second
                         / wall.as_secs_f64()
                         * 100.0
                 }
@@ -127,7 +128,8 @@ mod tests {
 
     #[test]
     fn parses_stat_with_spaces_in_name() {
-        let stat = "1234 (my (odd) name) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 1 0 100 0 0";
+        let stat =
+            "1234 (my (odd) name) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 1 0 100 0 0";
         assert_eq!(parse_stat_cpu_ticks(stat), Some(325));
     }
 
@@ -139,11 +141,16 @@ mod tests {
     #[test]
     fn backlog_warns_only_when_rising() {
         let mut watch = BacklogWatch::default();
+        // Below the floor nothing counts.
+        assert!(!watch.sample(50, 1000.0));
+        assert!(!watch.sample(90, 1000.0));
         assert!(!watch.sample(500, 1000.0));
         assert!(!watch.sample(600, 1000.0));
+        assert!(watch.sample(700, 1000.0));
+        // A flat backlog is not growing.
         assert!(!watch.sample(700, 1000.0));
-        assert!(watch.sample(800, 1000.0));
         assert!(!watch.sample(800, 1000.0));
         assert_eq!(watch.max, 800);
+        assert_eq!(watch.growing_seconds, 1);
     }
 }

@@ -203,7 +203,7 @@ impl Scenario {
         if self.connection.conn_concurrency == 0 {
             return Err(PlanError::Invalid("conn_concurrency must be > 0".into()));
         }
-        if matches!(self.connection.conn_rate, Some(rate) if !(rate > 0.0)) {
+        if matches!(self.connection.conn_rate, Some(rate) if !is_positive(rate)) {
             return Err(PlanError::Invalid("conn_rate must be > 0".into()));
         }
         for group in &self.groups {
@@ -216,7 +216,10 @@ impl Scenario {
             }
             match group.role {
                 Role::Pub => {
-                    let topic = group.topic.as_deref().ok_or_else(|| bad("pub needs topic"))?;
+                    let topic = group
+                        .topic
+                        .as_deref()
+                        .ok_or_else(|| bad("pub needs topic"))?;
                     if topic.contains(['+', '#']) {
                         return Err(bad("publish topic must not contain wildcards"));
                     }
@@ -226,10 +229,10 @@ impl Scenario {
                     if group.inflight == 0 || group.inflight > INFLIGHT_MAX {
                         return Err(bad("inflight must be 1..=65000"));
                     }
-                    if matches!(group.rate, Some(rate) if !(rate > 0.0)) {
+                    if matches!(group.rate, Some(rate) if !is_positive(rate)) {
                         return Err(bad("rate must be > 0"));
                     }
-                    if matches!(group.interval_ms, Some(ms) if !(ms > 0.0)) {
+                    if matches!(group.interval_ms, Some(ms) if !is_positive(ms)) {
                         return Err(bad("interval_ms must be > 0"));
                     }
                 }
@@ -259,6 +262,11 @@ impl Scenario {
             }
         }
     }
+}
+
+/// False for zero, negatives and NaN.
+fn is_positive(value: f64) -> bool {
+    value.is_finite() && value > 0.0
 }
 
 /// Expands `%i` (global client index), `%c` (client id) and `%g` (index within the group).
@@ -315,9 +323,7 @@ impl GroupSpec {
     pub fn schedule(&self, member: u64) -> Schedule {
         let interval = self.member_interval();
         let offset = match interval {
-            Some(interval) if self.count > 0 => {
-                interval.mul_f64(member as f64 / self.count as f64)
-            }
+            Some(interval) if self.count > 0 => interval.mul_f64(member as f64 / self.count as f64),
             _ => Duration::ZERO,
         };
         let limit = match self.limit {
@@ -406,9 +412,12 @@ impl Matcher {
                 let (inner, shared) = split_shared(&filter);
                 let deliveries = if shared { 1 } else { members };
                 if inner.contains(['+', '#']) {
-                    matcher
-                        .wildcard_filters
-                        .push((group_index, inner.to_string(), shared, deliveries));
+                    matcher.wildcard_filters.push((
+                        group_index,
+                        inner.to_string(),
+                        shared,
+                        deliveries,
+                    ));
                 } else {
                     matcher
                         .literal_filters
@@ -495,12 +504,13 @@ mod tests {
     fn rejects_bad_scenarios() {
         assert!(Scenario::from_toml("[[group]]\nname='x'\ncount=1\nrole='pub'\n").is_err());
         assert!(Scenario::from_toml("[[group]]\nname='x'\ncount=1\nrole='sub'\n").is_err());
-        assert!(Scenario::from_toml(
-            "[[group]]\nname='x'\ncount=1\nrole='pub'\ntopic='a/+'\n"
-        )
-        .is_err());
+        assert!(
+            Scenario::from_toml("[[group]]\nname='x'\ncount=1\nrole='pub'\ntopic='a/+'\n").is_err()
+        );
         assert!(Scenario::from_toml("[[group]]\nname='x'\ncount=1\nrole='dance'\n").is_err());
-        assert!(Scenario::from_toml("[[group]]\nname='x'\ncount=1\nrole='conn'\nbogus=1\n").is_err());
+        assert!(
+            Scenario::from_toml("[[group]]\nname='x'\ncount=1\nrole='conn'\nbogus=1\n").is_err()
+        );
         assert!(Scenario::from_toml("name='empty'\ngroup=[]\n").is_err());
     }
 

@@ -96,13 +96,15 @@ impl ThreadCtx {
     }
 
     fn wake_all(&self) {
-        self.waiters.borrow_mut().retain(|weak| match weak.upgrade() {
-            Some(notify) => {
-                notify.notify();
-                true
-            }
-            None => false,
-        });
+        self.waiters
+            .borrow_mut()
+            .retain(|weak| match weak.upgrade() {
+                Some(notify) => {
+                    notify.notify();
+                    true
+                }
+                None => false,
+            });
     }
 }
 
@@ -208,7 +210,11 @@ async fn thread_main(shared: Arc<Shared>, thread: usize) -> ThreadReport {
                 client_id: plan::client_id(&settings.client_id_prefix, global_index),
                 source,
             };
-            tasks.push(glommio::spawn_local(client::run_client(ctx.clone(), spec, connect_at)));
+            tasks.push(glommio::spawn_local(client::run_client(
+                ctx.clone(),
+                spec,
+                connect_at,
+            )));
         }
     }
     for task in tasks {
@@ -401,7 +407,8 @@ pub fn run(options: RunOptions) -> anyhow::Result<Summary> {
             }
             Phase::Publishing => {
                 let since = publishing_since.unwrap_or(now);
-                let all_done = planned_publishers > 0 && totals.publishers_done >= planned_publishers;
+                let all_done =
+                    planned_publishers > 0 && totals.publishers_done >= planned_publishers;
                 let timed_out = !duration.is_zero() && now >= since + duration;
                 if all_done || timed_out {
                     publishing_ended = Some(now);
@@ -411,7 +418,8 @@ pub fn run(options: RunOptions) -> anyhow::Result<Summary> {
             }
             Phase::Draining => {
                 let since = draining_since.unwrap_or(now);
-                let caught_up = totals.received >= totals.expected && totals.acked >= totals.sent_needing_ack;
+                let caught_up =
+                    totals.received >= totals.expected && totals.acked >= totals.sent_needing_ack;
                 let idle = now - last_received_change >= DRAIN_IDLE && now - since >= DRAIN_IDLE;
                 if (caught_up && totals.publishers_done >= planned_publishers)
                     || idle
@@ -436,7 +444,11 @@ pub fn run(options: RunOptions) -> anyhow::Result<Summary> {
                 broker.sample_rss();
             }
             if cpu.is_none() {
-                let tids: Vec<u64> = shared.live.iter().map(|l| l.tid.load(Ordering::Relaxed)).collect();
+                let tids: Vec<u64> = shared
+                    .live
+                    .iter()
+                    .map(|l| l.tid.load(Ordering::Relaxed))
+                    .collect();
                 if tids.iter().all(|&tid| tid != 0) {
                     cpu = Some(CpuSampler::new(tids));
                 }
@@ -466,7 +478,10 @@ pub fn run(options: RunOptions) -> anyhow::Result<Summary> {
                 }
                 _ => 0,
             };
-            if phase == Phase::Publishing && backlog_watch.sample(backlog, planned_rate) && !warned_backlog {
+            if phase == Phase::Publishing
+                && backlog_watch.sample(backlog, planned_rate)
+                && !warned_backlog
+            {
                 warned_backlog = true;
                 let message = format!(
                     "send backlog growing ({backlog} scheduled messages not sent): the loadgen, the inflight window or the broker cannot keep up with the requested rate"
@@ -476,9 +491,10 @@ pub fn run(options: RunOptions) -> anyhow::Result<Summary> {
             }
             if options.progress {
                 let secs = (now - shared.run_start).as_secs();
-                let sent_rate = totals.sent.saturating_sub(last_totals.sent) as f64 / wall.as_secs_f64();
-                let recv_rate =
-                    totals.received.saturating_sub(last_totals.received) as f64 / wall.as_secs_f64();
+                let sent_rate =
+                    totals.sent.saturating_sub(last_totals.sent) as f64 / wall.as_secs_f64();
+                let recv_rate = totals.received.saturating_sub(last_totals.received) as f64
+                    / wall.as_secs_f64();
                 let cpu_text: Vec<String> = percents.iter().map(|p| format!("{p:.0}%")).collect();
                 eprintln!(
                     "[{secs:>4}s] {phase:?} conn {}/{} fail {} drop {} | sent {} ({:.0}/s) recv {} ({:.0}/s) acked {} backlog {} | cpu {}",
@@ -522,7 +538,13 @@ pub fn run(options: RunOptions) -> anyhow::Result<Summary> {
         (Some(start), Some(end)) if end > start => (end - start).as_secs_f64(),
         _ => 0.0,
     };
-    let per_s = |count: u64| if window > 0.0 { count as f64 / window } else { 0.0 };
+    let per_s = |count: u64| {
+        if window > 0.0 {
+            count as f64 / window
+        } else {
+            0.0
+        }
+    };
     let messages = MessageSummary {
         sent: merged.sent,
         acked: merged.acked,

@@ -175,7 +175,11 @@ impl ThreadReport {
         }
         self.spread_untracked += other.spread_untracked;
         self.expected_fixed += other.expected_fixed;
-        for (mine, theirs) in self.expected_per_member.iter_mut().zip(other.expected_per_member) {
+        for (mine, theirs) in self
+            .expected_per_member
+            .iter_mut()
+            .zip(other.expected_per_member)
+        {
             *mine += theirs;
         }
         for (mine, theirs) in self.ready_per_group.iter_mut().zip(other.ready_per_group) {
@@ -313,7 +317,10 @@ impl Summary {
     pub fn print_human(&self) {
         let c = &self.connections;
         let m = &self.messages;
-        println!("== ringmq-loadgen summary: {} ({}) against {} (MQTT {})", self.scenario, self.mode, self.broker, self.mqtt_version);
+        println!(
+            "== ringmq-loadgen summary: {} ({}) against {} (MQTT {})",
+            self.scenario, self.mode, self.broker, self.mqtt_version
+        );
         println!(
             "connections: planned {} connected {} failed {} {:?} subscribe failures {} unexpected disconnects {:?}",
             c.planned, c.connected, c.failed, c.failures, c.subscribe_failures, c.unexpected_disconnects
@@ -323,7 +330,8 @@ impl Summary {
             c.connect_latency_ms.p50,
             c.connect_latency_ms.p99,
             c.connect_latency_ms.max,
-            c.time_to_last_connack_ms.map_or("-".into(), |v| format!("{v:.1}"))
+            c.time_to_last_connack_ms
+                .map_or("-".into(), |v| format!("{v:.1}"))
         );
         println!(
             "messages: sent {} acked {} received {} expected {} lost {} duplicated {} reordered {} (window {:.2} s, {:.0} sent/s, {:.0} recv/s)",
@@ -342,7 +350,10 @@ impl Summary {
         }
         println!(
             "loadgen: threads {} max thread cpu {:.0}% backlog max {} saturated {}",
-            self.loadgen.threads, self.loadgen.cpu_max_thread_percent, self.loadgen.backlog_max, self.loadgen.saturated
+            self.loadgen.threads,
+            self.loadgen.cpu_max_thread_percent,
+            self.loadgen.backlog_max,
+            self.loadgen.saturated
         );
         for warning in &self.loadgen.warnings {
             println!("WARNING: {warning}");
