@@ -1,3 +1,694 @@
 //! ringmq-tests: black-box tests of the `ringmq` binary through independent clients (rumqttc,
-//! mosquitto_pub/sub, paho-mqtt) and raw-byte transcripts. This library holds only the harness:
-//! starting a broker on a free port, raw socket helpers. Must not link the broker's internals.
+//! mosquitto_pub/sub) and raw-byte transcripts. This library holds only the harness: starting a
+//! broker on a free port ([`BrokerProcess`]), a raw MQTT socket that speaks through the `wire`
+//! codec ([`RawClient`]) and wrappers around the Mosquitto command-line clients
+//! ([`mosquitto`]). It must not link the broker's internals (`shard`, `broker`): everything is
+//! observed over TCP, as a client would.
+//!
+//! Every wait is bounded: [`RECV_TIMEOUT`] for one packet, [`START_TIMEOUT`] for the broker to
+//! listen, [`STOP_GRACE`] before SIGKILL.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::num::NonZeroU16;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+pub use wire::{
+    AckProperties, Auth, ConnAck, ConnAckProperties, Connect, ConnectProperties, Disconnect,
+    DisconnectProperties, LastWill, Packet, ProtocolVersion, PubAck, Publish, PublishProperties,
+    QoS, ReasonCode, RetainHandling, SubAck, Subscribe, SubscribeProperties, SubscriptionOptions,
+    UnsubAck, Unsubscribe, Utf8Bytes, WillProperties,
+};
+
+/// How long the broker has to print its `listening` line.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// SIGTERM to SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(3);
+/// Default wait for one packet (or for a close).
+pub const RECV_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest frame the raw client accepts from the broker.
+const FRAME_MAX_BYTES: u32 = 64 * 1024 * 1024;
+
+static UNIQUE: AtomicU64 = AtomicU64::new(0);
+
+/// A name unique within this test process (and across processes via the pid), for client ids,
+/// topics and temp files.
+pub fn unique(prefix: &str) -> String {
+    let n = UNIQUE.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{}-{n}", std::process::id())
+}
+
+/// Path of the broker binary: `$RINGMQ_BIN`, else `<workspace>/target/debug/ringmq`.
+pub fn broker_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("RINGMQ_BIN") {
+        return PathBuf::from(path);
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits inside the workspace")
+        .to_path_buf();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target"));
+    target.join("debug").join("ringmq")
+}
+
+/// A running `ringmq` process on a free loopback port. Dropping it stops the broker (SIGTERM,
+/// SIGKILL after [`STOP_GRACE`]); if the broker had died on its own during the test, the drop
+/// panics with the tail of its log, so a crash never goes unnoticed.
+pub struct BrokerProcess {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub port: u16,
+    log_path: PathBuf,
+    config_path: Option<PathBuf>,
+}
+
+impl BrokerProcess {
+    /// Starts `ringmq --listen 127.0.0.1:0 --shards 2 --metrics-listen 127.0.0.1:0` plus `extra`
+    /// (later flags win, so `extra` may override `--shards`).
+    pub fn start(extra: &[&str]) -> BrokerProcess {
+        Self::spawn(extra, None)
+    }
+
+    /// Like [`BrokerProcess::start`] with `config` (TOML) written to a temp file and passed as
+    /// `--config`.
+    pub fn start_with_config(config: &str, extra: &[&str]) -> BrokerProcess {
+        let path = std::env::temp_dir().join(format!("{}.toml", unique("ringmq-test-config")));
+        std::fs::write(&path, config).expect("write temp config");
+        Self::spawn(extra, Some(path))
+    }
+
+    fn spawn(extra: &[&str], config_path: Option<PathBuf>) -> BrokerProcess {
+        let bin = broker_bin();
+        assert!(
+            bin.exists(),
+            "broker binary {} is missing: run `cargo build -p ringmq-broker` first (or set RINGMQ_BIN)",
+            bin.display()
+        );
+        let log_path = std::env::temp_dir().join(format!("{}.log", unique("ringmq-test-broker")));
+        let log = std::fs::File::create(&log_path).expect("create broker log file");
+        let mut command = Command::new(&bin);
+        if let Some(path) = &config_path {
+            command.arg("--config").arg(path);
+        }
+        command
+            .args(["--listen", "127.0.0.1:0", "--shards", "2"])
+            .args(["--metrics-listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log));
+        if std::env::var_os("RUST_LOG").is_none() {
+            command.env("RUST_LOG", "info");
+        }
+        let mut child = command.spawn().expect("spawn ringmq");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            // Keeps draining stdout for the broker's whole life.
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + START_TIMEOUT;
+        let addr = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(addr) = line.strip_prefix("listening ") {
+                        break addr.trim().parse::<SocketAddr>().expect("listening address");
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "broker did not print `listening ADDR` within {START_TIMEOUT:?}; log:\n{}",
+                        read_tail(&log_path)
+                    );
+                }
+            }
+        };
+        BrokerProcess {
+            child: Some(child),
+            addr,
+            port: addr.port(),
+            log_path,
+            config_path,
+        }
+    }
+
+    /// Panics (with the log tail) if the broker process has exited.
+    pub fn assert_alive(&mut self) {
+        let child = self.child.as_mut().expect("broker process");
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "broker exited during the test ({status}); log:\n{}",
+                read_tail(&self.log_path)
+            );
+        }
+    }
+
+    /// The last lines of the broker's log (stderr).
+    pub fn log_tail(&self) -> String {
+        read_tail(&self.log_path)
+    }
+
+    /// Graceful stop: SIGTERM, wait up to [`STOP_GRACE`], then SIGKILL. Returns the exit status.
+    pub fn stop(mut self) -> ExitStatus {
+        self.assert_alive();
+        self.terminate().expect("broker status")
+    }
+
+    fn terminate(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+            // SAFETY: kill(2) on the pid of our own child, which has not been reaped yet.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        child.wait().ok()
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let died = self
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten());
+        let _ = self.terminate();
+        if let Some(path) = &self.config_path {
+            let _ = std::fs::remove_file(path);
+        }
+        let tail = read_tail(&self.log_path);
+        let _ = std::fs::remove_file(&self.log_path);
+        if let Some(status) = died {
+            if !std::thread::panicking() {
+                panic!("broker exited during the test ({status}); log:\n{tail}");
+            }
+        }
+    }
+}
+
+fn read_tail(path: &Path) -> String {
+    let mut text = String::new();
+    if let Ok(mut f) = std::fs::File::open(path) {
+        let _ = f.read_to_string(&mut text);
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(40);
+    lines[start..].join("\n")
+}
+
+// ----- raw client ---------------------------------------------------------------------------
+
+/// What one bounded read produced.
+#[derive(Debug)]
+pub enum Recv {
+    Packet(Packet),
+    Closed,
+    Timeout,
+    /// The broker sent bytes the codec rejects: always a broker bug.
+    Garbage(String),
+}
+
+/// A TCP connection that sends and parses MQTT packets with the `wire` codec, for transcripts
+/// the real clients cannot produce (malformed packets, protocol violations, exact reason codes).
+pub struct RawClient {
+    stream: TcpStream,
+    inbox: BytesMut,
+    /// The version packets are decoded with (set by [`RawClient::handshake`]).
+    pub version: ProtocolVersion,
+}
+
+impl RawClient {
+    /// Opens a TCP connection; nothing is sent yet.
+    pub async fn connect(addr: SocketAddr) -> RawClient {
+        let stream = tokio::time::timeout(RECV_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .expect("tcp connect timed out")
+            .expect("tcp connect");
+        stream.set_nodelay(true).expect("nodelay");
+        RawClient {
+            stream,
+            inbox: BytesMut::new(),
+            version: ProtocolVersion::V3_1_1,
+        }
+    }
+
+    /// Connects, sends `connect` and returns the client with its CONNACK. Panics if anything
+    /// else (or nothing) comes back.
+    pub async fn handshake(addr: SocketAddr, connect: Connect) -> (RawClient, ConnAck) {
+        let mut client = RawClient::connect(addr).await;
+        client.version = connect.protocol;
+        let version = connect.protocol;
+        client
+            .send(&Packet::Connect(Box::new(connect)), version)
+            .await;
+        match client.recv_within(RECV_TIMEOUT).await {
+            Recv::Packet(Packet::ConnAck(ack)) => (client, ack),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    /// [`RawClient::handshake`] that also asserts the CONNACK is a success.
+    pub async fn connected(addr: SocketAddr, connect: Connect) -> (RawClient, ConnAck) {
+        let (client, ack) = Self::handshake(addr, connect).await;
+        assert_eq!(ack.reason_code, ReasonCode::Success, "CONNACK {ack:?}");
+        (client, ack)
+    }
+
+    pub async fn send(&mut self, packet: &Packet, version: ProtocolVersion) {
+        let mut out = BytesMut::new();
+        wire::encode(packet, version, &mut out).expect("encode test packet");
+        self.send_bytes(&out).await;
+    }
+
+    /// Sends `packet` in this client's version.
+    pub async fn send_packet(&mut self, packet: &Packet) {
+        let version = self.version;
+        self.send(packet, version).await;
+    }
+
+    /// Writes raw bytes; a broker that already closed may make this fail, which is ignored (the
+    /// next read tells).
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        let _ = tokio::time::timeout(RECV_TIMEOUT, self.stream.write_all(bytes)).await;
+    }
+
+    /// The next packet within `wait`, or why there is none.
+    pub async fn recv_within(&mut self, wait: Duration) -> Recv {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match wire::check(&self.inbox, FRAME_MAX_BYTES) {
+                Ok(wire::Framing::Complete { frame_len }) => {
+                    let frame = self.inbox.split_to(frame_len).freeze();
+                    return match wire::decode(frame.clone(), self.version) {
+                        Ok(packet) => Recv::Packet(packet),
+                        Err(err) => Recv::Garbage(format!("{err} in {:02x?}", &frame[..])),
+                    };
+                }
+                Ok(wire::Framing::Incomplete { .. }) => {}
+                Err(err) => return Recv::Garbage(err.to_string()),
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Err(_) => return Recv::Timeout,
+                Ok(Ok(0)) | Ok(Err(_)) => return Recv::Closed,
+                Ok(Ok(n)) => self.inbox.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// The next packet within [`RECV_TIMEOUT`]; None on timeout or close.
+    pub async fn recv(&mut self) -> Option<Packet> {
+        match self.recv_within(RECV_TIMEOUT).await {
+            Recv::Packet(p) => Some(p),
+            Recv::Garbage(g) => panic!("broker sent an undecodable frame: {g}"),
+            _ => None,
+        }
+    }
+
+    /// Asserts the next packet equals `expected`.
+    pub async fn expect(&mut self, expected: Packet) {
+        match self.recv_within(RECV_TIMEOUT).await {
+            Recv::Packet(p) => assert_eq!(p, expected),
+            other => panic!("expected {expected:?}, got {other:?}"),
+        }
+    }
+
+    /// The next packet, which must arrive within [`RECV_TIMEOUT`].
+    pub async fn next(&mut self) -> Packet {
+        match self.recv_within(RECV_TIMEOUT).await {
+            Recv::Packet(p) => p,
+            other => panic!("expected a packet, got {other:?}"),
+        }
+    }
+
+    /// The next PUBLISH (panics on anything else).
+    pub async fn next_publish(&mut self) -> Publish {
+        match self.next().await {
+            Packet::Publish(p) => p,
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+
+    /// Asserts nothing arrives for `wait` (the connection stays open and silent).
+    pub async fn expect_silence(&mut self, wait: Duration) {
+        match self.recv_within(wait).await {
+            Recv::Timeout => {}
+            other => panic!("expected silence, got {other:?}"),
+        }
+    }
+
+    /// Asserts the broker closes the connection within `wait`; returns the packets it sent
+    /// before closing (e.g. a v5 DISCONNECT).
+    pub async fn expect_closed_within(&mut self, wait: Duration) -> Vec<Packet> {
+        let deadline = Instant::now() + wait;
+        let mut before = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.recv_within(left).await {
+                Recv::Closed => return before,
+                Recv::Packet(p) => before.push(p),
+                // After a protocol error the broker may close mid-stream: that is a close.
+                Recv::Garbage(_) => return before,
+                Recv::Timeout => panic!("connection not closed within {wait:?}; got {before:?}"),
+            }
+        }
+    }
+
+    /// Asserts the broker closes the connection within [`RECV_TIMEOUT`].
+    pub async fn expect_closed(&mut self) -> Vec<Packet> {
+        self.expect_closed_within(RECV_TIMEOUT).await
+    }
+
+    /// v5: asserts a DISCONNECT with `code` and then the close.
+    pub async fn expect_disconnect(&mut self, code: ReasonCode) {
+        let before = self.expect_closed().await;
+        let reasons: Vec<ReasonCode> = before
+            .iter()
+            .filter_map(|p| match p {
+                Packet::Disconnect(d) => Some(d.reason_code),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            reasons,
+            vec![code],
+            "expected DISCONNECT {code:?} then close, got {before:?}"
+        );
+    }
+
+    /// SUBSCRIBE one filter and return the SUBACK's reason codes.
+    pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> Vec<ReasonCode> {
+        self.subscribe_with(vec![(filter, opts(qos))], None).await
+    }
+
+    /// SUBSCRIBE several filters (with options and a v5 subscription identifier).
+    pub async fn subscribe_with(
+        &mut self,
+        filters: Vec<(&str, SubscriptionOptions)>,
+        id: Option<u32>,
+    ) -> Vec<ReasonCode> {
+        let packet_id = pid(0xABC);
+        let subscribe = Subscribe {
+            packet_id,
+            filters: filters
+                .into_iter()
+                .map(|(f, o)| (Utf8Bytes::from(f), o))
+                .collect(),
+            properties: SubscribeProperties {
+                subscription_identifier: id,
+                user_properties: Vec::new(),
+            },
+        };
+        self.send_packet(&Packet::Subscribe(subscribe)).await;
+        loop {
+            match self.next().await {
+                Packet::SubAck(ack) => {
+                    assert_eq!(ack.packet_id, packet_id);
+                    return ack.reason_codes;
+                }
+                // Retained messages may race ahead of nothing else; anything else is unexpected.
+                other => panic!("expected SUBACK, got {other:?}"),
+            }
+        }
+    }
+
+    /// PUBLISH at `qos` (packet id 1 for QoS>0) and complete the handshake: QoS 1 waits for
+    /// PUBACK, QoS 2 for PUBREC, sends PUBREL and waits for PUBCOMP. Returns the ack's code.
+    pub async fn publish(&mut self, topic: &str, payload: &[u8], qos: QoS, retain: bool) {
+        let publish = publish(topic, payload, qos, retain);
+        self.publish_packet(publish).await;
+    }
+
+    /// Sends `publish` and completes its QoS handshake; returns the PUBACK/PUBREC reason code.
+    pub async fn publish_packet(&mut self, publish: Publish) -> ReasonCode {
+        let qos = publish.qos;
+        let id = publish.packet_id;
+        self.send_packet(&Packet::Publish(publish)).await;
+        match (qos, id) {
+            (QoS::AtLeastOnce, Some(id)) => match self.next().await {
+                Packet::PubAck(ack) if ack.packet_id == id => ack.reason_code,
+                other => panic!("expected PUBACK {id}, got {other:?}"),
+            },
+            (QoS::ExactlyOnce, Some(id)) => {
+                let code = match self.next().await {
+                    Packet::PubRec(ack) if ack.packet_id == id => ack.reason_code,
+                    other => panic!("expected PUBREC {id}, got {other:?}"),
+                };
+                self.send_packet(&Packet::PubRel(PubAck::new(id))).await;
+                match self.next().await {
+                    Packet::PubComp(ack) if ack.packet_id == id => {}
+                    other => panic!("expected PUBCOMP {id}, got {other:?}"),
+                }
+                code
+            }
+            _ => ReasonCode::Success,
+        }
+    }
+
+    /// A PINGREQ/PINGRESP round trip (skipping any PUBLISH that arrives meanwhile, which is
+    /// returned count of).
+    pub async fn ping(&mut self) -> usize {
+        self.send_packet(&Packet::PingReq).await;
+        let mut skipped = 0;
+        loop {
+            match self.next().await {
+                Packet::PingResp => return skipped,
+                Packet::Publish(_) => skipped += 1,
+                other => panic!("expected PINGRESP, got {other:?}"),
+            }
+        }
+    }
+
+    /// Sends DISCONNECT (normal) and waits for the close.
+    pub async fn disconnect(mut self) {
+        self.send_packet(&Packet::Disconnect(Disconnect::default()))
+            .await;
+        let _ = self.recv_within(RECV_TIMEOUT).await;
+    }
+
+    /// Acknowledges a received QoS 1/2 PUBLISH completely (PUBACK, or PUBREC→PUBREL→PUBCOMP).
+    pub async fn ack(&mut self, publish: &Publish) {
+        let Some(id) = publish.packet_id else { return };
+        match publish.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.send_packet(&Packet::PubAck(PubAck::new(id))).await,
+            QoS::ExactlyOnce => {
+                self.send_packet(&Packet::PubRec(PubAck::new(id))).await;
+                match self.next().await {
+                    Packet::PubRel(ack) if ack.packet_id == id => {}
+                    other => panic!("expected PUBREL {id}, got {other:?}"),
+                }
+                self.send_packet(&Packet::PubComp(PubAck::new(id))).await;
+            }
+        }
+    }
+}
+
+// ----- packet builders ----------------------------------------------------------------------
+
+/// A packet identifier (panics on 0).
+pub fn pid(id: u16) -> NonZeroU16 {
+    NonZeroU16::new(id).expect("non-zero packet id")
+}
+
+/// A CONNECT with no will, credentials or properties.
+pub fn connect(version: ProtocolVersion, client_id: &str, clean: bool, keepalive: u16) -> Connect {
+    Connect {
+        protocol: version,
+        clean_start: clean,
+        keep_alive_secs: keepalive,
+        client_id: Utf8Bytes::from(client_id),
+        will: None,
+        username: None,
+        password: None,
+        properties: ConnectProperties::default(),
+    }
+}
+
+/// 3.1.1 clean-session CONNECT, keepalive 60.
+pub fn connect_v4(client_id: &str) -> Connect {
+    connect(ProtocolVersion::V3_1_1, client_id, true, 60)
+}
+
+/// 5.0 clean-start CONNECT, keepalive 60.
+pub fn connect_v5(client_id: &str) -> Connect {
+    connect(ProtocolVersion::V5, client_id, true, 60)
+}
+
+/// A will message.
+pub fn will(topic: &str, payload: &[u8], qos: QoS, retain: bool) -> LastWill {
+    LastWill {
+        topic: Utf8Bytes::from(topic),
+        payload: Bytes::copy_from_slice(payload),
+        qos,
+        retain,
+        properties: WillProperties::default(),
+    }
+}
+
+/// A PUBLISH (packet id 1 when QoS > 0).
+pub fn publish(topic: &str, payload: &[u8], qos: QoS, retain: bool) -> Publish {
+    Publish {
+        dup: false,
+        qos,
+        retain,
+        topic: Utf8Bytes::from(topic),
+        packet_id: (qos != QoS::AtMostOnce).then(|| pid(1)),
+        properties: PublishProperties::default(),
+        payload: Bytes::copy_from_slice(payload),
+    }
+}
+
+/// Subscription options with only a QoS.
+pub fn opts(qos: QoS) -> SubscriptionOptions {
+    SubscriptionOptions {
+        qos,
+        ..SubscriptionOptions::default()
+    }
+}
+
+/// Runs `future` with a hard bound, panicking with `what` if it does not finish.
+pub async fn bounded<T>(wait: Duration, what: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(wait, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not done within {wait:?}"))
+}
+
+// ----- mosquitto command-line clients -------------------------------------------------------
+
+/// Wrappers for Debian's `mosquitto_pub` / `mosquitto_sub`.
+pub mod mosquitto {
+    use super::*;
+
+    /// Whether both tools are installed; prints a loud notice when not (the caller skips).
+    pub fn available() -> bool {
+        let ok = ["mosquitto_pub", "mosquitto_sub"].iter().all(|tool| {
+            Command::new(tool)
+                .arg("--help")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok()
+        });
+        if !ok {
+            eprintln!(
+                "\n!!!!! SKIPPED: mosquitto_pub/mosquitto_sub not found \
+                 (apt-get install -y mosquitto-clients) !!!!!\n"
+            );
+        }
+        ok
+    }
+
+    /// A running mosquitto_sub (or _pub) whose stdout is collected.
+    pub struct Tool {
+        child: Option<Child>,
+        output: mpsc::Receiver<String>,
+    }
+
+    /// Starts `tool` with `args`; stdout lines are collected, stderr goes to the test's stderr.
+    pub fn spawn(tool: &str, args: &[&str]) -> Tool {
+        let mut child = Command::new(tool)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {tool}: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        Tool {
+            child: Some(child),
+            output: rx,
+        }
+    }
+
+    impl Tool {
+        /// The next stdout line within `wait`.
+        pub fn line(&self, wait: Duration) -> Option<String> {
+            self.output.recv_timeout(wait).ok()
+        }
+
+        /// Waits for the tool to exit (killing it after `wait`); returns its status and the
+        /// stdout lines not read yet.
+        pub fn finish(mut self, wait: Duration) -> (Option<ExitStatus>, Vec<String>) {
+            let mut child = self.child.take().expect("child");
+            let deadline = Instant::now() + wait;
+            let status = loop {
+                match child.try_wait() {
+                    Ok(Some(status)) => break Some(status),
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    _ => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break None;
+                    }
+                }
+            };
+            let mut lines = Vec::new();
+            while let Ok(line) = self.output.recv_timeout(Duration::from_millis(200)) {
+                lines.push(line);
+            }
+            (status, lines)
+        }
+
+        /// SIGKILL: the tool dies without DISCONNECT.
+        pub fn kill(mut self) {
+            if let Some(mut child) = self.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    impl Drop for Tool {
+        fn drop(&mut self) {
+            if let Some(mut child) = self.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    /// Runs a tool to completion (bounded by `wait`) and asserts it exited 0.
+    pub fn run(tool: &str, args: &[&str], wait: Duration) -> Vec<String> {
+        let (status, lines) = spawn(tool, args).finish(wait);
+        match status {
+            Some(s) if s.success() => lines,
+            other => panic!("{tool} {args:?} failed: {other:?}, output {lines:?}"),
+        }
+    }
+}
