@@ -274,23 +274,32 @@ fn publish(v5: bool) -> BoxedStrategy<Packet> {
         packet_id(),
         publish_properties(),
         data(),
+        any::<bool>(),
     )
-        .prop_map(move |(dup, qos, retain, topic, id, properties, payload)| {
-            let qos0 = qos == QoS::AtMostOnce;
-            Packet::Publish(Publish {
-                dup: dup && !qos0,
-                qos,
-                retain,
-                topic,
-                packet_id: if qos0 { None } else { Some(id) },
-                properties: if v5 {
-                    properties
-                } else {
-                    PublishProperties::default()
-                },
-                payload,
-            })
-        })
+        .prop_map(
+            move |(dup, qos, retain, topic, id, properties, payload, alias_only)| {
+                let qos0 = qos == QoS::AtMostOnce;
+                // v5 3.3.2.3.4: with a topic alias the topic name may be empty.
+                let alias_only = alias_only && v5 && properties.topic_alias.is_some();
+                Packet::Publish(Publish {
+                    dup: dup && !qos0,
+                    qos,
+                    retain,
+                    topic: if alias_only {
+                        Utf8Bytes::default()
+                    } else {
+                        topic
+                    },
+                    packet_id: if qos0 { None } else { Some(id) },
+                    properties: if v5 {
+                        properties
+                    } else {
+                        PublishProperties::default()
+                    },
+                    payload,
+                })
+            },
+        )
         .boxed()
 }
 
