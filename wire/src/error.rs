@@ -146,6 +146,9 @@ pub enum EncodeError {
     /// A PUBLISH topic may be empty only in v5 with a topic alias; the peer would reject it.
     #[error("empty topic name without a v5 topic alias")]
     EmptyTopic,
+    /// v3.x CONNECT cannot carry a password without a user name [MQTT-3.1.2-22].
+    #[error("password without user name before v5")]
+    PasswordWithoutUsername,
     /// SUBSCRIBE/UNSUBSCRIBE need at least one filter; an empty list would be rejected by the peer.
     #[error("subscribe/unsubscribe without topic filters")]
     EmptyFilterList,

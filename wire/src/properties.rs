@@ -484,7 +484,14 @@ property_struct! {
 
 impl WillProperties {
     fn validate(&self, _packet_type: u8) -> Result<(), DecodeError> {
-        boolean(id::PAYLOAD_FORMAT_INDICATOR, self.payload_format_indicator)
+        boolean(id::PAYLOAD_FORMAT_INDICATOR, self.payload_format_indicator)?;
+        // The will is published later with this response topic, so it must be a topic name.
+        if let Some(topic) = &self.response_topic {
+            if crate::topic::validate_name(topic.as_str()).is_err() {
+                return Err(DecodeError::InvalidTopicName);
+            }
+        }
+        Ok(())
     }
 }
 

@@ -820,6 +820,26 @@ fn encode_errors() {
         Err(EncodeError::EmptyTopic)
     );
     assert_eq!(encoded_len(&Packet::Publish(alias_only), V5), Ok(8));
+    // [MQTT-3.1.2-22]
+    let connect = Connect {
+        protocol: V4,
+        clean_start: true,
+        keep_alive_secs: 0,
+        client_id: Utf8Bytes::default(),
+        will: None,
+        username: None,
+        password: Some(Bytes::from_static(b"p")),
+        properties: ConnectProperties::default(),
+    };
+    assert_eq!(
+        encoded_len(&Packet::Connect(Box::new(connect.clone())), V4),
+        Err(EncodeError::PasswordWithoutUsername)
+    );
+    let v5_connect = Connect {
+        protocol: V5,
+        ..connect
+    };
+    assert!(encoded_len(&Packet::Connect(Box::new(v5_connect)), V5).is_ok());
     let disconnect = Disconnect {
         reason_code: ReasonCode::GrantedQoS1,
         ..Disconnect::default()
