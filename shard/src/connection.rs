@@ -62,7 +62,7 @@ struct Conn {
     /// Inbound topic aliases (v5), created on first use.
     aliases_in: Option<Box<Vec<Option<Utf8Bytes>>>>,
     /// A SUBACK held until every shard routes the new subscriptions.
-    pending_suback: Option<(u64, Packet)>,
+    pending_suback: Option<Box<(u64, Packet)>>,
     /// The reason chosen when the broker decided to close.
     closing: Option<CloseReason>,
     /// Publish the will even though the close is a DISCONNECT (v5 reason 0x04).
@@ -71,8 +71,25 @@ struct Conn {
 }
 
 /// Runs a connection from accept (or hand-off) to close.
+///
+/// The handshake and the close run as boxed futures so the state kept for the connection's
+/// long idle life is only the stream and [`Conn`]: memory per idle connection is a design target.
 pub async fn serve(ctx: Rc<ShardCtx>, stream: Stream, buffered: Bytes, handed_off: bool) {
     let mut stream = stream;
+    let Some(mut conn) = Box::pin(handshake(&ctx, &mut stream, buffered, handed_off)).await else {
+        return;
+    };
+    let reason = std::future::poll_fn(|cx| conn.poll(cx, &ctx, &mut stream)).await;
+    Box::pin(conn.finish(&ctx, &mut stream, reason)).await;
+}
+
+/// Reads and answers CONNECT. None if the connection was refused, closed or handed off.
+async fn handshake(
+    ctx: &Rc<ShardCtx>,
+    stream: &mut Stream,
+    buffered: Bytes,
+    handed_off: bool,
+) -> Option<Conn> {
     let connect_timeout = {
         let state = ctx.state.borrow();
         Duration::from_secs(u64::from(state.limits.connect_timeout_secs))
@@ -89,7 +106,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, stream: Stream, buffered: Bytes, handed_of
                     Err(err) => return Err(Some(err)),
                 }
                 let mut chunk = [0u8; 1024];
-                match futures_lite::AsyncReadExt::read(&mut stream, &mut chunk).await {
+                match futures_lite::AsyncReadExt::read(&mut *stream, &mut chunk).await {
                     Ok(0) | Err(_) => return Err(None),
                     Ok(n) => inbox.extend_from_slice(&chunk[..n]),
                 }
@@ -100,12 +117,12 @@ pub async fn serve(ctx: Rc<ShardCtx>, stream: Stream, buffered: Bytes, handed_of
             Ok(Err(Some(err))) => {
                 debug!(error = %err, "malformed connect frame");
                 // Close without CONNACK: the version is unknown [MQTT-4.8.0-1].
-                return;
+                return None;
             }
-            Ok(Err(None)) => return,
+            Ok(Err(None)) => return None,
             Err(_) => {
                 debug!("no connect within the connect timeout");
-                return;
+                return None;
             }
         }
     };
@@ -117,13 +134,13 @@ pub async fn serve(ctx: Rc<ShardCtx>, stream: Stream, buffered: Bytes, handed_of
         Ok(_) => {
             // [MQTT-3.1.0-1] the first packet must be CONNECT.
             debug!("first packet was not connect");
-            return;
+            return None;
         }
         Err(err) => {
             let code = err.reason_code();
             debug!(error = %err, "connect rejected");
-            refuse_undecodable_connect(&mut stream, &all, code).await;
-            return;
+            refuse_undecodable_connect(stream, &all, code).await;
+            return None;
         }
     };
 
@@ -135,17 +152,14 @@ pub async fn serve(ctx: Rc<ShardCtx>, stream: Stream, buffered: Bytes, handed_of
     if !connect.client_id.is_empty() {
         let home = home_shard(connect.client_id.as_str(), shard_count);
         if home != shard_id && !handed_off {
+            // The home shard gets a duplicate of the socket; ours closes when this task ends.
             ctx.hand_off(stream, home, all);
-            return;
+            return None;
         }
     }
-    let mut conn = match accept_connect(&ctx, &mut stream, *connect).await {
-        Some(conn) => conn,
-        None => return,
-    };
+    let mut conn = accept_connect(ctx, stream, *connect).await?;
     conn.partial.extend_from_slice(&rest);
-    let reason = std::future::poll_fn(|cx| conn.poll(cx, &ctx, &mut stream)).await;
-    conn.finish(&ctx, &mut stream, reason).await;
+    Some(conn)
 }
 
 /// Answers a CONNECT that could not be decoded: a CONNACK where the spec asks for one.
@@ -241,7 +255,8 @@ async fn accept_connect(ctx: &Rc<ShardCtx>, stream: &mut Stream, connect: Connec
             if version == ProtocolVersion::V3_1 && connect.client_id.len() > 23 {
                 return Err(ReasonCode::ClientIdentifierNotValid);
             }
-            connect.client_id.clone()
+            // Own copy: a slice would pin the whole CONNECT frame for the session's life.
+            Utf8Bytes::from(connect.client_id.as_str())
         };
         let mut keepalive = connect.keep_alive_secs;
         if limits.keepalive_max_secs > 0
@@ -295,10 +310,10 @@ async fn accept_connect(ctx: &Rc<ShardCtx>, stream: &mut Stream, connect: Connec
             dup: false,
             qos: w.qos,
             retain: w.retain,
-            topic: w.topic.clone(),
+            topic: Utf8Bytes::from(w.topic.as_str()),
             packet_id: None,
             properties: Default::default(),
-            payload: w.payload.clone(),
+            payload: Bytes::copy_from_slice(&w.payload),
         };
         let p = &w.properties;
         publish.properties.payload_format_indicator = p.payload_format_indicator;
@@ -458,8 +473,8 @@ impl Conn {
             }
             let write_blocked = !self.pending_write.is_empty();
             // 3. A SUBACK waiting for its route barrier holds back further input.
-            if let Some((barrier, _)) = &self.pending_suback {
-                let barrier = *barrier;
+            if let Some(pending) = &self.pending_suback {
+                let barrier = pending.0;
                 let mut state = ctx.state.borrow_mut();
                 let done = match state.barriers.get_mut(&barrier) {
                     Some((0, _)) | None => true,
@@ -471,7 +486,8 @@ impl Conn {
                 if done {
                     state.barriers.remove(&barrier);
                     drop(state);
-                    if let Some((_, suback)) = self.pending_suback.take() {
+                    if let Some(pending) = self.pending_suback.take() {
+                        let (_, suback) = *pending;
                         let mut out = ctx.write_buf.borrow_mut();
                         let _ = wire::encode(&suback, self.version, &mut out);
                     }
@@ -641,7 +657,9 @@ impl Conn {
     fn handle_read(&mut self, ctx: &Rc<ShardCtx>, now: Instant) -> Result<(), CloseReason> {
         let mut rb = ctx.read_buf.borrow_mut();
         let mut data = if self.partial.is_empty() {
-            rb.split()
+            // split_to keeps the rest of the buffer's capacity with the shard for the next read.
+            let len = rb.len();
+            rb.split_to(len)
         } else {
             let mut p = std::mem::take(&mut self.partial);
             p.extend_from_slice(&rb);
@@ -805,7 +823,7 @@ impl Conn {
                 });
                 if route_changed {
                     if let Some(barrier) = state.start_barrier() {
-                        self.pending_suback = Some((barrier, suback));
+                        self.pending_suback = Some(Box::new((barrier, suback)));
                         return Flow::Barrier;
                     }
                 }

@@ -64,10 +64,10 @@ pub struct ShardCtx {
 
 impl ShardCtx {
     /// Passes an accepted connection to the shard owning its client id.
-    pub fn hand_off(&self, stream: TcpStream, home: ShardId, buffered: Bytes) {
-        // SAFETY: dup returns a new descriptor we own; the original closes when `stream` drops.
+    pub fn hand_off(&self, stream: &TcpStream, home: ShardId, buffered: Bytes) {
+        // SAFETY: dup returns a new descriptor we own; the original closes when the accepting
+        // task drops its stream.
         let fd = unsafe { libc::dup(stream.as_raw_fd()) };
-        drop(stream);
         if fd < 0 {
             warn!(error = %std::io::Error::last_os_error(), "could not duplicate a socket for hand-off");
             return;

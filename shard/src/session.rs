@@ -156,7 +156,7 @@ pub struct Session {
     pub client_id: Utf8Bytes,
     pub key: SessionKey,
     pub peer: PeerLimits,
-    pub subscriptions: Vec<SessionSubscription>,
+    pub subscriptions: SmallVec<[SessionSubscription; 1]>,
     /// Waiting to be written (online) or stored for later (offline). Bounded by
     /// `Limits::session_queue_len_max`.
     pub queue: VecDeque<Outbound>,
@@ -225,7 +225,7 @@ impl Session {
             client_id,
             key,
             peer,
-            subscriptions: Vec::new(),
+            subscriptions: SmallVec::new(),
             queue: VecDeque::new(),
             retained_pending: VecDeque::new(),
             inflight: VecDeque::new(),

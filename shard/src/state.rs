@@ -23,7 +23,7 @@ use crate::session::{
     CloseReason, ConnectionLink, Delivery, DropReason, Outbound, PeerLimits, Session,
     SessionSubscription, Will,
 };
-use crate::trie::{HasName, TopicTrie};
+use crate::trie::{HasName, TopicMap, TopicTrie};
 
 /// One bit per shard.
 pub type ShardMask = u64;
@@ -49,7 +49,6 @@ pub struct LocalGroup {
 /// What the local trie stores per filter.
 #[derive(Debug, Default)]
 pub struct FilterEntry {
-    pub filter: Option<Arc<str>>,
     pub subscribers: SmallVec<[Subscriber; 1]>,
     pub groups: Vec<LocalGroup>,
 }
@@ -65,6 +64,7 @@ pub struct GroupRoute {
 /// What the route table stores per filter: which shards have normal subscribers, and groups.
 #[derive(Debug, Default)]
 pub struct RouteEntry {
+    /// The filter, kept only while shared groups exist (a [`SharedPick`] names it).
     pub filter: Option<Arc<str>>,
     pub shards: ShardMask,
     pub groups: Vec<GroupRoute>,
@@ -98,7 +98,8 @@ struct TimerEntry {
 /// Slab slot: the session (if any) and the slot's generation counter.
 #[derive(Debug, Default)]
 struct Slot {
-    session: Option<Session>,
+    /// Boxed so the slab's spare capacity costs a pointer per slot, not a whole session.
+    session: Option<Box<Session>>,
     generation: u32,
 }
 
@@ -126,8 +127,8 @@ pub struct ShardState {
     slots: Vec<Slot>,
     free_slots: Vec<u32>,
     by_client_id: AHashMap<Utf8Bytes, u32>,
-    subs: TopicTrie<FilterEntry>,
-    routes: TopicTrie<RouteEntry>,
+    subs: TopicMap<FilterEntry>,
+    routes: TopicMap<RouteEntry>,
     retained: TopicTrie<Retained>,
     timers: BinaryHeap<Reverse<TimerEntry>>,
     /// Per destination shard, messages waiting for this loop turn's flush. Bounded by
@@ -178,8 +179,8 @@ impl ShardState {
             slots: Vec::new(),
             free_slots: Vec::new(),
             by_client_id: AHashMap::new(),
-            subs: TopicTrie::new(),
-            routes: TopicTrie::new(),
+            subs: TopicMap::new(),
+            routes: TopicMap::new(),
             retained: TopicTrie::new(),
             timers: BinaryHeap::new(),
             outboxes: (0..shard_count).map(|_| Vec::new()).collect(),
@@ -199,11 +200,11 @@ impl ShardState {
     // ----- sessions -------------------------------------------------------------------------
 
     pub fn session(&self, slot: u32) -> Option<&Session> {
-        self.slots.get(slot as usize)?.session.as_ref()
+        self.slots.get(slot as usize)?.session.as_deref()
     }
 
     pub fn session_mut(&mut self, slot: u32) -> Option<&mut Session> {
-        self.slots.get_mut(slot as usize)?.session.as_mut()
+        self.slots.get_mut(slot as usize)?.session.as_deref_mut()
     }
 
     /// The session bound to connection (`slot`, `generation`), if that connection is still the
@@ -227,7 +228,7 @@ impl ShardState {
     pub fn subscription_count(&self) -> u64 {
         self.slots
             .iter()
-            .filter_map(|s| s.session.as_ref())
+            .filter_map(|s| s.session.as_deref())
             .map(|s| s.subscriptions.len() as u64)
             .sum()
     }
@@ -239,7 +240,7 @@ impl ShardState {
     pub fn queued_messages(&self) -> u64 {
         self.slots
             .iter()
-            .filter_map(|s| s.session.as_ref())
+            .filter_map(|s| s.session.as_deref())
             .map(|s| s.held_len() as u64)
             .sum()
     }
@@ -365,7 +366,7 @@ impl ShardState {
             slot,
             generation: entry.generation,
         };
-        entry.session = Some(Session::new(client_id.clone(), key, peer));
+        entry.session = Some(Box::new(Session::new(client_id.clone(), key, peer)));
         self.by_client_id.insert(client_id, slot);
         slot
     }
@@ -583,10 +584,6 @@ impl ShardState {
         let entry = self
             .subs
             .get_or_insert_with(topic_filter, FilterEntry::default);
-        let filter_arc = entry
-            .filter
-            .get_or_insert_with(|| Arc::from(topic_filter))
-            .clone();
         let mut existed = false;
         let mut route_change = None;
         match &shared {
@@ -628,7 +625,7 @@ impl ShardState {
         }
         let route_changed = route_change.is_some();
         if let Some(group) = route_change {
-            self.change_route(filter_arc, group, true);
+            self.change_route(Arc::from(topic_filter), group, true);
         }
         if let Some(session) = self.session_mut(slot) {
             match session
@@ -718,9 +715,6 @@ impl ShardState {
         let Some(entry) = self.subs.get_mut(topic_filter) else {
             return;
         };
-        let Some(filter_arc) = entry.filter.clone() else {
-            return;
-        };
         let mut route_change = None;
         match &shared {
             None => {
@@ -750,7 +744,7 @@ impl ShardState {
             self.subs.remove(topic_filter);
         }
         if let Some(group) = route_change {
-            self.change_route(filter_arc, group, false);
+            self.change_route(Arc::from(topic_filter), group, false);
         }
     }
 
@@ -778,7 +772,9 @@ impl ShardState {
         let entry = self
             .routes
             .get_or_insert_with(&change.filter, RouteEntry::default);
-        entry.filter.get_or_insert_with(|| change.filter.clone());
+        if change.group.is_some() {
+            entry.filter.get_or_insert_with(|| change.filter.clone());
+        }
         match &change.group {
             None => {
                 if change.present {
@@ -805,6 +801,9 @@ impl ShardState {
                     (None, false) => {}
                 }
             }
+        }
+        if entry.groups.is_empty() {
+            entry.filter = None;
         }
         if entry.shards == 0 && entry.groups.is_empty() {
             self.routes.remove(&change.filter);
@@ -1082,7 +1081,7 @@ impl ShardState {
         let Some(entry) = self.slots.get_mut(slot as usize) else {
             return 0;
         };
-        let Some(session) = entry.session.as_mut() else {
+        let Some(session) = entry.session.as_deref_mut() else {
             return 0;
         };
         // [MQTT-3.8.3-3] no-local: not to the publisher's own session.

@@ -400,3 +400,87 @@ impl<V> TopicTrie<V> {
 pub trait HasName {
     fn name(&self) -> &str;
 }
+
+/// Topic filters → `V`, with filters free of wildcards in a hash map (one probe per publish) and
+/// only wildcard filters in the trie. Most fleet subscriptions are exact (`vehicle/<id>/command`),
+/// so this keeps both the match cost and the memory per subscription low.
+pub struct TopicMap<V> {
+    exact: AHashMap<Box<str>, V>,
+    wild: TopicTrie<V>,
+}
+
+impl<V> Default for TopicMap<V> {
+    fn default() -> Self {
+        TopicMap {
+            exact: AHashMap::new(),
+            wild: TopicTrie::new(),
+        }
+    }
+}
+
+fn has_wildcard(filter: &str) -> bool {
+    filter.bytes().any(|b| b == b'+' || b == b'#')
+}
+
+impl<V> TopicMap<V> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.exact.len() + self.wild.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn get(&self, filter: &str) -> Option<&V> {
+        if has_wildcard(filter) {
+            self.wild.get(filter)
+        } else {
+            self.exact.get(filter)
+        }
+    }
+
+    pub fn get_mut(&mut self, filter: &str) -> Option<&mut V> {
+        if has_wildcard(filter) {
+            self.wild.get_mut(filter)
+        } else {
+            self.exact.get_mut(filter)
+        }
+    }
+
+    pub fn get_or_insert_with(&mut self, filter: &str, make: impl FnOnce() -> V) -> &mut V {
+        if has_wildcard(filter) {
+            self.wild.get_or_insert_with(filter, make)
+        } else {
+            if !self.exact.contains_key(filter) {
+                self.exact.insert(filter.into(), make());
+            }
+            // Inserted just above if it was missing.
+            match self.exact.get_mut(filter) {
+                Some(v) => v,
+                None => unreachable!("entry inserted above"),
+            }
+        }
+    }
+
+    pub fn remove(&mut self, filter: &str) -> Option<V> {
+        if has_wildcard(filter) {
+            self.wild.remove(filter)
+        } else {
+            self.exact.remove(filter)
+        }
+    }
+
+    /// Calls `f` with every value whose filter matches the topic name `topic`.
+    pub fn for_each_match<'a>(&'a self, topic: &str, mut f: impl FnMut(&'a V)) {
+        if let Some(v) = self.exact.get(topic) {
+            f(v);
+        }
+        if !self.wild.is_empty() {
+            self.wild.for_each_match(topic, f);
+        }
+    }
+}
