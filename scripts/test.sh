@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs ringmq's whole test suite on a fresh Debian machine, installing what it needs first:
+#   mosquitto + mosquitto-clients (independent MQTT clients, and the comparison broker),
+#   cmake (librdkafka's build), kafka-python and paho-mqtt (independent Kafka / MQTT clients),
+#   tansu (a real Kafka-protocol broker; ~11 minutes to build the first time, then reused).
+# Then: unit, property and end-to-end tests for every crate, and the tuning scripts' self-test.
+#
+# Environment: RINGMQ_SKIP_INSTALL=1 skips the install steps (for a machine already set up).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+started=$(date +%s)
+say() { printf '\n==> %s (+%ss)\n' "$*" "$(( $(date +%s) - started ))"; }
+
+if [[ "${RINGMQ_SKIP_INSTALL:-0}" != 1 ]]; then
+    say "system packages"
+    need=()
+    for pair in mosquitto:mosquitto mosquitto_sub:mosquitto-clients cmake:cmake curl:curl; do
+        command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair##*:}")
+    done
+    if ((${#need[@]})); then
+        sudo_cmd=()
+        [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
+        "${sudo_cmd[@]}" apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${need[@]}" >/dev/null
+    fi
+    say "python packages"
+    python3 -c 'import kafka, paho.mqtt' 2>/dev/null || python3 -m pip install -q kafka-python paho-mqtt
+    if ! command -v tansu >/dev/null 2>&1 && [[ ! -x "$HOME/.cargo/bin/tansu" ]]; then
+        say "tansu (Kafka-protocol broker for the bridge tests; first time only)"
+        cargo install tansu --locked --features dynostore --root "$HOME/.cargo" --quiet
+    fi
+fi
+
+say "build (broker binary first: the end-to-end tests run it)"
+cargo build --workspace --bins
+say "tests"
+cargo test --workspace --no-fail-fast -- --test-threads=4
+say "tuning scripts (dry runs change nothing)"
+bash tuning/test.sh
+say "done"
