@@ -37,6 +37,8 @@ def flags(s):
         out.append("loadgen CPU-saturated")
     if lg["backlog_growing_seconds"] > 0:
         out.append("send backlog grew")
+    if lg.get("cpu_starved_seconds", 0) > 0:
+        out.append(f"loadgen starved of CPU by other processes (wait up to {lg['cpu_wait_max_percent']:.0f}%)")
     return out
 
 
@@ -74,6 +76,9 @@ def figures(workdir, broker):
         notes.append(f"telemetry: {r} msgs/s not held ({why})")
     elif steps:
         notes.append(f"telemetry: every step held up to {steps[-1][0]} msgs/s (the step list's top; real limit is higher)")
+    for r, s in held:
+        if flags(s):
+            notes.append(f"telemetry {r} msgs/s: " + ", ".join(flags(s)))
     s = load(os.path.join(d, "broadcast.json"))
     if s:
         m = s["messages"]
@@ -87,6 +92,8 @@ def figures(workdir, broker):
             notes.append("broadcast: " + ", ".join(flags(s)))
     s = load(os.path.join(d, "conn-storm.json"))
     if s:
+        if flags(s):
+            notes.append("conn-storm: " + ", ".join(flags(s)))
         c = s["connections"]
         f["storm_last"] = c["time_to_last_connack_ms"]
         f["storm_failed"] = c["failed"]
@@ -111,6 +118,8 @@ def figures(workdir, broker):
             notes.append("one-to-one QoS2: " + ", ".join(flags(s)))
     s = load(os.path.join(d, "idle.json"))
     if s:
+        if flags(s):
+            notes.append("idle: " + ", ".join(flags(s)))
         b = s.get("broker_process") or {}
         conns = s["connections"]["connected"]
         if b.get("rss_kb_ready") and b.get("rss_kb_start") and conns:
@@ -163,6 +172,7 @@ def main():
     p.add_argument("--mosquitto-version", default="")
     p.add_argument("--note", default="")
     p.add_argument("--quick", default="0")
+    p.add_argument("--load", default="")
     a = p.parse_args()
     mq = figures(a.workdir, "mosquitto")
     rq = figures(a.workdir, "ringmq")
@@ -177,6 +187,8 @@ def main():
     out = [f"## {a.date} — `{a.command}`", ""]
     out.append(f"- Machine: {os.cpu_count()} CPUs ({cpu_model}), Linux {platform.release()}; "
                f"run took {a.elapsed} s{' (quick mode: short runs, 3 rate steps)' if a.quick == '1' else ''}.")
+    if a.load:
+        out.append(f"- Host load when the run started (other work on the machine): {a.load}.")
     out.append("- Pinning: broker `taskset -c 0`, loadgen `taskset -c 1` with `--threads 1`; "
                "15,000-connection tests bind source addresses 127.0.0.2–5. Fresh broker per run.")
     out.append(f"- Mosquitto ({a.mosquitto_version}): {a.mosquitto_settings}.")

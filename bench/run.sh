@@ -37,7 +37,7 @@ BROKER_PID=""
 PORT=""
 
 if [[ $QUICK == 1 ]]; then
-    TELEMETRY_RATES=(10000 20000 40000)
+    TELEMETRY_RATES=(10000 40000 80000)
     STEP_S=4; BROADCAST_S=5; P2P_S=4; IDLE_S=3
 else
     TELEMETRY_RATES=(5000 10000 20000 30000 40000 60000 80000 120000)
@@ -177,6 +177,8 @@ command -v mosquitto >/dev/null || { echo "mosquitto is not installed" >&2; exit
 if [[ $(nproc) -lt 2 ]]; then LOADGEN_CPU=$BROKER_CPU; log "one CPU only: broker and loadgen share it"; fi
 
 START=$(date -u '+%Y-%m-%d %H:%M UTC')
+# Other processes on the pinned cores skew the figures; record what was running.
+LOAD="loadavg $(cut -d' ' -f1-3 /proc/loadavg); busiest: $(ps -eo pcpu,comm --sort=-pcpu | sed -n '2,4p' | awk '{printf "%s %s%%, ", $2, $1}' | sed 's/, $//')"
 SECONDS=0
 if [[ -z "$ONLY" || "$ONLY" == mosquitto ]]; then
     bench_broker mosquitto
@@ -196,7 +198,7 @@ TABLE=$(python3 "$ROOT/bench/report.py" "$WORK" \
     --date "$START" --command "$COMMAND" --elapsed "$ELAPSED" \
     --mosquitto-settings "$MOSQUITTO_SETTINGS" --ringmq-settings "$RINGMQ_SETTINGS" \
     --mosquitto-version "$(mosquitto -h 2>/dev/null | head -1 || true)" \
-    --note "$RINGMQ_NOTE" --quick "$QUICK")
+    --note "$RINGMQ_NOTE" --quick "$QUICK" --load "$LOAD")
 echo "$TABLE"
 if [[ $WRITE_DOCS == 1 ]]; then
     DOC=$ROOT/docs/benchmarks.md

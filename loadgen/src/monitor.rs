@@ -43,10 +43,35 @@ pub fn clock_ticks_per_second() -> f64 {
     }
 }
 
+/// A thread that spent this share of wall time runnable but not running (another process on
+/// its core) is starved: its figures understate what the loadgen could drive.
+pub const STARVED_WAIT_PERCENT: f64 = 20.0;
+
+/// Nanoseconds a thread spent waiting on a run queue (field 2 of /proc/.../schedstat).
+pub fn thread_runqueue_wait_ns(tid: u64) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
+    text.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// One sample of every executor thread.
+#[derive(Debug, Clone, Default)]
+pub struct CpuSample {
+    /// Percent of one core used, per thread.
+    pub busy_percent: Vec<f64>,
+    /// Percent of wall time runnable but waiting for a CPU, per thread.
+    pub wait_percent: Vec<f64>,
+    /// A thread saturated for long enough to warn.
+    pub saturated: Option<usize>,
+    /// A thread starved by other processes for long enough to warn.
+    pub starved: Option<usize>,
+}
+
 /// Tracks per-thread CPU between samples.
 pub struct CpuSampler {
     tids: Vec<u64>,
     last: Vec<Option<u64>>,
+    last_wait: Vec<Option<u64>>,
+    starved_streak: Vec<u64>,
     ticks_per_second: f64,
     hot_streak: Vec<u64>,
 }
@@ -55,7 +80,13 @@ impl CpuSampler {
     pub fn new(tids: Vec<u64>) -> Self {
         let last = tids.iter().map(|&tid| thread_cpu_ticks(tid)).collect();
         let count = tids.len();
+        let last_wait = tids
+            .iter()
+            .map(|&tid| thread_runqueue_wait_ns(tid))
+            .collect();
         Self {
+            last_wait,
+            starved_streak: vec![0; count],
             tids,
             last,
             ticks_per_second: clock_ticks_per_second(),
@@ -65,10 +96,29 @@ impl CpuSampler {
 
     /// Percent of one core per thread since the previous sample, and whether any thread has
     /// been saturated for long enough to warn.
-    pub fn sample(&mut self, wall: Duration) -> (Vec<f64>, Option<usize>) {
+    pub fn sample(&mut self, wall: Duration) -> CpuSample {
         let mut percents = Vec::with_capacity(self.tids.len());
+        let mut waits = Vec::with_capacity(self.tids.len());
         let mut saturated = None;
+        let mut starved = None;
         for (slot, &tid) in self.tids.iter().enumerate() {
+            let wait_now = thread_runqueue_wait_ns(tid);
+            let wait = match (self.last_wait[slot], wait_now) {
+                (Some(before), Some(after)) if wall > Duration::ZERO => {
+                    after.saturating_sub(before) as f64 / wall.as_nanos() as f64 * 100.0
+                }
+                _ => 0.0,
+            };
+            self.last_wait[slot] = wait_now;
+            if wait >= STARVED_WAIT_PERCENT {
+                self.starved_streak[slot] += 1;
+                if self.starved_streak[slot] >= SATURATION_SECONDS {
+                    starved = Some(slot);
+                }
+            } else {
+                self.starved_streak[slot] = 0;
+            }
+            waits.push(wait);
             let now = thread_cpu_ticks(tid);
             let percent = match (self.last[slot], now) {
                 (Some(before), Some(after)) if wall > Duration::ZERO => {
@@ -90,7 +140,12 @@ impl CpuSampler {
             }
             percents.push(percent);
         }
-        (percents, saturated)
+        CpuSample {
+            busy_percent: percents,
+            wait_percent: waits,
+            saturated,
+            starved,
+        }
     }
 }
 
@@ -136,6 +191,10 @@ mod tests {
     #[test]
     fn reads_own_cpu() {
         assert!(process_cpu_ticks(std::process::id()).is_some());
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() } as u64;
+        assert!(thread_cpu_ticks(tid).is_some());
+        assert!(thread_runqueue_wait_ns(tid).is_some());
     }
 
     #[test]

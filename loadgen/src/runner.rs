@@ -365,6 +365,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<Summary> {
     let mut previous_received = 0;
     let mut warned_cpu = false;
     let mut warned_backlog = false;
+    let mut warned_starved = false;
     let set_phase = |next: Phase, phase: &mut Phase| {
         *phase = next;
         shared.phase.store(next as u8, Ordering::Release);
@@ -453,14 +454,30 @@ pub fn run(options: RunOptions) -> anyhow::Result<Summary> {
                     cpu = Some(CpuSampler::new(tids));
                 }
             }
-            let (percents, saturated) = match cpu.as_mut() {
-                Some(sampler) => sampler.sample(wall),
-                None => (Vec::new(), None),
-            };
-            for &percent in &percents {
+            let sample = cpu
+                .as_mut()
+                .map(|sampler| sampler.sample(wall))
+                .unwrap_or_default();
+            let percents = &sample.busy_percent;
+            for &percent in percents {
                 health.cpu_max_thread_percent = health.cpu_max_thread_percent.max(percent);
             }
-            if let Some(thread) = saturated {
+            for &wait in &sample.wait_percent {
+                health.cpu_wait_max_percent = health.cpu_wait_max_percent.max(wait);
+            }
+            if let Some(thread) = sample.starved {
+                health.cpu_starved_seconds += 1;
+                if !warned_starved {
+                    warned_starved = true;
+                    let message = format!(
+                        "loadgen thread {thread} waits for CPU (>= {}% of the time runnable but not running): other processes share its core, figures understate the broker",
+                        crate::monitor::STARVED_WAIT_PERCENT
+                    );
+                    eprintln!("\n!!!!! WARNING: {message} !!!!!");
+                    health.warnings.push(message);
+                }
+            }
+            if let Some(thread) = sample.saturated {
                 health.cpu_saturated_seconds += 1;
                 if !warned_cpu {
                     warned_cpu = true;
@@ -495,7 +512,11 @@ pub fn run(options: RunOptions) -> anyhow::Result<Summary> {
                     totals.sent.saturating_sub(last_totals.sent) as f64 / wall.as_secs_f64();
                 let recv_rate = totals.received.saturating_sub(last_totals.received) as f64
                     / wall.as_secs_f64();
-                let cpu_text: Vec<String> = percents.iter().map(|p| format!("{p:.0}%")).collect();
+                let cpu_text: Vec<String> = percents
+                    .iter()
+                    .zip(&sample.wait_percent)
+                    .map(|(busy, wait)| format!("{busy:.0}% (wait {wait:.0}%)"))
+                    .collect();
                 eprintln!(
                     "[{secs:>4}s] {phase:?} conn {}/{} fail {} drop {} | sent {} ({:.0}/s) recv {} ({:.0}/s) acked {} backlog {} | cpu {}",
                     totals.connected,
@@ -524,7 +545,9 @@ pub fn run(options: RunOptions) -> anyhow::Result<Summary> {
     }
     health.backlog_max = backlog_watch.max;
     health.backlog_growing_seconds = backlog_watch.growing_seconds;
-    health.saturated = health.cpu_saturated_seconds > 0 || health.backlog_growing_seconds > 0;
+    health.saturated = health.cpu_saturated_seconds > 0
+        || health.backlog_growing_seconds > 0
+        || health.cpu_starved_seconds > 0;
 
     let totals = stats::totals(&shared.live);
     let mut seq = merged.seq;

@@ -268,6 +268,10 @@ pub struct LoadgenHealth {
     /// Highest per-thread CPU utilisation seen in any one-second interval, percent.
     pub cpu_max_thread_percent: f64,
     pub cpu_saturated_seconds: u64,
+    /// Highest per-thread share of wall time spent runnable but waiting for a CPU, percent.
+    pub cpu_wait_max_percent: f64,
+    /// Seconds a thread was starved by other processes on its core.
+    pub cpu_starved_seconds: u64,
     pub backlog_max: u64,
     pub backlog_growing_seconds: u64,
     pub saturated: bool,
@@ -349,9 +353,10 @@ impl Summary {
             );
         }
         println!(
-            "loadgen: threads {} max thread cpu {:.0}% backlog max {} saturated {}",
+            "loadgen: threads {} max thread cpu {:.0}% max cpu wait {:.0}% backlog max {} saturated {}",
             self.loadgen.threads,
             self.loadgen.cpu_max_thread_percent,
+            self.loadgen.cpu_wait_max_percent,
             self.loadgen.backlog_max,
             self.loadgen.saturated
         );
