@@ -239,6 +239,9 @@ pub enum Recv {
 pub struct RawClient {
     stream: TcpStream,
     inbox: BytesMut,
+    /// PUBLISHes that arrived ahead of an awaited SUBACK (allowed by the spec, 3.8.4); handed
+    /// out first by the next reads.
+    stash: std::collections::VecDeque<Packet>,
     /// The version packets are decoded with (set by [`RawClient::handshake`]).
     pub version: ProtocolVersion,
 }
@@ -254,6 +257,7 @@ impl RawClient {
         RawClient {
             stream,
             inbox: BytesMut::new(),
+            stash: std::collections::VecDeque::new(),
             version: ProtocolVersion::V3_1_1,
         }
     }
@@ -300,6 +304,9 @@ impl RawClient {
 
     /// The next packet within `wait`, or why there is none.
     pub async fn recv_within(&mut self, wait: Duration) -> Recv {
+        if let Some(packet) = self.stash.pop_front() {
+            return Recv::Packet(packet);
+        }
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             match wire::check(&self.inbox, FRAME_MAX_BYTES) {
@@ -426,13 +433,18 @@ impl RawClient {
             },
         };
         self.send_packet(&Packet::Subscribe(subscribe)).await;
+        let mut early = std::collections::VecDeque::new();
         loop {
             match self.next().await {
                 Packet::SubAck(ack) => {
                     assert_eq!(ack.packet_id, packet_id);
+                    early.extend(self.stash.drain(..));
+                    self.stash = early;
                     return ack.reason_codes;
                 }
-                // Retained messages may race ahead of nothing else; anything else is unexpected.
+                // "The Server is permitted to start sending PUBLISH packets matching the
+                // Subscription before the Server sends the SUBACK" (3.8.4): keep them for later.
+                Packet::Publish(p) => early.push_back(Packet::Publish(p)),
                 other => panic!("expected SUBACK, got {other:?}"),
             }
         }
