@@ -93,7 +93,11 @@ ack = "{}"
     }
     let deadline = started + WAIT_LIMIT;
     while bridge.stats().acknowledged < records {
-        assert!(Instant::now() < deadline, "bench timed out: {:?}", bridge.stats());
+        assert!(
+            Instant::now() < deadline,
+            "bench timed out: {:?}",
+            bridge.stats()
+        );
         std::thread::sleep(Duration::from_micros(200));
     }
     let elapsed = started.elapsed();

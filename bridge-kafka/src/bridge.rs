@@ -161,7 +161,11 @@ impl ClientContext for ProducerCtx {
     }
 
     fn stats(&self, statistics: Statistics) {
-        if statistics.brokers.values().any(|broker| broker.state == "UP") {
+        if statistics
+            .brokers
+            .values()
+            .any(|broker| broker.state == "UP")
+        {
             self.shared.mark_up();
         }
     }
@@ -195,7 +199,9 @@ impl ProducerContext for ProducerCtx {
                 shared.failed.fetch_add(1, Ordering::Relaxed);
                 shared.metrics.failed.increment(1);
                 if self.role == ProducerRole::Qos0 {
-                    shared.dropped_delivery_failed.fetch_add(1, Ordering::Relaxed);
+                    shared
+                        .dropped_delivery_failed
+                        .fetch_add(1, Ordering::Relaxed);
                     shared.metrics.dropped_delivery_failed.increment(1);
                 }
                 Err(delivery_error(error))
@@ -218,7 +224,11 @@ fn delivery_error(error: &KafkaError) -> DeliveryError {
 
 /// Sends an ack to its shard. Blocks if that shard's ack channel is full: the shard sized it for its
 /// inflight windows and drains it, and stalling the bridge is the backpressure we want then.
-fn send_ack(acks: &[flume::Sender<BridgeAck>], token: AckToken, outcome: Result<(), DeliveryError>) {
+fn send_ack(
+    acks: &[flume::Sender<BridgeAck>],
+    token: AckToken,
+    outcome: Result<(), DeliveryError>,
+) {
     match acks.get(token.shard) {
         Some(sender) => {
             if sender
@@ -465,7 +475,11 @@ impl Bridge {
         let acks: Arc<[flume::Sender<BridgeAck>]> = acks.into();
 
         let mut qos0_config = validated.raw.producer_client_config();
-        default_setting(&mut qos0_config, "statistics.interval.ms", STATISTICS_INTERVAL_MS);
+        default_setting(
+            &mut qos0_config,
+            "statistics.interval.ms",
+            STATISTICS_INTERVAL_MS,
+        );
         let mut acked_config = qos0_config.clone();
         // Acknowledged records are never given up by time: librdkafka retries until Kafka takes
         // them or fails them definitively; the shards' inflight windows bound how many wait.
@@ -618,12 +632,10 @@ fn produce(
         ack: record.ack,
         handed_at: Instant::now(),
     });
-    let mut kafka_record = BaseRecord::<str, [u8], Box<Delivery>>::with_opaque_to(
-        topic_buffer.as_str(),
-        delivery,
-    )
-    .payload(&record.payload[..])
-    .headers(kafka_headers);
+    let mut kafka_record =
+        BaseRecord::<str, [u8], Box<Delivery>>::with_opaque_to(topic_buffer.as_str(), delivery)
+            .payload(&record.payload[..])
+            .headers(kafka_headers);
     if let Some(key) = rule.key.extract(topic, client_id) {
         kafka_record = kafka_record.key(key);
     }
@@ -631,7 +643,9 @@ fn produce(
         Ok(()) => Ok(()),
         Err((error, _)) => match error.rdkafka_error_code() {
             Some(RDKafkaErrorCode::QueueFull) => Err(ProduceError::QueueFull),
-            _ => Err(ProduceError::Rejected(DeliveryError::Kafka(error.to_string()))),
+            _ => Err(ProduceError::Rejected(DeliveryError::Kafka(
+                error.to_string(),
+            ))),
         },
     }
 }
@@ -728,8 +742,7 @@ impl Worker {
     }
 
     fn publish_gauges(&self) {
-        let buffered =
-            self.qos0_buffer.len() + self.shared.qos0_in_flight.load(Ordering::Relaxed);
+        let buffered = self.qos0_buffer.len() + self.shared.qos0_in_flight.load(Ordering::Relaxed);
         self.shared.buffered.store(buffered, Ordering::Relaxed);
         self.shared.metrics.buffered.set(buffered as f64);
     }
@@ -744,7 +757,11 @@ impl Worker {
 
     /// Sleeps until a record or a wake-up arrives, or the poll period passes.
     fn wait(&mut self) {
-        let timeout = if self.in_flight() { BUSY_WAIT } else { IDLE_WAIT };
+        let timeout = if self.in_flight() {
+            BUSY_WAIT
+        } else {
+            IDLE_WAIT
+        };
         let mut selector = flume::Selector::new().recv(&self.wake_rx, |_| Woke::Nothing);
         if self.qos0_open {
             selector = selector.recv(&self.qos0_rx, |received| match received {
@@ -916,7 +933,10 @@ impl Worker {
                 .metrics
                 .dropped_bridge_stopped
                 .increment(abandoned as u64);
-            tracing::warn!(abandoned, "kafka bridge stopped with qos0 records undelivered");
+            tracing::warn!(
+                abandoned,
+                "kafka bridge stopped with qos0 records undelivered"
+            );
         }
         self.qos0_buffer.clear();
         // Dropping the producers purges what librdkafka still holds; the purge reports arrive

@@ -311,9 +311,13 @@ fn compile_outbound(index: usize, rule: &OutboundRuleConfig) -> Result<OutboundR
     let at = |field: &str| format!("rule[{index}].{field}");
     validate_filter(&rule.filter)
         .map_err(|error| ConfigError::new(at("filter"), format!("{:?}: {error}", rule.filter)))?;
-    let kafka_topic = Template::parse(&rule.kafka_topic, TemplateKind::Outbound).map_err(|error| {
-        ConfigError::new(at("kafka_topic"), format!("{:?}: {error}", rule.kafka_topic))
-    })?;
+    let kafka_topic =
+        Template::parse(&rule.kafka_topic, TemplateKind::Outbound).map_err(|error| {
+            ConfigError::new(
+                at("kafka_topic"),
+                format!("{:?}: {error}", rule.kafka_topic),
+            )
+        })?;
     let (depth, open_ended) = filter_depth(&rule.filter);
     if !open_ended && kafka_topic.max_level() > depth {
         return Err(ConfigError::new(
@@ -348,7 +352,10 @@ fn compile_outbound(index: usize, rule: &OutboundRuleConfig) -> Result<OutboundR
         if !open_ended && level > depth {
             return Err(ConfigError::new(
                 at("key"),
-                format!("level {level} but filter {:?} matches only {depth} levels", rule.filter),
+                format!(
+                    "level {level} but filter {:?} matches only {depth} levels",
+                    rule.filter
+                ),
             ));
         }
     }
@@ -480,23 +487,21 @@ qos = 1
 
     #[test]
     fn unknown_field_is_rejected_by_name() {
-        let error = parse("[bridge.kafka]\nbootstrap_servers = \"k:9092\"\nbufer_max_messages = 1\n")
-            .err()
-            .expect("unknown field");
+        let error =
+            parse("[bridge.kafka]\nbootstrap_servers = \"k:9092\"\nbufer_max_messages = 1\n")
+                .expect_err("unknown field");
         assert!(error.to_string().contains("bufer_max_messages"), "{error}");
         let error = parse(
             "[bridge.kafka]\nbootstrap_servers = \"k\"\n[[bridge.kafka.rule]]\nfilter = \"a\"\nkafka_topic = \"a\"\nakc = \"kafka\"\n",
         )
-        .err()
-        .expect("unknown rule field");
+        .expect_err("unknown rule field");
         assert!(error.to_string().contains("akc"), "{error}");
     }
 
     #[test]
     fn unknown_ack_mode_is_rejected() {
-        let error = parse(&BASE.replace("ack = \"kafka\"", "ack = \"always\""))
-            .err()
-            .expect("bad ack");
+        let error =
+            parse(&BASE.replace("ack = \"kafka\"", "ack = \"always\"")).expect_err("bad ack");
         assert!(error.to_string().contains("always"), "{error}");
     }
 
@@ -520,7 +525,8 @@ qos = 1
 
     #[test]
     fn template_beyond_filter_depth_is_rejected() {
-        let error = error_of(&BASE.replace("kafka_topic = \"telemetry\"", "kafka_topic = \"t.{4}\""));
+        let error =
+            error_of(&BASE.replace("kafka_topic = \"telemetry\"", "kafka_topic = \"t.{4}\""));
         assert_eq!(error.location, "rule[0].kafka_topic");
         // With '#' deeper levels may exist.
         assert!(parse(&BASE.replace("alarm.{2}", "alarm.{9}"))
@@ -531,9 +537,13 @@ qos = 1
 
     #[test]
     fn illegal_kafka_topic_is_rejected() {
-        let error = error_of(&BASE.replace("kafka_topic = \"telemetry\"", "kafka_topic = \"tele/metry\""));
+        let error = error_of(&BASE.replace(
+            "kafka_topic = \"telemetry\"",
+            "kafka_topic = \"tele/metry\"",
+        ));
         assert_eq!(error.location, "rule[0].kafka_topic");
-        let error = error_of(&BASE.replace("kafka_topic = \"telemetry\"", "kafka_topic = \"t{x}\""));
+        let error =
+            error_of(&BASE.replace("kafka_topic = \"telemetry\"", "kafka_topic = \"t{x}\""));
         assert_eq!(error.location, "rule[0].kafka_topic");
     }
 
@@ -543,13 +553,17 @@ qos = 1
         assert_eq!(error.location, "producer.\"ackz\"");
         let error = error_of(&BASE.replace("\"linger.ms\" = 5", "\"linger.ms\" = \"soon\""));
         assert_eq!(error.location, "producer.\"linger.ms\"");
-        let error = error_of(&format!("{BASE}[bridge.kafka.consumer]\n\"no.such.thing\" = 1\n"));
+        let error = error_of(&format!(
+            "{BASE}[bridge.kafka.consumer]\n\"no.such.thing\" = 1\n"
+        ));
         assert_eq!(error.location, "consumer.\"no.such.thing\"");
     }
 
     #[test]
     fn reserved_settings_are_rejected() {
-        let error = error_of(&format!("{BASE}[bridge.kafka.consumer]\n\"group.id\" = \"x\"\n"));
+        let error = error_of(&format!(
+            "{BASE}[bridge.kafka.consumer]\n\"group.id\" = \"x\"\n"
+        ));
         assert_eq!(error.location, "consumer.\"group.id\"");
         let error = error_of(&BASE.replace("acks = \"all\"", "\"bootstrap.servers\" = \"x:1\""));
         assert_eq!(error.location, "producer.\"bootstrap.servers\"");
@@ -578,7 +592,8 @@ qos = 1
 
     #[test]
     fn buffer_bounds() {
-        let error = error_of(&BASE.replace("buffer_max_messages = 5000", "buffer_max_messages = 0"));
+        let error =
+            error_of(&BASE.replace("buffer_max_messages = 5000", "buffer_max_messages = 0"));
         assert_eq!(error.location, "buffer_max_messages");
     }
 

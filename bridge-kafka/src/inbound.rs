@@ -60,7 +60,11 @@ impl ClientContext for ConsumerCtx {
     }
 
     fn stats(&self, statistics: Statistics) {
-        if statistics.brokers.values().any(|broker| broker.state == "UP") {
+        if statistics
+            .brokers
+            .values()
+            .any(|broker| broker.state == "UP")
+        {
             self.shared.mark_up();
         }
         if let Some(topic) = statistics.topics.get(&self.topic) {
@@ -83,7 +87,9 @@ impl ConsumerContext for ConsumerCtx {
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         match result {
             Ok(()) => {
-                self.shared.inbound_committed.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .inbound_committed
+                    .fetch_add(1, Ordering::Relaxed);
                 self.shared.metrics.inbound_committed.increment(1);
             }
             // Typically a revoked partition; its messages are redelivered to the new owner.
@@ -94,7 +100,7 @@ impl ConsumerContext for ConsumerCtx {
     }
 }
 
-struct Consumer_ {
+struct InboundConsumer {
     rule: InboundRule,
     consumer: BaseConsumer<ConsumerCtx>,
     /// Per partition: offsets handed out, and whether the broker accepted them.
@@ -112,7 +118,7 @@ struct Outstanding {
 }
 
 pub(crate) struct InboundSide {
-    consumers: Vec<Consumer_>,
+    consumers: Vec<InboundConsumer>,
     to_broker: flume::Sender<InboundMessage>,
     reply_tx: flume::Sender<InboundReply>,
     reply_rx: flume::Receiver<InboundReply>,
@@ -148,7 +154,7 @@ impl InboundSide {
                     topic: rule.kafka_topic.clone(),
                     source,
                 })?;
-            consumers.push(Consumer_ {
+            consumers.push(InboundConsumer {
                 rule: rule.clone(),
                 consumer,
                 partitions: HashMap::new(),
@@ -307,7 +313,9 @@ impl InboundSide {
     }
 
     fn count_delivered(&self) {
-        self.shared.inbound_delivered.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .inbound_delivered
+            .fetch_add(1, Ordering::Relaxed);
         self.shared.metrics.inbound_delivered.increment(1);
     }
 
@@ -330,10 +338,12 @@ impl InboundSide {
         consumer.outstanding += 1;
         let key_text = key.as_deref().map(std::str::from_utf8);
         let topic = match key_text {
-            Some(Ok(key)) if is_safe_topic_level(key) => consumer.rule.mqtt_topic.expand(TemplateInput {
-                key: Some(key),
-                ..TemplateInput::default()
-            }),
+            Some(Ok(key)) if is_safe_topic_level(key) => {
+                consumer.rule.mqtt_topic.expand(TemplateInput {
+                    key: Some(key),
+                    ..TemplateInput::default()
+                })
+            }
             None => consumer.rule.mqtt_topic.expand(TemplateInput::default()),
             Some(_) => Err(crate::ExpandError::MissingKey),
         };
@@ -344,7 +354,11 @@ impl InboundSide {
                 // never published; it is skipped and its offset settled, so the partition moves on.
                 self.shared.dropped_invalid.fetch_add(1, Ordering::Relaxed);
                 self.shared.metrics.dropped_invalid_key.increment(1);
-                tracing::debug!(partition, offset, "kafka record key cannot form an mqtt topic");
+                tracing::debug!(
+                    partition,
+                    offset,
+                    "kafka record key cannot form an mqtt topic"
+                );
                 self.settle(index, partition, offset);
                 return None;
             }

@@ -106,7 +106,10 @@ impl Template {
                     }
                 }
                 (_, other) => {
-                    return Err(TemplateError::UnknownPlaceholder(other.to_owned(), expected))
+                    return Err(TemplateError::UnknownPlaceholder(
+                        other.to_owned(),
+                        expected,
+                    ))
                 }
             };
             if !literal.is_empty() {
@@ -154,14 +157,19 @@ impl Template {
     }
 
     /// Expands the template for one message into `out` (cleared first).
-    pub fn expand_into(&self, input: TemplateInput<'_>, out: &mut String) -> Result<(), ExpandError> {
+    pub fn expand_into(
+        &self,
+        input: TemplateInput<'_>,
+        out: &mut String,
+    ) -> Result<(), ExpandError> {
         out.clear();
         out.reserve(self.literal_len + input.topic.len());
         for part in &self.parts {
             match part {
                 TemplatePart::Literal(text) => out.push_str(text),
                 TemplatePart::Level(level) => out.push_str(
-                    crate::topic::level(input.topic, *level).ok_or(ExpandError::MissingLevel(*level))?,
+                    crate::topic::level(input.topic, *level)
+                        .ok_or(ExpandError::MissingLevel(*level))?,
                 ),
                 TemplatePart::ClientId => out.push_str(input.client_id),
                 TemplatePart::Key => out.push_str(input.key.ok_or(ExpandError::MissingKey)?),
@@ -210,10 +218,13 @@ mod tests {
 
     #[test]
     fn levels_and_client_id() {
-        let template = Template::parse("fleet.{2}.{3}-{client_id}", TemplateKind::Outbound).unwrap();
+        let template =
+            Template::parse("fleet.{2}.{3}-{client_id}", TemplateKind::Outbound).unwrap();
         assert_eq!(template.max_level(), 3);
         assert_eq!(
-            template.expand(input("vehicle/v42/telemetry", "car-7")).unwrap(),
+            template
+                .expand(input("vehicle/v42/telemetry", "car-7"))
+                .unwrap(),
             "fleet.v42.telemetry-car-7"
         );
         assert_eq!(
@@ -240,9 +251,18 @@ mod tests {
     fn parse_errors() {
         use TemplateKind::*;
         assert_eq!(Template::parse("", Outbound), Err(TemplateError::Empty));
-        assert_eq!(Template::parse("a{1", Outbound), Err(TemplateError::Unclosed));
-        assert_eq!(Template::parse("a}1", Outbound), Err(TemplateError::StrayClose));
-        assert_eq!(Template::parse("a{0}", Outbound), Err(TemplateError::ZeroLevel));
+        assert_eq!(
+            Template::parse("a{1", Outbound),
+            Err(TemplateError::Unclosed)
+        );
+        assert_eq!(
+            Template::parse("a}1", Outbound),
+            Err(TemplateError::StrayClose)
+        );
+        assert_eq!(
+            Template::parse("a{0}", Outbound),
+            Err(TemplateError::ZeroLevel)
+        );
         assert!(matches!(
             Template::parse("{key}", Outbound),
             Err(TemplateError::UnknownPlaceholder(name, _)) if name == "key"

@@ -80,7 +80,9 @@ pub(crate) fn filter_depth(filter: &str) -> (usize, bool) {
 
 /// The `level`-th (1-based) level of a topic name.
 pub(crate) fn level(name: &str, level: usize) -> Option<&str> {
-    level.checked_sub(1).and_then(|index| name.split('/').nth(index))
+    level
+        .checked_sub(1)
+        .and_then(|index| name.split('/').nth(index))
 }
 
 #[cfg(test)]

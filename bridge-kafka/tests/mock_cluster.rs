@@ -88,7 +88,13 @@ fn start(config: BridgeConfig) -> Harness {
     }
 }
 
-fn record(bridge: &BridgeHandle, topic: &str, client_id: &str, seq: u64, ack: bool) -> BridgeRecord {
+fn record(
+    bridge: &BridgeHandle,
+    topic: &str,
+    client_id: &str,
+    seq: u64,
+    ack: bool,
+) -> BridgeRecord {
     let matched = bridge.matcher().matches(topic).expect("topic is bridged");
     let qos = if ack { 1 } else { 0 };
     assert_eq!(matched.wants_kafka_ack(qos), ack);
@@ -172,7 +178,9 @@ fn read_topic(
                 })
                 .unwrap_or_default();
             records.push((
-                message.key().map(|key| String::from_utf8_lossy(key).into_owned()),
+                message
+                    .key()
+                    .map(|key| String::from_utf8_lossy(key).into_owned()),
                 String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned(),
                 headers,
             ));
@@ -193,13 +201,25 @@ fn records_carry_key_headers_and_payload() {
     for seq in 0..10 {
         send(
             &harness.bridge,
-            record(&harness.bridge, "vehicle/car-1/telemetry", "client-1", seq, false),
+            record(
+                &harness.bridge,
+                "vehicle/car-1/telemetry",
+                "client-1",
+                seq,
+                false,
+            ),
         );
     }
     for seq in 10..20 {
         send(
             &harness.bridge,
-            record(&harness.bridge, "vehicle/car-2/event", "client-2", seq, true),
+            record(
+                &harness.bridge,
+                "vehicle/car-2/event",
+                "client-2",
+                seq,
+                true,
+            ),
         );
     }
     collect_acks(&harness.acks, 10);
@@ -244,13 +264,25 @@ fn broker_down_at_start_buffers_drops_oldest_then_delivers() {
     for seq in 0..qos0_sent {
         send(
             &harness.bridge,
-            record(&harness.bridge, "vehicle/car-1/telemetry", "client-1", seq, false),
+            record(
+                &harness.bridge,
+                "vehicle/car-1/telemetry",
+                "client-1",
+                seq,
+                false,
+            ),
         );
     }
     for seq in 1_000..1_040 {
         send(
             &harness.bridge,
-            record(&harness.bridge, "vehicle/car-9/event", "client-9", seq, true),
+            record(
+                &harness.bridge,
+                "vehicle/car-9/event",
+                "client-9",
+                seq,
+                true,
+            ),
         );
     }
     wait_until("qos0 overflow counted as buffer_full", || {
@@ -263,7 +295,10 @@ fn broker_down_at_start_buffers_drops_oldest_then_delivers() {
 
     cluster.broker_up(-1).expect("broker up");
     let acked = collect_acks(&harness.acks, 40);
-    assert_eq!(acked.keys().copied().collect::<Vec<_>>(), (1_000..1_040).collect::<Vec<_>>());
+    assert_eq!(
+        acked.keys().copied().collect::<Vec<_>>(),
+        (1_000..1_040).collect::<Vec<_>>()
+    );
     wait_until("buffered qos0 delivered", || {
         let stats = harness.bridge.stats();
         stats.acknowledged == buffer_max as u64 + 40 && stats.buffered == 0
@@ -297,7 +332,13 @@ fn broker_lost_mid_stream_loses_no_acknowledged_record() {
     for seq in 0..300 {
         send(
             &harness.bridge,
-            record(&harness.bridge, "vehicle/car-3/event", "client-3", seq, true),
+            record(
+                &harness.bridge,
+                "vehicle/car-3/event",
+                "client-3",
+                seq,
+                true,
+            ),
         );
     }
     wait_until("first acks", || harness.bridge.stats().acknowledged > 0);
@@ -305,14 +346,24 @@ fn broker_lost_mid_stream_loses_no_acknowledged_record() {
     for seq in 300..600 {
         send(
             &harness.bridge,
-            record(&harness.bridge, "vehicle/car-3/event", "client-3", seq, true),
+            record(
+                &harness.bridge,
+                "vehicle/car-3/event",
+                "client-3",
+                seq,
+                true,
+            ),
         );
     }
-    wait_until("kafka reported unreachable", || !harness.bridge.stats().kafka_up);
+    wait_until("kafka reported unreachable", || {
+        !harness.bridge.stats().kafka_up
+    });
     cluster.broker_up(-1).expect("broker up");
     let acked = collect_acks(&harness.acks, 600);
     assert_eq!(acked.len(), 600);
-    wait_until("kafka reported reachable again", || harness.bridge.stats().kafka_up);
+    wait_until("kafka reported reachable again", || {
+        harness.bridge.stats().kafka_up
+    });
     // Idempotence keeps retried batches from being stored twice.
     let records = read_topic(&bootstrap, "telemetry", 600);
     assert_eq!(records.len(), 600);
@@ -333,12 +384,24 @@ fn slow_acknowledgements_drop_qos0_but_never_acknowledged_records() {
     for seq in 0..qos0_sent {
         send(
             &harness.bridge,
-            record(&harness.bridge, "vehicle/car-4/telemetry", "client-4", seq, false),
+            record(
+                &harness.bridge,
+                "vehicle/car-4/telemetry",
+                "client-4",
+                seq,
+                false,
+            ),
         );
         if seq % 4 == 0 {
             send(
                 &harness.bridge,
-                record(&harness.bridge, "vehicle/car-4/event", "client-4", 10_000 + seq, true),
+                record(
+                    &harness.bridge,
+                    "vehicle/car-4/event",
+                    "client-4",
+                    10_000 + seq,
+                    true,
+                ),
             );
         }
     }
@@ -346,8 +409,7 @@ fn slow_acknowledgements_drop_qos0_but_never_acknowledged_records() {
     assert_eq!(acked.len(), 500);
     wait_until("qos0 settled", || {
         let stats = harness.bridge.stats();
-        stats.buffered == 0
-            && stats.acknowledged + stats.dropped_buffer_full == qos0_sent + 500
+        stats.buffered == 0 && stats.acknowledged + stats.dropped_buffer_full == qos0_sent + 500
     });
     let stats = harness.bridge.stats();
     assert!(stats.dropped_buffer_full > 0, "{stats:?}");
@@ -364,10 +426,18 @@ fn shutdown_answers_every_outstanding_token() {
     for seq in 0..25 {
         send(
             &harness.bridge,
-            record(&harness.bridge, "vehicle/car-5/event", "client-5", seq, true),
+            record(
+                &harness.bridge,
+                "vehicle/car-5/event",
+                "client-5",
+                seq,
+                true,
+            ),
         );
     }
-    wait_until("records in flight", || harness.bridge.stats().acked_in_flight == 25);
+    wait_until("records in flight", || {
+        harness.bridge.stats().acked_in_flight == 25
+    });
     harness.bridge.shutdown();
     let mut answered = BTreeMap::new();
     while let Ok(ack) = harness.acks.try_recv() {
@@ -440,7 +510,10 @@ qos = 1
         let remaining = deadline.saturating_duration_since(Instant::now());
         messages.push(inbound.recv_timeout(remaining).expect("inbound message"));
     }
-    let topics: Vec<&str> = messages.iter().map(|message| message.topic.as_str()).collect();
+    let topics: Vec<&str> = messages
+        .iter()
+        .map(|message| message.topic.as_str())
+        .collect();
     assert_eq!(
         topics,
         [

@@ -177,7 +177,11 @@ ack = "kafka"
             })
             .expect("channel has room");
         acked_tokens += usize::from(acked);
-        let key = if acked { vehicle.clone() } else { client_id.clone() };
+        let key = if acked {
+            vehicle.clone()
+        } else {
+            client_id.clone()
+        };
         expectations.push(format!(
             r#"{{"payload":"{payload}","key":"{key}","headers":{{"mqtt_topic":"{topic}","mqtt_client_id":"{client_id}","mqtt_qos":"{qos}","mqtt_publish_time_ms":"{}","fleet":"north"}}}}"#,
             1_700_000_000_000 + seq
@@ -195,7 +199,11 @@ ack = "kafka"
     }
     assert!(answered.values().all(|count| *count == 1));
     while bridge.stats().acknowledged < RECORDS {
-        assert!(Instant::now() < deadline, "not all acknowledged: {:?}", bridge.stats());
+        assert!(
+            Instant::now() < deadline,
+            "not all acknowledged: {:?}",
+            bridge.stats()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     bridge.shutdown();
