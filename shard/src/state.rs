@@ -150,6 +150,10 @@ pub struct ShardState {
     pub shutting_down: bool,
     /// Counter for assigned client identifiers.
     next_assigned_id: u64,
+    /// Connection generations are shard-wide, not per session: a slot freed by a clean-start
+    /// takeover is reused at once by the new session, and a per-session counter would hand the
+    /// new connection the old one's generation, so the old task would keep serving.
+    next_link_generation: u32,
     pub started_at: Instant,
 }
 
@@ -193,6 +197,7 @@ impl ShardState {
             next_barrier: 1,
             shutting_down: false,
             next_assigned_id: 0,
+            next_link_generation: 1,
             started_at: Instant::now(),
         }
     }
@@ -313,7 +318,8 @@ impl ShardState {
             Some(&slot) => slot,
             None => self.create_session(client_id, peer),
         };
-        let generation;
+        let generation = self.next_link_generation;
+        self.next_link_generation = self.next_link_generation.wrapping_add(1).max(1);
         {
             let max_expiry = self.limits.session_expiry_max_secs;
             let Some(session) = self.session_mut(slot) else {
@@ -324,8 +330,7 @@ impl ShardState {
                     session_present: false,
                 };
             };
-            generation = session.next_generation;
-            session.next_generation = session.next_generation.wrapping_add(1);
+            session.next_generation = generation.wrapping_add(1);
             session.link = Some(ConnectionLink {
                 generation,
                 waker: None,
