@@ -17,13 +17,14 @@ use crate::config::Config;
 
 /// ringmq — a shared-nothing, thread-per-core MQTT 3.1/3.1.1/5.0 broker.
 #[derive(Debug, Parser)]
-#[command(name = "ringmq", version, about)]
+// Later flags win, so wrappers can append overrides to a base command line.
+#[command(name = "ringmq", version, about, args_override_self = true)]
 struct Args {
     /// TOML configuration file (defaults to the embedded configuration; see `--print-default-config`).
     #[arg(long, short = 'c')]
     config: Option<PathBuf>,
-    /// MQTT listen address; repeat for several. Overrides the config's `listen`.
-    #[arg(long)]
+    /// MQTT listen addresses, comma-separated. Overrides the config's `listen`.
+    #[arg(long, value_delimiter = ',')]
     listen: Vec<SocketAddr>,
     /// Number of shards (0 = one per CPU core). Overrides the config's `shards`.
     #[arg(long)]
