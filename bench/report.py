@@ -22,7 +22,9 @@ def load(path):
 def step_held(s):
     m, lg = s["messages"], s["loadgen"]
     return (m["sent"] > 0 and m["lost"] == 0 and m["duplicated"] == 0
-            and lg["backlog_growing_seconds"] == 0 and s["connections"]["failed"] == 0)
+            and lg["backlog_growing_seconds"] == 0
+            and lg.get("delivery_backlog_growing_seconds", 0) == 0
+            and s["connections"]["failed"] == 0)
 
 
 def broker_cpu(s):
@@ -35,8 +37,12 @@ def flags(s):
     out = []
     if lg["cpu_saturated_seconds"] > 0:
         out.append("loadgen CPU-saturated")
+    if lg.get("cpu_saturated_seconds_connecting", 0) > 0 and s["messages"]["sent"] == 0:
+        out.append("loadgen CPU-saturated while connecting")
     if lg["backlog_growing_seconds"] > 0:
         out.append("send backlog grew")
+    if lg.get("delivery_backlog_growing_seconds", 0) > 0:
+        out.append(f"delivery backlog grew (max {lg['delivery_backlog_max']} undelivered)")
     if lg.get("cpu_starved_seconds", 0) > 0:
         out.append(f"loadgen starved of CPU by other processes (wait up to {lg['cpu_wait_max_percent']:.0f}%)")
     return out

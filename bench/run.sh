@@ -40,7 +40,7 @@ if [[ $QUICK == 1 ]]; then
     TELEMETRY_RATES=(10000 40000 80000)
     STEP_S=4; BROADCAST_S=5; P2P_S=4; IDLE_S=3
 else
-    TELEMETRY_RATES=(5000 10000 20000 30000 40000 60000 80000 120000)
+    TELEMETRY_RATES=(5000 10000 20000 30000 40000 60000 80000 120000 160000)
     STEP_S=10; BROADCAST_S=10; P2P_S=10; IDLE_S=5
 fi
 
@@ -104,6 +104,12 @@ stop_broker() {
             curl -s --max-time 2 "http://127.0.0.1:$METRICS_PORT/metrics" > "${CURRENT_JSON%.json}.prom" 2>/dev/null || true
         fi
         kill "$BROKER_PID" 2>/dev/null || true
+        # Graceful shutdown gets 10 s, then SIGKILL.
+        for _ in $(seq 1 100); do
+            kill -0 "$BROKER_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -9 "$BROKER_PID" 2>/dev/null || true
         wait "$BROKER_PID" 2>/dev/null || true
     fi
     BROKER_PID=""
@@ -124,8 +130,9 @@ run_one() {
 }
 
 step_ok() {
-    # A telemetry step is held when nothing was lost or duplicated and the loadgen's send
-    # backlog never grew (it sent everything on schedule).
+    # A telemetry step is held when nothing was lost or duplicated, the loadgen's send
+    # backlog never grew (it sent everything on schedule) and the delivery backlog (sent but
+    # not yet received) never kept growing (the broker kept up).
     python3 - "$1" <<'PY'
 import json, sys
 try:
@@ -134,7 +141,9 @@ except Exception:
     sys.exit(1)
 m, lg = s["messages"], s["loadgen"]
 ok = (m["sent"] > 0 and m["lost"] == 0 and m["duplicated"] == 0
-      and lg["backlog_growing_seconds"] == 0 and s["connections"]["failed"] == 0)
+      and lg["backlog_growing_seconds"] == 0
+      and lg.get("delivery_backlog_growing_seconds", 0) == 0
+      and s["connections"]["failed"] == 0)
 sys.exit(0 if ok else 1)
 PY
 }

@@ -355,6 +355,8 @@ pub fn run(options: RunOptions) -> anyhow::Result<Summary> {
     };
     let mut cpu: Option<CpuSampler> = None;
     let mut backlog_watch = BacklogWatch::default();
+    let mut delivery_watch = BacklogWatch::default();
+    let mut warned_delivery = false;
     let mut phase = Phase::Connecting;
     let mut publishing_since: Option<Instant> = None;
     let mut publishing_ended: Option<Instant> = None;
@@ -477,13 +479,21 @@ pub fn run(options: RunOptions) -> anyhow::Result<Summary> {
                     health.warnings.push(message);
                 }
             }
+            // Saturation while connecting only matters for connection figures, so it is kept
+            // apart from saturation while messages flow.
+            let measuring_connections = phase == Phase::Connecting || planned_publishers == 0;
             if let Some(thread) = sample.saturated {
-                health.cpu_saturated_seconds += 1;
-                if !warned_cpu {
+                if phase == Phase::Connecting {
+                    health.cpu_saturated_seconds_connecting += 1;
+                } else {
+                    health.cpu_saturated_seconds += 1;
+                }
+                if !warned_cpu && (measuring_connections || phase != Phase::Connecting) {
                     warned_cpu = true;
                     let message = format!(
-                        "loadgen thread {thread} is saturated (>= {}% CPU): the loadgen may be the bottleneck, not the broker",
-                        crate::monitor::SATURATION_CPU_PERCENT
+                        "loadgen thread {thread} is saturated (>= {}% CPU) while {}: the loadgen may be the bottleneck, not the broker",
+                        crate::monitor::SATURATION_CPU_PERCENT,
+                        if phase == Phase::Connecting { "connecting" } else { "messages flow" }
                     );
                     eprintln!("\n!!!!! WARNING: {message} !!!!!");
                     health.warnings.push(message);
@@ -502,6 +512,20 @@ pub fn run(options: RunOptions) -> anyhow::Result<Summary> {
                 warned_backlog = true;
                 let message = format!(
                     "send backlog growing ({backlog} scheduled messages not sent): the loadgen, the inflight window or the broker cannot keep up with the requested rate"
+                );
+                eprintln!("\n!!!!! WARNING: {message} !!!!!");
+                health.warnings.push(message);
+            }
+            // Sent but not yet delivered: growing means the broker (or the subscribers) fall
+            // behind even though the loadgen sends on schedule.
+            let delivery_backlog = totals.expected.saturating_sub(totals.received);
+            if phase == Phase::Publishing
+                && delivery_watch.sample(delivery_backlog, planned_rate)
+                && !warned_delivery
+            {
+                warned_delivery = true;
+                let message = format!(
+                    "delivery backlog growing ({delivery_backlog} sent messages not yet delivered): the broker or the subscribers cannot keep up"
                 );
                 eprintln!("\n!!!!! WARNING: {message} !!!!!");
                 health.warnings.push(message);
@@ -545,7 +569,10 @@ pub fn run(options: RunOptions) -> anyhow::Result<Summary> {
     }
     health.backlog_max = backlog_watch.max;
     health.backlog_growing_seconds = backlog_watch.growing_seconds;
+    health.delivery_backlog_max = delivery_watch.max;
+    health.delivery_backlog_growing_seconds = delivery_watch.growing_seconds;
     health.saturated = health.cpu_saturated_seconds > 0
+        || (planned_publishers == 0 && health.cpu_saturated_seconds_connecting > 0)
         || health.backlog_growing_seconds > 0
         || health.cpu_starved_seconds > 0;
 

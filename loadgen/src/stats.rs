@@ -267,13 +267,19 @@ pub struct LoadgenHealth {
     pub threads: usize,
     /// Highest per-thread CPU utilisation seen in any one-second interval, percent.
     pub cpu_max_thread_percent: f64,
+    /// Seconds a thread was saturated while messages flowed (or, without publishers, at all).
     pub cpu_saturated_seconds: u64,
+    /// Seconds a thread was saturated while clients were connecting.
+    pub cpu_saturated_seconds_connecting: u64,
     /// Highest per-thread share of wall time spent runnable but waiting for a CPU, percent.
     pub cpu_wait_max_percent: f64,
     /// Seconds a thread was starved by other processes on its core.
     pub cpu_starved_seconds: u64,
     pub backlog_max: u64,
     pub backlog_growing_seconds: u64,
+    /// Sent × fan-out minus received: deliveries the broker still owes.
+    pub delivery_backlog_max: u64,
+    pub delivery_backlog_growing_seconds: u64,
     pub saturated: bool,
     pub warnings: Vec<String>,
 }
