@@ -125,7 +125,10 @@ impl BrokerProcess {
             match rx.recv_timeout(left) {
                 Ok(line) => {
                     if let Some(addr) = line.strip_prefix("listening ") {
-                        break addr.trim().parse::<SocketAddr>().expect("listening address");
+                        break addr
+                            .trim()
+                            .parse::<SocketAddr>()
+                            .expect("listening address");
                     }
                 }
                 Err(_) => {
@@ -226,6 +229,7 @@ fn read_tail(path: &Path) -> String {
 
 /// What one bounded read produced.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // test helper: one value per read, never stored in bulk
 pub enum Recv {
     Packet(Packet),
     Closed,
@@ -586,7 +590,11 @@ pub fn opts(qos: QoS) -> SubscriptionOptions {
 }
 
 /// Runs `future` with a hard bound, panicking with `what` if it does not finish.
-pub async fn bounded<T>(wait: Duration, what: &str, future: impl std::future::Future<Output = T>) -> T {
+pub async fn bounded<T>(
+    wait: Duration,
+    what: &str,
+    future: impl std::future::Future<Output = T>,
+) -> T {
     tokio::time::timeout(wait, future)
         .await
         .unwrap_or_else(|_| panic!("{what}: not done within {wait:?}"))

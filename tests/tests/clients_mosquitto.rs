@@ -13,11 +13,26 @@ fn port(broker: &BrokerProcess) -> String {
 
 /// Starts mosquitto_sub and waits until its subscription is in place (it subscribes right after
 /// CONNACK; a retained probe published by us tells when it is live).
-fn subscriber(broker: &BrokerProcess, topic: &str, count: usize, extra: &[&str]) -> mosquitto::Tool {
+fn subscriber(
+    broker: &BrokerProcess,
+    topic: &str,
+    count: usize,
+    extra: &[&str],
+) -> mosquitto::Tool {
     let p = port(broker);
     let count = count.to_string();
     let mut args = vec![
-        "-h", "127.0.0.1", "-p", &p, "-t", topic, "-C", &count, "-W", "15", "-i",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &p,
+        "-t",
+        topic,
+        "-C",
+        &count,
+        "-W",
+        "15",
+        "-i",
     ];
     let id = unique("msub");
     args.push(&id);
@@ -46,11 +61,25 @@ async fn pub_sub_qos_0_1_2() {
         let message = format!("hello at qos {qos}");
         mosquitto::run(
             "mosquitto_pub",
-            &["-h", "127.0.0.1", "-p", &p, "-t", &topic, "-q", qos, "-m", &message],
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &p,
+                "-t",
+                &topic,
+                "-q",
+                qos,
+                "-m",
+                &message,
+            ],
             TOOL_WAIT,
         );
         let (status, lines) = sub.finish(TOOL_WAIT);
-        assert!(status.is_some_and(|s| s.success()), "mosquitto_sub: {status:?}");
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "mosquitto_sub: {status:?}"
+        );
         assert_eq!(lines, vec![message]);
     }
     broker.assert_alive();
@@ -66,13 +95,37 @@ async fn retained_with_r() {
     let p = port(&broker);
     mosquitto::run(
         "mosquitto_pub",
-        &["-h", "127.0.0.1", "-p", &p, "-t", &topic, "-q", "1", "-r", "-m", "kept"],
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &p,
+            "-t",
+            &topic,
+            "-q",
+            "1",
+            "-r",
+            "-m",
+            "kept",
+        ],
         TOOL_WAIT,
     );
     // A later subscriber gets it at once; -R would skip retained, so plain -C 1 suffices.
     let lines = mosquitto::run(
         "mosquitto_sub",
-        &["-h", "127.0.0.1", "-p", &p, "-t", &topic, "-C", "1", "-W", "10", "-v"],
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &p,
+            "-t",
+            &topic,
+            "-C",
+            "1",
+            "-W",
+            "10",
+            "-v",
+        ],
         TOOL_WAIT,
     );
     assert_eq!(lines, vec![format!("{topic} kept")]);
@@ -86,22 +139,48 @@ async fn v5_pub_sub_with_user_property() {
     }
     let mut broker = BrokerProcess::start(&[]);
     let topic = unique("mosq/v5");
-    let sub = subscriber(&broker, &topic, 1, &["-V", "mqttv5", "-q", "1", "-F", "%t|%p|%P"]);
+    let sub = subscriber(
+        &broker,
+        &topic,
+        1,
+        &["-V", "mqttv5", "-q", "1", "-F", "%t|%p|%P"],
+    );
     wait_subscribed(&broker).await;
     let p = port(&broker);
     mosquitto::run(
         "mosquitto_pub",
         &[
-            "-h", "127.0.0.1", "-p", &p, "-V", "mqttv5", "-t", &topic, "-q", "1", "-m", "five",
-            "-D", "publish", "user-property", "fleet", "eu",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &p,
+            "-V",
+            "mqttv5",
+            "-t",
+            &topic,
+            "-q",
+            "1",
+            "-m",
+            "five",
+            "-D",
+            "publish",
+            "user-property",
+            "fleet",
+            "eu",
         ],
         TOOL_WAIT,
     );
     let (status, lines) = sub.finish(TOOL_WAIT);
-    assert!(status.is_some_and(|s| s.success()), "mosquitto_sub: {status:?}");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "mosquitto_sub: {status:?}"
+    );
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].starts_with(&format!("{topic}|five|")), "{lines:?}");
-    assert!(lines[0].contains("fleet") && lines[0].contains("eu"), "{lines:?}");
+    assert!(
+        lines[0].contains("fleet") && lines[0].contains("eu"),
+        "{lines:?}"
+    );
     broker.assert_alive();
 }
 
@@ -119,8 +198,20 @@ async fn will_of_killed_mosquitto_sub() {
     let doomed = mosquitto::spawn(
         "mosquitto_sub",
         &[
-            "-h", "127.0.0.1", "-p", &p, "-i", &id, "-t", "mosq/nothing", "--will-topic",
-            &will_topic, "--will-payload", "vehicle offline", "--will-qos", "1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &p,
+            "-i",
+            &id,
+            "-t",
+            "mosq/nothing",
+            "--will-topic",
+            &will_topic,
+            "--will-payload",
+            "vehicle offline",
+            "--will-qos",
+            "1",
         ],
     );
     // Wait until its session exists (it connected), then SIGKILL: no DISCONNECT is sent.

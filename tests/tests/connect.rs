@@ -101,11 +101,8 @@ async fn v4_empty_client_id_needs_clean_session() {
     assert!(!ack.session_present);
     c.disconnect().await;
     // [MQTT-3.1.3-8] empty id without clean session: CONNACK 0x02 then close.
-    let (mut c, ack) = RawClient::handshake(
-        broker.addr,
-        connect(ProtocolVersion::V3_1_1, "", false, 60),
-    )
-    .await;
+    let (mut c, ack) =
+        RawClient::handshake(broker.addr, connect(ProtocolVersion::V3_1_1, "", false, 60)).await;
     assert_eq!(ack.reason_code, ReasonCode::ClientIdentifierNotValid);
     c.expect_closed().await;
     broker.assert_alive();
@@ -180,8 +177,7 @@ async fn keepalive_enforced_v5_disconnect_0x8d() {
 
 #[tokio::test]
 async fn keepalive_max_announced_as_server_keep_alive() {
-    let mut broker =
-        BrokerProcess::start_with_config("[limits]\nkeepalive_max_secs = 5\n", &[]);
+    let mut broker = BrokerProcess::start_with_config("[limits]\nkeepalive_max_secs = 5\n", &[]);
     let (c, ack) = RawClient::connected(
         broker.addr,
         connect(ProtocolVersion::V5, &unique("ska"), true, 60),
@@ -202,7 +198,10 @@ async fn keepalive_max_announced_as_server_keep_alive() {
         connect(ProtocolVersion::V5, &unique("ska3"), true, 3),
     )
     .await;
-    assert_eq!(ack.properties.server_keep_alive, None, "3 ≤ 5 is kept as asked");
+    assert_eq!(
+        ack.properties.server_keep_alive, None,
+        "3 ≤ 5 is kept as asked"
+    );
     c.disconnect().await;
     broker.assert_alive();
 }
@@ -264,8 +263,13 @@ async fn first_packet_not_connect_closes() {
     let before = c.expect_closed().await;
     assert!(before.is_empty(), "no reply expected: {before:?}");
     let mut c = RawClient::connect(broker.addr).await;
-    c.send_packet(&Packet::Publish(publish("a/b", b"x", QoS::AtMostOnce, false)))
-        .await;
+    c.send_packet(&Packet::Publish(publish(
+        "a/b",
+        b"x",
+        QoS::AtMostOnce,
+        false,
+    )))
+    .await;
     c.expect_closed().await;
     broker.assert_alive();
 }
@@ -281,7 +285,9 @@ async fn bad_protocol_name_closes_without_connack() {
     .await;
     let before = c.expect_closed().await;
     assert!(
-        before.iter().all(|p| matches!(p, Packet::ConnAck(a) if a.reason_code.is_error())),
+        before
+            .iter()
+            .all(|p| matches!(p, Packet::ConnAck(a) if a.reason_code.is_error())),
         "{before:?}"
     );
     broker.assert_alive();

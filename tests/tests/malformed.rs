@@ -59,7 +59,13 @@ fn raw_publish_v5(topic: &[u8]) -> Vec<u8> {
 
 async fn publish_topic(broker: &mut BrokerProcess, topic: &[u8], code: ReasonCode) {
     let mut other = bystander(broker).await;
-    violation(broker, ProtocolVersion::V3_1_1, &raw_publish_v4(topic), code).await;
+    violation(
+        broker,
+        ProtocolVersion::V3_1_1,
+        &raw_publish_v4(topic),
+        code,
+    )
+    .await;
     violation(broker, ProtocolVersion::V5, &raw_publish_v5(topic), code).await;
     assert_eq!(other.ping().await, 0);
     broker.assert_alive();
@@ -90,9 +96,19 @@ async fn bad_fixed_header_flags() {
 async fn invalid_utf8_in_topic() {
     let mut broker = BrokerProcess::start(&[]);
     // [MQTT-1.5.4-1] ill-formed UTF-8 (0xC3 0x28).
-    publish_topic(&mut broker, &[b'a', 0xC3, 0x28], ReasonCode::MalformedPacket).await;
+    publish_topic(
+        &mut broker,
+        &[b'a', 0xC3, 0x28],
+        ReasonCode::MalformedPacket,
+    )
+    .await;
     // [MQTT-1.5.4-1] UTF-16 surrogate encoded in UTF-8 (U+D800).
-    publish_topic(&mut broker, &[0xED, 0xA0, 0x80], ReasonCode::MalformedPacket).await;
+    publish_topic(
+        &mut broker,
+        &[0xED, 0xA0, 0x80],
+        ReasonCode::MalformedPacket,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -141,7 +157,8 @@ async fn oversize_packet() {
     }
     // A packet just within the limit is fine.
     let (mut c, _) = RawClient::connected(broker.addr, connect_v5(&unique("fits"))).await;
-    c.publish("big/ok", &[1u8; 900], QoS::AtLeastOnce, false).await;
+    c.publish("big/ok", &[1u8; 900], QoS::AtLeastOnce, false)
+        .await;
     assert_eq!(other.ping().await, 0);
     broker.assert_alive();
 }
@@ -185,7 +202,12 @@ async fn reserved_packet_type_and_client_only_packets() {
     // Packet type 0 is reserved.
     both(&mut broker, &[0x00, 0x00], ReasonCode::MalformedPacket).await;
     // CONNACK from a client is a protocol error (5.0 layout: flags, code, no properties).
-    both(&mut broker, &[0x20, 0x03, 0x00, 0x00, 0x00], ReasonCode::ProtocolError).await;
+    both(
+        &mut broker,
+        &[0x20, 0x03, 0x00, 0x00, 0x00],
+        ReasonCode::ProtocolError,
+    )
+    .await;
 }
 
 #[tokio::test]

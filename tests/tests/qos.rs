@@ -12,19 +12,13 @@ async fn raw_qos_matrix_both_directions() {
     let topic = unique("qos/matrix");
     for version in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
         for granted in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
-            let (mut sub, _) = RawClient::connected(
-                broker.addr,
-                connect(version, &unique("sub"), true, 60),
-            )
-            .await;
+            let (mut sub, _) =
+                RawClient::connected(broker.addr, connect(version, &unique("sub"), true, 60)).await;
             let codes = sub.subscribe(&topic, granted).await;
             assert_eq!(codes.len(), 1);
             assert_eq!(codes[0].code(), granted as u8, "granted QoS");
-            let (mut publisher, _) = RawClient::connected(
-                broker.addr,
-                connect(version, &unique("pub"), true, 60),
-            )
-            .await;
+            let (mut publisher, _) =
+                RawClient::connected(broker.addr, connect(version, &unique("pub"), true, 60)).await;
             for sent in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
                 let payload = format!("{sent:?}->{granted:?}");
                 publisher
@@ -55,7 +49,9 @@ async fn inflight_packet_ids_are_distinct() {
     sub.subscribe(&topic, QoS::AtLeastOnce).await;
     let (mut publisher, _) = RawClient::connected(broker.addr, connect_v4(&unique("pub"))).await;
     for i in 0..10u8 {
-        publisher.publish(&topic, &[i], QoS::AtLeastOnce, false).await;
+        publisher
+            .publish(&topic, &[i], QoS::AtLeastOnce, false)
+            .await;
     }
     let mut ids = HashSet::new();
     for i in 0..10u8 {
@@ -84,7 +80,9 @@ async fn rumqttc_qos1_and_qos2_round_trip() {
             {
                 assert_eq!(
                     ack.return_codes,
-                    vec![rumqttc::SubscribeReasonCode::Success(rumqttc::QoS::ExactlyOnce)]
+                    vec![rumqttc::SubscribeReasonCode::Success(
+                        rumqttc::QoS::ExactlyOnce
+                    )]
                 );
                 break;
             }
@@ -144,11 +142,13 @@ async fn overlapping_subscriptions_one_copy_highest_qos_all_ids() {
     let f1 = format!("{base}/+");
     let f2 = format!("{base}/#");
     assert_eq!(
-        sub.subscribe_with(vec![(&f1, opts(QoS::AtLeastOnce))], Some(1)).await,
+        sub.subscribe_with(vec![(&f1, opts(QoS::AtLeastOnce))], Some(1))
+            .await,
         vec![ReasonCode::GrantedQoS1]
     );
     assert_eq!(
-        sub.subscribe_with(vec![(&f2, opts(QoS::ExactlyOnce))], Some(2)).await,
+        sub.subscribe_with(vec![(&f2, opts(QoS::ExactlyOnce))], Some(2))
+            .await,
         vec![ReasonCode::GrantedQoS2]
     );
     let (mut publisher, _) = RawClient::connected(broker.addr, connect_v5(&unique("pub"))).await;
@@ -168,8 +168,7 @@ async fn overlapping_subscriptions_one_copy_highest_qos_all_ids() {
 
 #[tokio::test]
 async fn v5_receive_maximum_exceeded_0x93() {
-    let mut broker =
-        BrokerProcess::start_with_config("[limits]\nreceive_maximum = 2\n", &[]);
+    let mut broker = BrokerProcess::start_with_config("[limits]\nreceive_maximum = 2\n", &[]);
     let (mut c, ack) = RawClient::connected(broker.addr, connect_v5(&unique("rm"))).await;
     assert_eq!(ack.properties.receive_maximum, Some(2));
     let topic = unique("rm/t");
@@ -183,14 +182,14 @@ async fn v5_receive_maximum_exceeded_0x93() {
     let mut p = publish(&topic, b"x", QoS::ExactlyOnce, false);
     p.packet_id = Some(pid(3));
     c.send_packet(&Packet::Publish(p)).await;
-    c.expect_disconnect(ReasonCode::ReceiveMaximumExceeded).await;
+    c.expect_disconnect(ReasonCode::ReceiveMaximumExceeded)
+        .await;
     broker.assert_alive();
 }
 
 #[tokio::test]
 async fn v5_receive_maximum_not_exceeded_when_released() {
-    let mut broker =
-        BrokerProcess::start_with_config("[limits]\nreceive_maximum = 2\n", &[]);
+    let mut broker = BrokerProcess::start_with_config("[limits]\nreceive_maximum = 2\n", &[]);
     let (mut c, _) = RawClient::connected(broker.addr, connect_v5(&unique("rm-ok"))).await;
     let topic = unique("rm/t");
     for id in 1..=6u16 {
@@ -237,9 +236,15 @@ async fn unacknowledged_redelivered_with_dup_on_resume() {
     let (mut sub, _) = RawClient::connected(broker.addr, persistent.clone()).await;
     sub.subscribe(&topic, QoS::ExactlyOnce).await;
     let (mut publisher, _) = RawClient::connected(broker.addr, connect_v4(&unique("pub"))).await;
-    publisher.publish(&topic, b"q1", QoS::AtLeastOnce, false).await;
-    publisher.publish(&topic, b"q2", QoS::ExactlyOnce, false).await;
-    publisher.publish(&topic, b"q2-rec", QoS::ExactlyOnce, false).await;
+    publisher
+        .publish(&topic, b"q1", QoS::AtLeastOnce, false)
+        .await;
+    publisher
+        .publish(&topic, b"q2", QoS::ExactlyOnce, false)
+        .await;
+    publisher
+        .publish(&topic, b"q2-rec", QoS::ExactlyOnce, false)
+        .await;
     let first = sub.next_publish().await;
     let second = sub.next_publish().await;
     let third = sub.next_publish().await;

@@ -10,7 +10,9 @@ async fn set_replace_clear() {
     let mut broker = BrokerProcess::start(&[]);
     let topic = unique("ret/set");
     let (mut publisher, _) = RawClient::connected(broker.addr, connect_v4(&unique("pub"))).await;
-    publisher.publish(&topic, b"first", QoS::AtLeastOnce, true).await;
+    publisher
+        .publish(&topic, b"first", QoS::AtLeastOnce, true)
+        .await;
     let (mut sub, _) = RawClient::connected(broker.addr, connect_v4(&unique("s1"))).await;
     sub.subscribe(&topic, QoS::AtLeastOnce).await;
     let got = sub.next_publish().await;
@@ -19,7 +21,9 @@ async fn set_replace_clear() {
     assert_eq!(&got.payload[..], b"first");
     sub.ack(&got).await;
     // [MQTT-3.3.1-5] a new retained message replaces the old one.
-    publisher.publish(&topic, b"second", QoS::AtLeastOnce, true).await;
+    publisher
+        .publish(&topic, b"second", QoS::AtLeastOnce, true)
+        .await;
     let live = sub.next_publish().await;
     // [MQTT-3.3.1-12] forwarded live to an existing subscription: RETAIN=0 (v3.1.1).
     assert!(!live.retain);
@@ -43,7 +47,9 @@ async fn retained_visible_from_every_shard() {
     let mut broker = BrokerProcess::start(&[]);
     let topic = unique("ret/shards");
     let (mut publisher, _) = RawClient::connected(broker.addr, connect_v4(&unique("pub"))).await;
-    publisher.publish(&topic, b"everywhere", QoS::AtLeastOnce, true).await;
+    publisher
+        .publish(&topic, b"everywhere", QoS::AtLeastOnce, true)
+        .await;
     // Clients hash to both shards; each must see the retained message.
     for i in 0..8 {
         let (mut sub, _) =
@@ -69,7 +75,9 @@ async fn v5_retain_handling() {
     let mut broker = BrokerProcess::start(&[]);
     let topic = unique("ret/rh");
     let (mut publisher, _) = RawClient::connected(broker.addr, connect_v5(&unique("pub"))).await;
-    publisher.publish(&topic, b"kept", QoS::AtLeastOnce, true).await;
+    publisher
+        .publish(&topic, b"kept", QoS::AtLeastOnce, true)
+        .await;
     let with = |rh| SubscriptionOptions {
         qos: QoS::AtMostOnce,
         retain_handling: rh,
@@ -85,11 +93,17 @@ async fn v5_retain_handling() {
     sub.disconnect().await;
     // 1: only if the subscription is new [MQTT-3.3.1-10].
     let (mut sub, _) = RawClient::connected(broker.addr, connect_v5(&unique("rh1"))).await;
-    sub.subscribe_with(vec![(&topic, with(RetainHandling::SendAtSubscribeIfNew))], None)
-        .await;
+    sub.subscribe_with(
+        vec![(&topic, with(RetainHandling::SendAtSubscribeIfNew))],
+        None,
+    )
+    .await;
     assert_eq!(&sub.next_publish().await.payload[..], b"kept");
-    sub.subscribe_with(vec![(&topic, with(RetainHandling::SendAtSubscribeIfNew))], None)
-        .await;
+    sub.subscribe_with(
+        vec![(&topic, with(RetainHandling::SendAtSubscribeIfNew))],
+        None,
+    )
+    .await;
     sub.expect_silence(Duration::from_millis(400)).await;
     sub.disconnect().await;
     // 2: never [MQTT-3.3.1-11].
@@ -120,7 +134,9 @@ async fn v5_retain_as_published() {
     let (mut clear, _) = RawClient::connected(broker.addr, connect_v5(&unique("rap0"))).await;
     clear.subscribe(&topic, QoS::AtMostOnce).await;
     let (mut publisher, _) = RawClient::connected(broker.addr, connect_v5(&unique("pub"))).await;
-    publisher.publish(&topic, b"live", QoS::AtLeastOnce, true).await;
+    publisher
+        .publish(&topic, b"live", QoS::AtLeastOnce, true)
+        .await;
     // [MQTT-3.3.1-13] RETAIN as published; [MQTT-3.3.1-12] otherwise 0.
     assert!(keep.next_publish().await.retain);
     assert!(!clear.next_publish().await.retain);
@@ -135,7 +151,11 @@ async fn assigned(addr: std::net::SocketAddr) -> (RawClient, String) {
         .assigned_client_identifier
         .expect("assigned id")
         .to_string();
-    let shard = id.split('-').nth(1).expect("shard in assigned id").to_string();
+    let shard = id
+        .split('-')
+        .nth(1)
+        .expect("shard in assigned id")
+        .to_string();
     (c, shard)
 }
 
@@ -214,7 +234,12 @@ async fn wildcard_over_100k_retained_keeps_shard_responsive() {
         (count, suback, sub)
     });
     // While the flood is delivered, the neighbour is still served.
-    bounded(Duration::from_secs(30), "neighbour ping during flood", other.ping()).await;
+    bounded(
+        Duration::from_secs(30),
+        "neighbour ping during flood",
+        other.ping(),
+    )
+    .await;
     let (count, suback, mut sub) = bounded(Duration::from_secs(120), "100k retained", reader)
         .await
         .expect("reader task");

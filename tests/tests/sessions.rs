@@ -15,9 +15,15 @@ async fn offline_messages_delivered_on_reconnect() {
     sub.subscribe(&topic, QoS::ExactlyOnce).await;
     sub.disconnect().await;
     let (mut publisher, _) = RawClient::connected(broker.addr, connect_v4(&unique("pub"))).await;
-    publisher.publish(&topic, b"q0", QoS::AtMostOnce, false).await;
-    publisher.publish(&topic, b"q1", QoS::AtLeastOnce, false).await;
-    publisher.publish(&topic, b"q2", QoS::ExactlyOnce, false).await;
+    publisher
+        .publish(&topic, b"q0", QoS::AtMostOnce, false)
+        .await;
+    publisher
+        .publish(&topic, b"q1", QoS::AtLeastOnce, false)
+        .await;
+    publisher
+        .publish(&topic, b"q2", QoS::ExactlyOnce, false)
+        .await;
     // [MQTT-3.1.2-4] the subscription survived and QoS 1/2 were stored; QoS 0 is not queued
     // offline by default (queue_qos0_offline = false).
     let (mut sub, ack) = RawClient::connected(broker.addr, persistent).await;
@@ -60,7 +66,9 @@ async fn rumqttc_persistent_session() {
     })
     .await;
     let (mut publisher, _) = RawClient::connected(broker.addr, connect_v4(&unique("pub"))).await;
-    publisher.publish(&topic, b"stored", QoS::AtLeastOnce, false).await;
+    publisher
+        .publish(&topic, b"stored", QoS::AtLeastOnce, false)
+        .await;
     let (_client, mut eventloop) = rumqttc::AsyncClient::new(options, 10);
     let payload = bounded(RECV_TIMEOUT, "stored message", async {
         loop {
@@ -80,8 +88,7 @@ async fn rumqttc_persistent_session() {
 
 #[tokio::test]
 async fn offline_queue_is_bounded() {
-    let mut broker =
-        BrokerProcess::start_with_config("[limits]\nsession_queue_len_max = 5\n", &[]);
+    let mut broker = BrokerProcess::start_with_config("[limits]\nsession_queue_len_max = 5\n", &[]);
     let topic = unique("sess/bounded");
     let id = unique("bounded");
     let persistent = connect(ProtocolVersion::V3_1_1, &id, false, 60);
@@ -90,7 +97,9 @@ async fn offline_queue_is_bounded() {
     sub.disconnect().await;
     let (mut publisher, _) = RawClient::connected(broker.addr, connect_v4(&unique("pub"))).await;
     for i in 0..12u8 {
-        publisher.publish(&topic, &[i], QoS::AtLeastOnce, false).await;
+        publisher
+            .publish(&topic, &[i], QoS::AtLeastOnce, false)
+            .await;
     }
     let (mut sub, _) = RawClient::connected(broker.addr, persistent).await;
     // Overflow policy: beyond the limit new messages are dropped, the oldest kept.
@@ -121,7 +130,9 @@ async fn v5_session_expiry() {
     sub.disconnect().await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let (mut publisher, _) = RawClient::connected(broker.addr, connect_v5(&unique("pub"))).await;
-    publisher.publish(&topic, b"late", QoS::AtLeastOnce, false).await;
+    publisher
+        .publish(&topic, b"late", QoS::AtLeastOnce, false)
+        .await;
     // [MQTT-3.1.2-23] after the interval the session is gone.
     let (mut sub, ack) = RawClient::connected(broker.addr, resume).await;
     assert!(!ack.session_present);
@@ -153,7 +164,10 @@ async fn v5_message_expiry() {
     // [MQTT-3.3.2-5] the expired one is dropped; [MQTT-3.3.2-6] the other carries what is left.
     let got = sub.next_publish().await;
     assert_eq!(&got.payload[..], b"long");
-    let left = got.properties.message_expiry_interval.expect("remaining expiry");
+    let left = got
+        .properties
+        .message_expiry_interval
+        .expect("remaining expiry");
     assert!(left < 60 && left > 0, "remaining interval {left}");
     sub.ack(&got).await;
     sub.expect_silence(Duration::from_millis(300)).await;
@@ -183,7 +197,9 @@ async fn takeover_v5_disconnect_0x8e_no_loss() {
     first.subscribe(&topic, QoS::AtLeastOnce).await;
     let (mut publisher, _) = RawClient::connected(broker.addr, connect_v5(&unique("pub"))).await;
     for i in 0..5u8 {
-        publisher.publish(&topic, &[i], QoS::AtLeastOnce, false).await;
+        publisher
+            .publish(&topic, &[i], QoS::AtLeastOnce, false)
+            .await;
     }
     // The first connection receives but does not acknowledge.
     for i in 0..5u8 {
@@ -195,7 +211,9 @@ async fn takeover_v5_disconnect_0x8e_no_loss() {
     assert!(ack.session_present);
     first.expect_disconnect(ReasonCode::SessionTakenOver).await;
     for i in 5..8u8 {
-        publisher.publish(&topic, &[i], QoS::AtLeastOnce, false).await;
+        publisher
+            .publish(&topic, &[i], QoS::AtLeastOnce, false)
+            .await;
     }
     let mut got = Vec::new();
     for _ in 0..8 {

@@ -24,9 +24,13 @@ async fn shared_group_balances_v4_and_v5_members() {
     let topic = unique("shared/t");
     let filter = format!("$share/workers/{topic}");
     let mut members = Vec::new();
-    for (i, version) in [ProtocolVersion::V3_1_1, ProtocolVersion::V5, ProtocolVersion::V5]
-        .into_iter()
-        .enumerate()
+    for (i, version) in [
+        ProtocolVersion::V3_1_1,
+        ProtocolVersion::V5,
+        ProtocolVersion::V5,
+    ]
+    .into_iter()
+    .enumerate()
     {
         let (mut c, _) = RawClient::connected(
             broker.addr,
@@ -44,7 +48,9 @@ async fn shared_group_balances_v4_and_v5_members() {
     let (mut publisher, _) = RawClient::connected(broker.addr, connect_v5(&unique("pub"))).await;
     const N: u8 = 60;
     for i in 0..N {
-        publisher.publish(&topic, &[i], QoS::AtLeastOnce, false).await;
+        publisher
+            .publish(&topic, &[i], QoS::AtLeastOnce, false)
+            .await;
     }
     let mut all = Vec::new();
     for m in members.iter_mut() {
@@ -79,14 +85,20 @@ async fn remaining_members_get_everything_after_one_leaves() {
     let (mut publisher, _) = RawClient::connected(broker.addr, connect_v4(&unique("pub"))).await;
     const N: u8 = 30;
     for i in 0..N {
-        publisher.publish(&topic, &[i], QoS::AtLeastOnce, false).await;
+        publisher
+            .publish(&topic, &[i], QoS::AtLeastOnce, false)
+            .await;
     }
     let mut all = Vec::new();
     for m in members.iter_mut() {
         all.extend(drain(m).await);
     }
     all.sort();
-    assert_eq!(all, (0..N).collect::<Vec<_>>(), "nothing lost after a member left");
+    assert_eq!(
+        all,
+        (0..N).collect::<Vec<_>>(),
+        "nothing lost after a member left"
+    );
     broker.assert_alive();
 }
 
@@ -111,7 +123,9 @@ async fn rumqttc_shared_subscription() {
     })
     .await;
     let (mut publisher, _) = RawClient::connected(broker.addr, connect_v4(&unique("pub"))).await;
-    publisher.publish(&topic, b"one", QoS::AtLeastOnce, false).await;
+    publisher
+        .publish(&topic, b"one", QoS::AtLeastOnce, false)
+        .await;
     let got = bounded(RECV_TIMEOUT, "shared delivery", async {
         loop {
             if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) =

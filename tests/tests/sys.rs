@@ -20,12 +20,13 @@ async fn single_and_multi_level_wildcards() {
     let mut broker = BrokerProcess::start(&[]);
     let base = unique("wild");
     let (mut plus, _) = RawClient::connected(broker.addr, connect_v4(&unique("plus"))).await;
-    plus.subscribe(&format!("{base}/+/temp"), QoS::AtMostOnce).await;
+    plus.subscribe(&format!("{base}/+/temp"), QoS::AtMostOnce)
+        .await;
     let (mut hash, _) = RawClient::connected(broker.addr, connect_v4(&unique("hash"))).await;
     hash.subscribe(&format!("{base}/#"), QoS::AtMostOnce).await;
     let (mut publisher, _) = RawClient::connected(broker.addr, connect_v4(&unique("pub"))).await;
     let topics = [
-        format!("{base}"),
+        base.clone(),
         format!("{base}/a/temp"),
         format!("{base}/b/temp"),
         format!("{base}/a/b/temp"),
@@ -59,7 +60,9 @@ async fn dollar_topics_not_matched_by_leading_wildcards() {
     let (mut plus, _) = RawClient::connected(broker.addr, connect_v4(&unique("plus"))).await;
     plus.subscribe(&format!("+/{tag}"), QoS::AtMostOnce).await;
     let (mut exact, _) = RawClient::connected(broker.addr, connect_v4(&unique("exact"))).await;
-    exact.subscribe(&format!("$app/{tag}"), QoS::AtMostOnce).await;
+    exact
+        .subscribe(&format!("$app/{tag}"), QoS::AtMostOnce)
+        .await;
     let (mut publisher, _) = RawClient::connected(broker.addr, connect_v4(&unique("pub"))).await;
     publisher
         .publish(&format!("$app/{tag}"), b"dollar", QoS::AtLeastOnce, false)
@@ -86,8 +89,7 @@ async fn dollar_topics_not_matched_by_leading_wildcards() {
 
 #[tokio::test]
 async fn sys_topics_published() {
-    let mut broker =
-        BrokerProcess::start_with_config("[limits]\nsys_interval_secs = 1\n", &[]);
+    let mut broker = BrokerProcess::start_with_config("[limits]\nsys_interval_secs = 1\n", &[]);
     let (mut sub, _) = RawClient::connected(broker.addr, connect_v4(&unique("sys"))).await;
     sub.subscribe("$SYS/broker/#", QoS::AtMostOnce).await;
     let wanted = [
@@ -132,7 +134,10 @@ async fn rumqttc_wildcard_subscription() {
     let options = rumqttc::v5::MqttOptions::new(unique("rq"), "127.0.0.1", broker.port);
     let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(options, 10);
     client
-        .subscribe(format!("{base}/+/x/#"), rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+        .subscribe(
+            format!("{base}/+/x/#"),
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        )
         .await
         .expect("subscribe");
     bounded(RECV_TIMEOUT, "suback", async {
@@ -162,6 +167,9 @@ async fn rumqttc_wildcard_subscription() {
         }
     })
     .await;
-    assert_eq!(topic, (format!("{base}/a/x/b/c").into_bytes(), b"yes".to_vec()));
+    assert_eq!(
+        topic,
+        (format!("{base}/a/x/b/c").into_bytes(), b"yes".to_vec())
+    );
     broker.assert_alive();
 }

@@ -29,8 +29,7 @@ async fn inbound_topic_alias() {
 
 #[tokio::test]
 async fn inbound_topic_alias_errors() {
-    let mut broker =
-        BrokerProcess::start_with_config("[limits]\ntopic_alias_maximum = 4\n", &[]);
+    let mut broker = BrokerProcess::start_with_config("[limits]\ntopic_alias_maximum = 4\n", &[]);
     // [MQTT-3.3.2-9] an alias above our Topic Alias Maximum: DISCONNECT 0x94.
     let (mut c, _) = RawClient::connected(broker.addr, connect_v5(&unique("big"))).await;
     let mut p = publish("a/b", b"x", QoS::AtMostOnce, false);
@@ -55,21 +54,36 @@ async fn outbound_topic_aliases_when_client_allows() {
     let (mut sub, _) = RawClient::connected(broker.addr, c).await;
     sub.subscribe(&topic, QoS::AtLeastOnce).await;
     let (mut publisher, _) = RawClient::connected(broker.addr, connect_v5(&unique("pub"))).await;
-    publisher.publish(&topic, b"1", QoS::AtLeastOnce, false).await;
-    publisher.publish(&topic, b"2", QoS::AtLeastOnce, false).await;
+    publisher
+        .publish(&topic, b"1", QoS::AtLeastOnce, false)
+        .await;
+    publisher
+        .publish(&topic, b"2", QoS::AtLeastOnce, false)
+        .await;
     let first = sub.next_publish().await;
     sub.ack(&first).await;
-    let alias = first.properties.topic_alias.expect("alias set on first use");
-    assert!((1..=3).contains(&alias), "[MQTT-3.3.2-10] alias within our maximum");
+    let alias = first
+        .properties
+        .topic_alias
+        .expect("alias set on first use");
+    assert!(
+        (1..=3).contains(&alias),
+        "[MQTT-3.3.2-10] alias within our maximum"
+    );
     assert_eq!(first.topic.as_str(), topic);
     let second = sub.next_publish().await;
     sub.ack(&second).await;
     assert_eq!(second.properties.topic_alias, Some(alias));
-    assert!(second.topic.is_empty(), "later deliveries use the alias alone");
+    assert!(
+        second.topic.is_empty(),
+        "later deliveries use the alias alone"
+    );
     // A client that did not allow aliases never gets one [MQTT-3.3.2-11].
     let (mut plain, _) = RawClient::connected(broker.addr, connect_v5(&unique("plain"))).await;
     plain.subscribe(&topic, QoS::AtLeastOnce).await;
-    publisher.publish(&topic, b"3", QoS::AtLeastOnce, false).await;
+    publisher
+        .publish(&topic, b"3", QoS::AtLeastOnce, false)
+        .await;
     let got = plain.next_publish().await;
     assert_eq!(got.properties.topic_alias, None);
     assert_eq!(got.topic.as_str(), topic);
@@ -91,7 +105,9 @@ async fn subscription_identifier_and_no_local() {
     me.publish(&topic, b"mine", QoS::AtLeastOnce, false).await;
     me.expect_silence(Duration::from_millis(400)).await;
     let (mut other, _) = RawClient::connected(broker.addr, connect_v5(&unique("other"))).await;
-    other.publish(&topic, b"theirs", QoS::AtLeastOnce, false).await;
+    other
+        .publish(&topic, b"theirs", QoS::AtLeastOnce, false)
+        .await;
     let got = me.next_publish().await;
     assert_eq!(&got.payload[..], b"theirs");
     // [MQTT-3.3.4-3] the subscription identifier comes along.
@@ -122,7 +138,10 @@ async fn properties_passed_through_unchanged() {
     // correlation data unaltered; content type and payload format likewise.
     assert_eq!(got.properties.user_properties, p.properties.user_properties);
     assert_eq!(got.properties.response_topic, p.properties.response_topic);
-    assert_eq!(got.properties.correlation_data, p.properties.correlation_data);
+    assert_eq!(
+        got.properties.correlation_data,
+        p.properties.correlation_data
+    );
     assert_eq!(got.properties.content_type, p.properties.content_type);
     assert_eq!(got.properties.payload_format_indicator, Some(1));
     broker.assert_alive();
@@ -220,25 +239,36 @@ async fn shutdown_sends_disconnect_0x8b() {
 
 #[tokio::test]
 async fn acl_deny_suback_0x80_and_0x87() {
-    let mut broker =
-        BrokerProcess::start_with_config("[acl]\ndeny = [\"secret/#\"]\n", &[]);
+    let mut broker = BrokerProcess::start_with_config("[acl]\ndeny = [\"secret/#\"]\n", &[]);
     let (mut v4, _) = RawClient::connected(broker.addr, connect_v4(&unique("acl4"))).await;
     let codes = v4
         .subscribe_with(
-            vec![("secret/a", opts(QoS::AtLeastOnce)), ("open/a", opts(QoS::AtLeastOnce))],
+            vec![
+                ("secret/a", opts(QoS::AtLeastOnce)),
+                ("open/a", opts(QoS::AtLeastOnce)),
+            ],
             None,
         )
         .await;
     // [MQTT-3.9.3-2] 3.1.1 failure return code 0x80.
-    assert_eq!(codes, vec![ReasonCode::UnspecifiedError, ReasonCode::GrantedQoS1]);
+    assert_eq!(
+        codes,
+        vec![ReasonCode::UnspecifiedError, ReasonCode::GrantedQoS1]
+    );
     let (mut v5, _) = RawClient::connected(broker.addr, connect_v5(&unique("acl5"))).await;
     let codes = v5
         .subscribe_with(
-            vec![("secret/+", opts(QoS::AtMostOnce)), ("$share/g/secret/x", opts(QoS::AtMostOnce))],
+            vec![
+                ("secret/+", opts(QoS::AtMostOnce)),
+                ("$share/g/secret/x", opts(QoS::AtMostOnce)),
+            ],
             None,
         )
         .await;
-    assert_eq!(codes, vec![ReasonCode::NotAuthorized, ReasonCode::NotAuthorized]);
+    assert_eq!(
+        codes,
+        vec![ReasonCode::NotAuthorized, ReasonCode::NotAuthorized]
+    );
     // A refused subscription receives nothing.
     v5.publish("secret/x", b"s", QoS::AtLeastOnce, false).await;
     v5.expect_silence(Duration::from_millis(300)).await;

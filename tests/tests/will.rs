@@ -79,7 +79,11 @@ async fn will_on_keepalive_timeout() {
     let mut w = watcher(&broker, &topic).await;
     let (_silent, _) = RawClient::connected(
         broker.addr,
-        with_will(connect(ProtocolVersion::V3_1_1, &unique("silent"), true, 1), &topic, None),
+        with_will(
+            connect(ProtocolVersion::V3_1_1, &unique("silent"), true, 1),
+            &topic,
+            None,
+        ),
     )
     .await;
     let got = match w.recv_within(Duration::from_secs(6)).await {
