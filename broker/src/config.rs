@@ -35,6 +35,16 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub acl: SubscribeRules,
+    #[serde(default)]
+    pub bridge: BridgeSection,
+}
+
+/// `[bridge]`: bridges to other systems. Only Kafka so far.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeSection {
+    /// `[bridge.kafka]`: see `examples/kafka-bridge.toml`.
+    pub kafka: Option<bridge_kafka::BridgeConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -106,6 +116,11 @@ impl Config {
         }
         self.limits.validate()?;
         self.acl.validate()?;
+        if let Some(kafka) = &self.bridge.kafka {
+            kafka
+                .validate()
+                .map_err(|e| anyhow::anyhow!("bridge.kafka: {e}"))?;
+        }
         Ok(())
     }
 }
@@ -132,6 +147,20 @@ mod tests {
         let err = Config::parse("[limits]\nmax_pakcet_size_bytes = 5\n", "t.toml").unwrap_err();
         let text = format!("{err:#}");
         assert!(text.contains("max_pakcet_size_bytes"), "{text}");
+    }
+
+    #[test]
+    fn shipped_kafka_example_is_valid() {
+        let text = include_str!("../../examples/kafka-bridge.toml");
+        let c = Config::parse(text, "examples/kafka-bridge.toml").expect("example parses");
+        assert!(c.bridge.kafka.is_some());
+    }
+
+    #[test]
+    fn bad_bridge_rule_is_named() {
+        let text = "[bridge.kafka]\nbootstrap_servers = \"127.0.0.1:9092\"\n[[bridge.kafka.rule]]\nfilter = \"a/#\"\nkafka_topic = \"t\"\nkey = \"vin\"\n";
+        let err = Config::parse(text, "t.toml").unwrap_err();
+        assert!(format!("{err:#}").contains("key"), "{err:#}");
     }
 
     #[test]

@@ -109,14 +109,43 @@ fn run() -> anyhow::Result<()> {
         info!(addr = %bound, "prometheus metrics on /metrics");
     }
 
-    let broker = shard::start(shard::RuntimeConfig {
-        listen: config.listen.clone(),
-        shards,
-        pin: config.pin_shards,
-        listen_backlog: config.listen_backlog,
-        limits: config.limits.clone(),
-        rules: config.acl.clone(),
-    })?;
+    // The Kafka bridge shard starts before the MQTT shards (it never waits for Kafka).
+    let (bridge, bridge_link) = match config.bridge.kafka.clone() {
+        Some(kafka) => {
+            let (ack_senders, ack_receivers): (Vec<_>, Vec<_>) = (0..shards)
+                .map(|_| flume::bounded(shard::bridge::ACK_CHANNEL_CAPACITY))
+                .unzip();
+            let (inbound_tx, inbound_rx) = flume::bounded(shard::bridge::INBOUND_CHANNEL_CAPACITY);
+            let handle = bridge_kafka::Bridge::start(kafka, ack_senders, inbound_tx)
+                .context("bridge.kafka: cannot start the kafka bridge")?;
+            let link = shard::bridge::BridgeLink {
+                shards: ack_receivers
+                    .into_iter()
+                    .map(|acks| shard::bridge::ShardBridge {
+                        sender: handle.sender(),
+                        matcher: handle.matcher(),
+                        acks,
+                    })
+                    .collect(),
+                inbound: inbound_rx,
+            };
+            info!("kafka bridge started");
+            (Some(handle), Some(link))
+        }
+        None => (None, None),
+    };
+
+    let broker = shard::start(
+        shard::RuntimeConfig {
+            listen: config.listen.clone(),
+            shards,
+            pin: config.pin_shards,
+            listen_backlog: config.listen_backlog,
+            limits: config.limits.clone(),
+            rules: config.acl.clone(),
+        },
+        bridge_link,
+    )?;
     for addr in &broker.local_addrs {
         info!(addr = %addr, shards, "ringmq listening");
     }
@@ -135,6 +164,10 @@ fn run() -> anyhow::Result<()> {
         error!(error = %e, "a shard failed");
         anyhow::anyhow!(e)
     })?;
+    if let Some(bridge) = bridge {
+        // Answers every outstanding acknowledgement and flushes what Kafka will still take.
+        bridge.shutdown();
+    }
     info!("stopped");
     Ok(())
 }

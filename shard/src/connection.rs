@@ -602,6 +602,7 @@ impl Conn {
                             sent[q as usize] += 1;
                         }
                     }
+                    NextFrame::WroteControl => wrote = true,
                     NextFrame::Dropped(reason) => {
                         if let Some(q) = qos {
                             dropped.push((q, reason));
@@ -978,8 +979,20 @@ impl Conn {
             expires_at,
             received_at: now,
         });
-        let matched = state.publish(message, now);
         drop(state);
+        let offer = crate::bridge::offer(ctx, self.slot, self.generation, &message, packet_id);
+        if let crate::bridge::Offer::Refused = offer {
+            // Not acknowledged, not routed: the client's inflight window holds it back, and it
+            // resends after reconnecting. A QoS 2 id must be usable again for that resend.
+            if let (QoS::ExactlyOnce, Some(id)) = (qos, packet_id) {
+                ctx.state.borrow_mut().release_qos2(self.slot, id);
+            }
+            return Flow::Continue;
+        }
+        let matched = ctx.state.borrow_mut().publish(message, now);
+        if let crate::bridge::Offer::AckLater = offer {
+            return Flow::Continue;
+        }
         let code = if matched == 0 && self.version == ProtocolVersion::V5 {
             ReasonCode::NoMatchingSubscribers
         } else {

@@ -15,6 +15,7 @@
 //! subscribers) and one of [`state::RouteEntry`] (which shards want which filters); messages are
 //! [`message::Message`] shared by `Arc` between every subscriber on every shard.
 
+pub mod bridge;
 pub mod config;
 pub mod connection;
 pub mod message;

@@ -60,6 +60,8 @@ pub struct ShardCtx {
     pub read_buf: RefCell<BytesMut>,
     /// Reused by every connection's writes; empty between writes.
     pub write_buf: RefCell<BytesMut>,
+    /// This shard's link to the Kafka bridge, when one is configured.
+    pub bridge: Option<crate::bridge::ShardBridge>,
 }
 
 impl ShardCtx {
@@ -129,7 +131,10 @@ fn bind_listener(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::Tc
 }
 
 /// Starts `config.shards` shards and returns once every one is listening.
-pub fn start(config: RuntimeConfig) -> Result<Broker, ShardError> {
+pub fn start(
+    config: RuntimeConfig,
+    bridge: Option<crate::bridge::BridgeLink>,
+) -> Result<Broker, ShardError> {
     let count = usize::from(config.shards.max(1));
     if count > SHARDS_MAX {
         return Err(ShardError::TooManyShards {
@@ -177,6 +182,13 @@ pub fn start(config: RuntimeConfig) -> Result<Broker, ShardError> {
         .unwrap_or(1);
     let mut handles = Vec::new();
     let mut first_listeners = first_listeners.into_iter().map(Some).collect::<Vec<_>>();
+    let (mut bridges, inbound) = match bridge {
+        Some(link) => (
+            link.shards.into_iter().map(Some).collect::<Vec<_>>(),
+            Some(link.inbound),
+        ),
+        None => (Vec::new(), None),
+    };
     for (id, (tx_row, rx_row)) in senders.into_iter().zip(receivers.into_iter()).enumerate() {
         let placement = if config.pin && count <= cpus {
             Placement::Fixed(id)
@@ -202,6 +214,8 @@ pub fn start(config: RuntimeConfig) -> Result<Broker, ShardError> {
             own_listeners.push(l);
         }
         let cfg = config.clone();
+        let shard_bridge = bridges.get_mut(id).and_then(Option::take);
+        let shard_inbound = inbound.clone();
         let shutdown_flag = shutdown.clone();
         let started_count = started.clone();
         let handle = LocalExecutorBuilder::new(placement)
@@ -218,6 +232,8 @@ pub fn start(config: RuntimeConfig) -> Result<Broker, ShardError> {
                     rx_row,
                     shutdown_flag,
                     started_count,
+                    shard_bridge,
+                    shard_inbound,
                 )
                 .await;
             })
@@ -255,7 +271,10 @@ async fn run_shard(
     rx_row: Vec<Option<SharedReceiver<Vec<ShardMsg>>>>,
     shutdown: Arc<AtomicBool>,
     started: Arc<AtomicU16>,
+    bridge: Option<crate::bridge::ShardBridge>,
+    inbound: Option<flume::Receiver<bridge_kafka::InboundMessage>>,
 ) {
+    let acks = bridge.as_ref().map(|b| b.acks.clone());
     let ctx = Rc::new(ShardCtx {
         state: RefCell::new(ShardState::new(
             id,
@@ -265,7 +284,14 @@ async fn run_shard(
         )),
         read_buf: RefCell::new(BytesMut::with_capacity(32 * 1024)),
         write_buf: RefCell::new(BytesMut::with_capacity(128 * 1024)),
+        bridge,
     });
+    if let Some(acks) = acks {
+        glommio::spawn_local(crate::bridge::ack_loop(ctx.clone(), acks)).detach();
+    }
+    if let Some(inbound) = inbound {
+        glommio::spawn_local(crate::bridge::inbound_loop(ctx.clone(), inbound)).detach();
+    }
     // Connect the channel ends (each side awaits its peer).
     let mut connected_tx: Vec<Option<Rc<ConnectedSender<Vec<ShardMsg>>>>> = Vec::new();
     let mut pending_rx = Vec::new();

@@ -71,12 +71,15 @@ pub enum Outbound {
     /// subscriber of the same shape (encode once, write many).
     Frame(Bytes),
     Deliver(Delivery),
+    /// An acknowledgement owed from elsewhere (e.g. a PUBACK once Kafka acknowledged). Never
+    /// dropped, not a message.
+    Control(Bytes),
 }
 
 impl Outbound {
     pub fn qos(&self) -> QoS {
         match self {
-            Outbound::Frame(_) => QoS::AtMostOnce,
+            Outbound::Frame(_) | Outbound::Control(_) => QoS::AtMostOnce,
             Outbound::Deliver(d) => d.qos,
         }
     }
@@ -185,8 +188,10 @@ pub struct Session {
 
 /// What [`Session::next_frame`] did.
 pub enum NextFrame {
-    /// Encoded one packet into the buffer.
+    /// Encoded one message into the buffer.
     Wrote,
+    /// Encoded an acknowledgement (not a message).
+    WroteControl,
     /// Dropped a message that could not be sent (expired, or bigger than the client accepts).
     Dropped(DropReason),
     /// Nothing can be written now (queue empty, or inflight window full).
@@ -296,6 +301,10 @@ impl Session {
                     }
                     out.extend_from_slice(&bytes);
                     return NextFrame::Wrote;
+                }
+                Some(Outbound::Control(bytes)) => {
+                    out.extend_from_slice(&bytes);
+                    return NextFrame::WroteControl;
                 }
                 Some(Outbound::Deliver(d)) => d,
                 None => return NextFrame::Idle,

@@ -155,6 +155,10 @@ pub struct ShardState {
     /// new connection the old one's generation, so the old task would keep serving.
     next_link_generation: u32,
     pub started_at: Instant,
+    /// PUBACK/PUBRECs owed once Kafka acknowledges, by bridge token. Bounded by the clients'
+    /// inflight windows (a client cannot have more unacknowledged publishes than its window).
+    pub kafka_pending: AHashMap<u64, crate::bridge::PendingKafkaAck>,
+    pub next_kafka_token: u64,
 }
 
 /// Which shard owns a client id's session. Fixed seeds: every shard must agree.
@@ -199,6 +203,8 @@ impl ShardState {
             next_assigned_id: 0,
             next_link_generation: 1,
             started_at: Instant::now(),
+            kafka_pending: AHashMap::new(),
+            next_kafka_token: 0,
         }
     }
 

@@ -19,6 +19,7 @@ fn print_sizes() {
                 )),
                 read_buf: RefCell::new(bytes::BytesMut::new()),
                 write_buf: RefCell::new(bytes::BytesMut::new()),
+                bridge: None,
             });
             let fut = ringmq_shard::connection::serve(ctx, client, bytes::Bytes::new(), false);
             println!("serve future: {} bytes", std::mem::size_of_val(&fut));
