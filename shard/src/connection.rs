@@ -60,7 +60,7 @@ struct Conn {
     /// Encoded output the socket did not take yet. Empty for an idle client.
     pending_write: BytesMut,
     /// Inbound topic aliases (v5), created on first use.
-    aliases_in: Option<Box<Vec<Option<Utf8Bytes>>>>,
+    aliases_in: Option<Vec<Option<Utf8Bytes>>>,
     /// A SUBACK held until every shard routes the new subscriptions.
     pending_suback: Option<Box<(u64, Packet)>>,
     /// The reason chosen when the broker decided to close.
@@ -914,7 +914,7 @@ impl Conn {
             }
             let table = self
                 .aliases_in
-                .get_or_insert_with(|| Box::new(vec![None; usize::from(topic_alias_maximum)]));
+                .get_or_insert_with(|| vec![None; usize::from(topic_alias_maximum)]);
             let index = usize::from(alias - 1);
             if publish.topic.is_empty() {
                 match table.get(index).and_then(|t| t.clone()) {

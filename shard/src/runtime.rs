@@ -189,7 +189,7 @@ pub fn start(
         ),
         None => (Vec::new(), None),
     };
-    for (id, (tx_row, rx_row)) in senders.into_iter().zip(receivers.into_iter()).enumerate() {
+    for (id, (tx_row, rx_row)) in senders.into_iter().zip(receivers).enumerate() {
         let placement = if config.pin && count <= cpus {
             Placement::Fixed(id)
         } else {

@@ -29,6 +29,10 @@ use crate::trie::{HasName, TopicMap, TopicTrie};
 pub type ShardMask = u64;
 const _: () = assert!(SHARDS_MAX <= ShardMask::BITS as usize);
 
+/// Several overlapping subscriptions of one session merged into one delivery: the highest QoS,
+/// retain-as-published if any asked, every subscription identifier, no-local only if all asked.
+pub type Merged = (QoS, bool, SmallVec<[u32; 1]>, bool);
+
 /// A subscriber as the trie stores it.
 #[derive(Debug, Clone, Copy)]
 pub struct Subscriber {
@@ -138,7 +142,7 @@ pub struct ShardState {
     pub flushers: Vec<Option<std::task::Waker>>,
     /// Scratch for merging overlapping subscriptions of one session; cleared per publish, keeps
     /// its capacity.
-    merge: AHashMap<u32, (QoS, bool, SmallVec<[u32; 1]>, bool)>,
+    merge: AHashMap<u32, Merged>,
     pub counters: Counters,
     pub connections: u32,
     /// Latest stats of every shard (kept on shard 0 for `$SYS`).
@@ -274,6 +278,7 @@ impl ShardState {
     /// Binds a new connection to the client's session, creating, resuming or taking it over.
     /// Returns the frames the old connection must not send any more (it learns of the takeover
     /// through its link) and the will of a taken-over connection, published per spec.
+    #[allow(clippy::too_many_arguments)]
     pub fn attach(
         &mut self,
         client_id: Utf8Bytes,
@@ -1004,8 +1009,7 @@ impl ShardState {
                 now,
             );
         }
-        let merged: Vec<(u32, (QoS, bool, SmallVec<[u32; 1]>, bool))> =
-            self.merge.drain().collect();
+        let merged: Vec<(u32, Merged)> = self.merge.drain().collect();
         for (slot, (qos, rap, ids, no_local)) in merged {
             delivered += self.enqueue(slot, message, qos, rap, no_local, ids, &mut frames, now);
         }
@@ -1256,10 +1260,7 @@ fn pick_shard(mask: ShardMask, cursor: &Cell<u32>) -> Option<ShardId> {
     }
 }
 
-fn merge_into(
-    merge: &mut AHashMap<u32, (QoS, bool, SmallVec<[u32; 1]>, bool)>,
-    entry: &FilterEntry,
-) {
+fn merge_into(merge: &mut AHashMap<u32, Merged>, entry: &FilterEntry) {
     for s in &entry.subscribers {
         let slot = merge
             .entry(s.slot)

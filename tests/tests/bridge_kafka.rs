@@ -50,11 +50,10 @@ qos = 1
     )
 }
 
-fn consume(
-    bootstrap: &str,
-    topic: &str,
-    want: usize,
-) -> Vec<(Option<Vec<u8>>, Vec<u8>, Vec<(String, Vec<u8>)>)> {
+/// A consumed Kafka record: key, payload, headers.
+type Record = (Option<Vec<u8>>, Vec<u8>, Vec<(String, Vec<u8>)>);
+
+fn consume(bootstrap: &str, topic: &str, want: usize) -> Vec<Record> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("check-{topic}-{}", std::process::id()))
