@@ -61,8 +61,10 @@ struct Conn {
     pending_write: BytesMut,
     /// Inbound topic aliases (v5), created on first use.
     aliases_in: Option<Vec<Option<Utf8Bytes>>>,
-    /// A SUBACK held until every shard routes the new subscriptions.
-    pending_suback: Option<Box<(u64, Packet)>>,
+    /// A reply held until every other shard has applied what this one sent before it: a SUBACK
+    /// until the new subscriptions are routed everywhere, a PUBACK/PUBREC of a retained message
+    /// until every shard stores it (so a subscriber anywhere sees it once the publisher is acked).
+    pending_reply: Option<Box<(u64, Packet)>>,
     /// The reason chosen when the broker decided to close.
     closing: Option<CloseReason>,
     /// Publish the will even though the close is a DISCONNECT (v5 reason 0x04).
@@ -390,7 +392,7 @@ async fn accept_connect(ctx: &Rc<ShardCtx>, stream: &mut Stream, connect: Connec
         partial: BytesMut::new(),
         pending_write: BytesMut::new(),
         aliases_in: None,
-        pending_suback: None,
+        pending_reply: None,
         closing: None,
         will_on_disconnect: false,
         eof: false,
@@ -473,7 +475,7 @@ impl Conn {
             }
             let write_blocked = !self.pending_write.is_empty();
             // 3. A SUBACK waiting for its route barrier holds back further input.
-            if let Some(pending) = &self.pending_suback {
+            if let Some(pending) = &self.pending_reply {
                 let barrier = pending.0;
                 let mut state = ctx.state.borrow_mut();
                 let done = match state.barriers.get_mut(&barrier) {
@@ -486,7 +488,7 @@ impl Conn {
                 if done {
                     state.barriers.remove(&barrier);
                     drop(state);
-                    if let Some(pending) = self.pending_suback.take() {
+                    if let Some(pending) = self.pending_reply.take() {
                         let (_, suback) = *pending;
                         let mut out = ctx.write_buf.borrow_mut();
                         let _ = wire::encode(&suback, self.version, &mut out);
@@ -496,8 +498,10 @@ impl Conn {
                     continue;
                 }
             }
-            // 4. Write what the session owes, unless the socket is full.
-            if !write_blocked {
+            // 4. Write what the session owes, unless the socket is full or a reply waits for its
+            // barrier (retained messages for a new subscription follow its SUBACK, as clients
+            // expect).
+            if !write_blocked && self.pending_reply.is_none() {
                 let wrote = self.write_session(ctx, now);
                 if wrote || !ctx.write_buf.borrow().is_empty() {
                     self.flush(cx, ctx, stream);
@@ -506,7 +510,7 @@ impl Conn {
                     }
                 }
             }
-            if self.pending_suback.is_some() {
+            if self.pending_reply.is_some() {
                 return Poll::Pending;
             }
             // 5. Handle complete frames already buffered.
@@ -824,7 +828,7 @@ impl Conn {
                 });
                 if route_changed {
                     if let Some(barrier) = state.start_barrier() {
-                        self.pending_suback = Some(Box::new((barrier, suback)));
+                        self.pending_reply = Some(Box::new((barrier, suback)));
                         return Flow::Barrier;
                     }
                 }
@@ -939,6 +943,7 @@ impl Conn {
         }
         let qos = publish.qos;
         let packet_id = publish.packet_id;
+        let retain = publish.retain;
         let mut state = ctx.state.borrow_mut();
         state.counters.messages_received[qos as usize] += 1;
         if qos == QoS::ExactlyOnce {
@@ -998,6 +1003,19 @@ impl Conn {
         } else {
             ReasonCode::Success
         };
+        if retain && qos != QoS::AtMostOnce {
+            let reply = match (qos, packet_id) {
+                (QoS::AtLeastOnce, Some(id)) => Some(Packet::PubAck(ack_packet(id, code))),
+                (QoS::ExactlyOnce, Some(id)) => Some(Packet::PubRec(ack_packet(id, code))),
+                _ => None,
+            };
+            if let Some(reply) = reply {
+                if let Some(barrier) = ctx.state.borrow_mut().start_barrier() {
+                    self.pending_reply = Some(Box::new((barrier, reply)));
+                    return Flow::Barrier;
+                }
+            }
+        }
         match (qos, packet_id) {
             (QoS::AtLeastOnce, Some(id)) => {
                 self.write_packet(ctx, &Packet::PubAck(ack_packet(id, code)))
