@@ -28,7 +28,7 @@ use crate::session::{CloseReason, InflightState, NextFrame, PeerLimits, Will};
 use crate::state::{home_shard, SubscribeResult};
 
 /// Bytes read per read call.
-const READ_CHUNK_BYTES: usize = 16 * 1024;
+pub const READ_CHUNK_BYTES: usize = 16 * 1024;
 /// Bytes encoded from the session queue before they are sent.
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
 /// Work units (frames handled or writes done) before the task yields to others on the shard.
@@ -535,10 +535,12 @@ impl Conn {
                 return Poll::Pending;
             }
             // 6. Read from the socket into the shard's read buffer.
+            // Read into the shard's zeroed scratch page, then copy just the bytes read into the
+            // frame buffer: cheaper than zero-filling a fresh chunk of the frame buffer per read.
+            let mut scratch = ctx.read_scratch.borrow_mut();
             let mut rb = ctx.read_buf.borrow_mut();
             debug_assert!(rb.is_empty());
-            rb.resize(READ_CHUNK_BYTES, 0);
-            match Pin::new(&mut *stream).poll_read(cx, &mut rb[..]) {
+            match Pin::new(&mut *stream).poll_read(cx, &mut scratch[..]) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                     rb.clear();
                     self.eof = true;
@@ -549,8 +551,9 @@ impl Conn {
                     continue;
                 }
                 Poll::Ready(Ok(n)) => {
-                    rb.truncate(n);
+                    rb.extend_from_slice(&scratch[..n]);
                     drop(rb);
+                    drop(scratch);
                     {
                         let mut state = ctx.state.borrow_mut();
                         state.counters.bytes_received += n as u64;

@@ -56,7 +56,9 @@ pub struct RuntimeConfig {
 /// Per-shard context shared by the shard's tasks (never across threads).
 pub struct ShardCtx {
     pub state: RefCell<ShardState>,
-    /// Reused by every connection's read; empty between reads.
+    /// Where every connection's read lands first (`READ_CHUNK_BYTES`).
+    pub read_scratch: RefCell<Box<[u8]>>,
+    /// Frames are split off this buffer as `Bytes`; empty between reads.
     pub read_buf: RefCell<BytesMut>,
     /// Reused by every connection's writes; empty between writes.
     pub write_buf: RefCell<BytesMut>,
@@ -282,6 +284,9 @@ async fn run_shard(
             config.limits.clone(),
             config.rules.clone(),
         )),
+        read_scratch: RefCell::new(
+            vec![0u8; crate::connection::READ_CHUNK_BYTES].into_boxed_slice(),
+        ),
         read_buf: RefCell::new(BytesMut::with_capacity(32 * 1024)),
         write_buf: RefCell::new(BytesMut::with_capacity(128 * 1024)),
         bridge,

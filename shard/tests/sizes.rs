@@ -17,6 +17,7 @@ fn print_sizes() {
                     Default::default(),
                     Default::default(),
                 )),
+                read_scratch: RefCell::new(vec![0u8; 16 * 1024].into_boxed_slice()),
                 read_buf: RefCell::new(bytes::BytesMut::new()),
                 write_buf: RefCell::new(bytes::BytesMut::new()),
                 bridge: None,
