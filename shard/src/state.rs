@@ -784,6 +784,12 @@ impl ShardState {
 
     /// Applies a route change from any shard (including this one).
     pub fn apply_route(&mut self, change: &RouteChange) {
+        // Local normal subscribers are found through `subs`; the route table only needs other
+        // shards' interest (and every shard's shared groups, to pick one), which saves an entry
+        // per filter.
+        if change.group.is_none() && change.shard == self.id {
+            return;
+        }
         let b = bit(change.shard);
         let entry = self
             .routes
