@@ -179,6 +179,7 @@ def main():
     p.add_argument("--note", default="")
     p.add_argument("--quick", default="0")
     p.add_argument("--load", default="")
+    p.add_argument("--revision", default="")
     a = p.parse_args()
     mq = figures(a.workdir, "mosquitto")
     rq = figures(a.workdir, "ringmq")
@@ -193,6 +194,8 @@ def main():
     out = [f"## {a.date} — `{a.command}`", ""]
     out.append(f"- Machine: {os.cpu_count()} CPUs ({cpu_model}), Linux {platform.release()}; "
                f"run took {a.elapsed} s{' (quick mode: short runs, 3 rate steps)' if a.quick == '1' else ''}.")
+    if a.revision:
+        out.append(f"- Source: commit {a.revision}.")
     if a.load:
         out.append(f"- Host load when the run started (other work on the machine): {a.load}.")
     out.append("- Pinning: broker `taskset -c 0`, loadgen `taskset -c 1` with `--threads 1`; "

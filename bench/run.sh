@@ -207,7 +207,8 @@ TABLE=$(python3 "$ROOT/bench/report.py" "$WORK" \
     --date "$START" --command "$COMMAND" --elapsed "$ELAPSED" \
     --mosquitto-settings "$MOSQUITTO_SETTINGS" --ringmq-settings "$RINGMQ_SETTINGS" \
     --mosquitto-version "$(mosquitto -h 2>/dev/null | head -1 || true)" \
-    --note "$RINGMQ_NOTE" --quick "$QUICK" --load "$LOAD")
+    --note "$RINGMQ_NOTE" --quick "$QUICK" --load "$LOAD" \
+    --revision "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown); ringmq binary built $(date -u -r "$RINGMQ" '+%H:%M UTC' 2>/dev/null || echo -), loadgen binary built $(date -u -r "$LOADGEN" '+%H:%M UTC' 2>/dev/null || echo -)")
 echo "$TABLE"
 if [[ $WRITE_DOCS == 1 ]]; then
     DOC=$ROOT/docs/benchmarks.md

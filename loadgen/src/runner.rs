@@ -519,8 +519,11 @@ pub fn run(options: RunOptions) -> anyhow::Result<Summary> {
             // Sent but not yet delivered: growing means the broker (or the subscribers) fall
             // behind even though the loadgen sends on schedule.
             let delivery_backlog = totals.expected.saturating_sub(totals.received);
+            // Fan-out multiplies deliveries, so judge the backlog against the delivery rate.
+            let delivery_rate =
+                totals.expected.saturating_sub(last_totals.expected) as f64 / wall.as_secs_f64();
             if phase == Phase::Publishing
-                && delivery_watch.sample(delivery_backlog, planned_rate)
+                && delivery_watch.sample(delivery_backlog, delivery_rate)
                 && !warned_delivery
             {
                 warned_delivery = true;
