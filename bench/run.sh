@@ -7,7 +7,8 @@
 # usage: bench/run.sh [--quick] [--no-docs] [--only mosquitto|ringmq]
 #   --quick    ~2 minutes instead of ~10 (shorter runs, fewer rate steps)
 #   --no-docs  print the table only
-# env: LOADGEN, RINGMQ (binaries), BROKER_CPU (0), LOADGEN_CPU (1), KEEP_WORK=1
+# env: LOADGEN, RINGMQ (binaries), BROKER_CPU (0), LOADGEN_CPU (1), KEEP_WORK=1,
+#      RINGMQ_SHARDS (1; e.g. RINGMQ_SHARDS=2 BROKER_CPU=0,1 for ringmq on all cores)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -29,6 +30,7 @@ done
 LOADGEN=${LOADGEN:-$ROOT/target/release/ringmq-loadgen}
 RINGMQ=${RINGMQ:-$ROOT/target/release/ringmq}
 BROKER_CPU=${BROKER_CPU:-0}
+RINGMQ_SHARDS=${RINGMQ_SHARDS:-1}
 LOADGEN_CPU=${LOADGEN_CPU:-1}
 IFADDR=127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5
 SCENARIOS=$ROOT/loadgen/scenarios
@@ -67,7 +69,7 @@ wait_port() {
 }
 
 MOSQUITTO_SETTINGS="listener PORT 127.0.0.1; allow_anonymous true; allow_duplicate_messages true; max_queued_messages 10000000; max_connections -1; persistence false; other settings default (max_inflight_messages 20, no max_queued_bytes)"
-RINGMQ_SETTINGS="--listen 127.0.0.1:PORT --shards 1 --metrics-listen 127.0.0.1:MPORT, defaults otherwise"
+RINGMQ_SETTINGS="--listen 127.0.0.1:PORT --shards $RINGMQ_SHARDS (CPUs $BROKER_CPU) --metrics-listen 127.0.0.1:MPORT, defaults otherwise"
 
 start_broker() {
     local broker=$1
@@ -90,7 +92,7 @@ CONF
             ;;
         ringmq)
             METRICS_PORT=$(free_port)
-            taskset -c "$BROKER_CPU" "$RINGMQ" --listen "127.0.0.1:$PORT" --shards 1 \
+            taskset -c "$BROKER_CPU" "$RINGMQ" --listen "127.0.0.1:$PORT" --shards "$RINGMQ_SHARDS" \
                 --metrics-listen "127.0.0.1:$METRICS_PORT" > "$WORK/ringmq.log" 2>&1 &
             BROKER_PID=$!
             ;;
