@@ -138,6 +138,25 @@ pub struct SubscribeRules {
     pub deny: Vec<String>,
 }
 
+/// The subscription authorization hook every shard calls before adding a subscription. A refusal
+/// becomes SUBACK 0x80 (3.1.1) or 0x87 Not authorized (5.0). [`SubscribeRules`] is the built-in
+/// implementation; the ACL system plugs in here.
+pub trait SubscribeAuthorizer: Send + Sync + 'static {
+    /// `filter` is the topic filter without any `$share/group/` prefix; `full_filter` is as sent.
+    fn may_subscribe(&self, client_id: &str, filter: &str, full_filter: &str) -> bool;
+}
+
+impl SubscribeAuthorizer for SubscribeRules {
+    fn may_subscribe(&self, _client_id: &str, filter: &str, full_filter: &str) -> bool {
+        let denied = |f: &str| {
+            self.deny
+                .iter()
+                .any(|rule| rule == f || wire::topic::matches(rule, f))
+        };
+        !(denied(filter) || denied(full_filter))
+    }
+}
+
 impl SubscribeRules {
     pub fn validate(&self) -> Result<(), crate::ConfigError> {
         for (index, rule) in self.deny.iter().enumerate() {

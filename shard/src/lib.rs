@@ -26,7 +26,7 @@ pub mod state;
 pub mod sys;
 pub mod trie;
 
-pub use config::{Limits, SubscribeRules};
+pub use config::{Limits, SubscribeAuthorizer, SubscribeRules};
 pub use runtime::{start, Broker, RuntimeConfig};
 
 /// Errors starting or running shards.

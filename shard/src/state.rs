@@ -14,7 +14,7 @@ use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 use wire::{ProtocolVersion, QoS, ReasonCode, RetainHandling, SubscriptionOptions, Utf8Bytes};
 
-use crate::config::{Limits, SubscribeRules};
+use crate::config::{Limits, SubscribeAuthorizer, SubscribeRules};
 use crate::message::{
     Message, RouteChange, SessionKey, ShardId, ShardMsg, ShardStats, SharedPick, SHARDS_MAX,
 };
@@ -127,7 +127,8 @@ pub struct ShardState {
     pub id: ShardId,
     pub shard_count: u16,
     pub limits: Limits,
-    pub rules: SubscribeRules,
+    /// The subscription authorization hook.
+    pub authorizer: Arc<dyn SubscribeAuthorizer>,
     slots: Vec<Slot>,
     free_slots: Vec<u32>,
     by_client_id: AHashMap<Utf8Bytes, u32>,
@@ -187,7 +188,7 @@ impl ShardState {
             id,
             shard_count,
             limits,
-            rules,
+            authorizer: Arc::new(rules),
             slots: Vec::new(),
             free_slots: Vec::new(),
             by_client_id: AHashMap::new(),
@@ -559,14 +560,6 @@ impl ShardState {
 
     // ----- subscriptions --------------------------------------------------------------------
 
-    /// Whether the built-in rules refuse `filter`.
-    fn refused(&self, filter: &str) -> bool {
-        self.rules
-            .deny
-            .iter()
-            .any(|rule| rule == filter || wire::topic::matches(rule, filter))
-    }
-
     /// Adds (or replaces [MQTT-3.8.4-3]) one subscription of session `slot`. Retained messages
     /// owed are queued on the session per the retain handling option.
     pub fn subscribe(
@@ -588,7 +581,14 @@ impl ShardState {
             Some((_, f)) => f,
             None => full_filter,
         };
-        if self.refused(topic_filter) || self.refused(full_filter) {
+        let client_id = self
+            .session(slot)
+            .map(|s| s.client_id.clone())
+            .unwrap_or_default();
+        if !self
+            .authorizer
+            .may_subscribe(client_id.as_str(), topic_filter, full_filter)
+        {
             self.counters.subscriptions_refused += 1;
             return SubscribeResult::Refused(ReasonCode::NotAuthorized);
         }
