@@ -712,3 +712,38 @@ pub mod mosquitto {
         }
     }
 }
+
+// ----- the metrics endpoint -----------------------------------------------------------------
+
+/// A loopback port free right now, for `--metrics-listen 127.0.0.1:PORT`.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// `GET /metrics` from the broker's Prometheus endpoint on `port` (bounded by a 5 s timeout).
+pub fn scrape_metrics(port: u16) -> String {
+    use std::io::Write;
+    let mut s =
+        std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint accepts");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("response");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    text
+}
+
+/// Sum of every sample of `metric` whose labels contain all of `labels` (e.g. `shard="0"`).
+pub fn metric_total(text: &str, metric: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split(['{', ' ']).next() == Some(metric))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}

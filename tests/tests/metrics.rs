@@ -2,51 +2,20 @@
 //! clients sent and received, gauges reflect the connections, names follow Prometheus conventions.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::TcpStream as StdTcpStream;
 use std::time::Duration;
 
 use ringmq_tests::*;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn scrape(port: u16) -> String {
-    let mut s = StdTcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint accepts");
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .expect("request");
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("response");
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    text
-}
-
-/// Sum of every sample of `metric` whose labels contain all of `labels`.
-fn total(text: &str, metric: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.split(['{', ' ']).next() == Some(metric))
-        .filter(|l| labels.iter().all(|want| l.contains(want)))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum()
-}
-
 async fn settled(port: u16, check: impl Fn(&str) -> bool) -> String {
     // Shards publish their counters once a second.
     for _ in 0..40 {
-        let text = scrape(port);
+        let text = scrape_metrics(port);
         if check(&text) {
             return text;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    scrape(port)
+    scrape_metrics(port)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,7 +38,7 @@ async fn counters_follow_the_traffic() {
         pubs.push(c);
     }
     // Scrape while the publishers are sending, too: the endpoint answers under load.
-    let mid = tokio::task::spawn_blocking(move || scrape(port));
+    let mid = tokio::task::spawn_blocking(move || scrape_metrics(port));
     for c in pubs.iter_mut() {
         for m in 0..MESSAGES {
             let qos = if m % 2 == 0 {
@@ -93,28 +62,28 @@ async fn counters_follow_the_traffic() {
     let sent = (PUBLISHERS * MESSAGES) as f64;
     let delivered = sent * SUBSCRIBERS as f64;
     let text = settled(port, |t| {
-        total(t, "ringmq_messages_sent_total", &[]) >= delivered
-            && total(t, "ringmq_messages_received_total", &[]) >= sent
+        metric_total(t, "ringmq_messages_sent_total", &[]) >= delivered
+            && metric_total(t, "ringmq_messages_received_total", &[]) >= sent
     })
     .await;
     assert_eq!(
-        total(&text, "ringmq_messages_received_total", &["qos=\"0\""]),
+        metric_total(&text, "ringmq_messages_received_total", &["qos=\"0\""]),
         sent / 2.0
     );
     assert_eq!(
-        total(&text, "ringmq_messages_received_total", &["qos=\"1\""]),
+        metric_total(&text, "ringmq_messages_received_total", &["qos=\"1\""]),
         sent / 2.0
     );
     assert_eq!(
-        total(&text, "ringmq_messages_sent_total", &["qos=\"0\""]),
+        metric_total(&text, "ringmq_messages_sent_total", &["qos=\"0\""]),
         delivered / 2.0
     );
     assert_eq!(
-        total(&text, "ringmq_messages_sent_total", &["qos=\"1\""]),
+        metric_total(&text, "ringmq_messages_sent_total", &["qos=\"1\""]),
         delivered / 2.0
     );
     assert_eq!(
-        total(
+        metric_total(
             &text,
             "ringmq_messages_dropped_total",
             &["reason=\"queue_full\""]
@@ -122,30 +91,30 @@ async fn counters_follow_the_traffic() {
         0.0
     );
     assert_eq!(
-        total(&text, "ringmq_connections", &[]),
+        metric_total(&text, "ringmq_connections", &[]),
         (SUBSCRIBERS + PUBLISHERS) as f64
     );
     assert_eq!(
-        total(&text, "ringmq_connections_accepted_total", &[]),
+        metric_total(&text, "ringmq_connections_accepted_total", &[]),
         (SUBSCRIBERS + PUBLISHERS) as f64
     );
     assert_eq!(
-        total(&text, "ringmq_subscriptions", &[]),
+        metric_total(&text, "ringmq_subscriptions", &[]),
         SUBSCRIBERS as f64
     );
-    let bytes_in = total(&text, "ringmq_bytes_received_total", &[]);
+    let bytes_in = metric_total(&text, "ringmq_bytes_received_total", &[]);
     assert!(
         bytes_in >= sent * 10.0,
         "bytes received cover the payloads: {bytes_in}"
     );
-    assert!(total(&text, "ringmq_bytes_sent_total", &[]) >= delivered * 10.0);
+    assert!(metric_total(&text, "ringmq_bytes_sent_total", &[]) >= delivered * 10.0);
     // Per-shard labels and the busy ratio exist for both shards.
     let shards: HashMap<&str, f64> = ["0", "1"]
         .iter()
         .map(|s| {
             (
                 *s,
-                total(
+                metric_total(
                     &text,
                     "ringmq_shard_busy_ratio",
                     &[&format!("shard=\"{s}\"")],
@@ -167,7 +136,7 @@ async fn counters_follow_the_traffic() {
         c.disconnect().await;
     }
     let text = settled(port, |t| {
-        total(
+        metric_total(
             t,
             "ringmq_connections_closed_total",
             &["reason=\"client_disconnect\""],
@@ -175,12 +144,15 @@ async fn counters_follow_the_traffic() {
     })
     .await;
     assert_eq!(
-        total(
+        metric_total(
             &text,
             "ringmq_connections_closed_total",
             &["reason=\"client_disconnect\""]
         ),
         PUBLISHERS as f64
     );
-    assert_eq!(total(&text, "ringmq_connections", &[]), SUBSCRIBERS as f64);
+    assert_eq!(
+        metric_total(&text, "ringmq_connections", &[]),
+        SUBSCRIBERS as f64
+    );
 }

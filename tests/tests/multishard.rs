@@ -4,8 +4,6 @@
 //! use enough connections that both shards get some, and check it through the metrics endpoint.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{Read, Write};
-use std::net::TcpStream as StdTcpStream;
 use std::time::Duration;
 
 use ringmq_tests::*;
@@ -14,39 +12,18 @@ const SUBSCRIBERS: usize = 200;
 const PUBLISHERS: usize = 20;
 const MESSAGES_PER_PUBLISHER: usize = 10;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// Sums a Prometheus counter per `shard` label.
+/// A counter per `shard` label (empty if the endpoint does not answer yet).
 fn scrape(port: u16, metric: &str) -> HashMap<String, f64> {
-    let mut out = HashMap::new();
-    let Ok(mut s) = StdTcpStream::connect(("127.0.0.1", port)) else {
-        return out;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    for line in text.lines() {
-        if !line.starts_with(metric) || line.starts_with('#') {
-            continue;
-        }
-        let Some((labels, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let shard = labels
-            .split("shard=\"")
-            .nth(1)
-            .and_then(|r| r.split('"').next())
-            .unwrap_or("")
-            .to_string();
-        *out.entry(shard).or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
-    }
-    out
+    let text = scrape_metrics(port);
+    ["0", "1"]
+        .iter()
+        .map(|shard| {
+            (
+                shard.to_string(),
+                metric_total(&text, metric, &[&format!("shard=\"{shard}\"")]),
+            )
+        })
+        .collect()
 }
 
 /// Waits until the metrics (published once a second) show `metric` on both shards.
