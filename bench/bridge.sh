@@ -4,7 +4,9 @@
 # messages, then QoS1 with ack = "kafka" at a fixed offered rate (acknowledged msgs/s).
 # Appends a section to docs/benchmarks.md (--no-docs: print only).
 #
-# usage: bench/bridge.sh [--no-docs]   env: RATE_QOS0 (200000), RATE_QOS1 (5000), DURATION (10)
+# Then the end-to-end latency of ack = "kafka" QoS1 (publish → PUBACK) from a Paho client.
+# usage: bench/bridge.sh [--no-docs]
+# env: RATE_QOS0 (200000), RATE_QOS1 (5000), DURATION (10), RATE_LATENCY (1000), COUNT_LATENCY (5000)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WRITE_DOCS=1; [[ "${1:-}" == "--no-docs" ]] && WRITE_DOCS=0
@@ -69,11 +71,17 @@ run 1 'vehicle/%i/event' "$RATE_QOS1"; settle
 a2=$(metric ringmq_bridge_kafka_acknowledged_total); c2=$(cpu)
 acked1=$(python3 -c "import json;print(json.load(open('$WORK/run.json'))['messages']['acked'])" 2>/dev/null || echo 0)
 bridged1=$((a2 - a1)); cpus1=$(python3 -c "print(round(($c2-$c1)/$tick,2))")
+# End-to-end latency of ack = "kafka": publish → PUBACK (sent only once Kafka stored the record),
+# from an independent client at a fixed rate.
+lat=$(taskset -c 1 python3 "$ROOT/bench/puback_latency.py" 127.0.0.1 "$PORT" vehicle/lat/event "${RATE_LATENCY:-1000}" "${COUNT_LATENCY:-5000}" 2>/dev/null || echo '{}')
+latcol() { python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(d.get(sys.argv[2], '–'))" "$lat" "$1"; }
 table=$(cat <<MD
 | Run | offered | sent (loadgen) | acknowledged by Kafka | dropped | bridged msgs/s | broker CPU-s | CPU-s per million bridged |
 |---|---:|---:|---:|---:|---:|---:|---:|
 | QoS0 100 B, ack = "none" | $RATE_QOS0/s × ${DURATION}s | $sent0 | $bridged0 | $d1 | $((bridged0 / DURATION)) | $cpus0 | $(python3 -c "print(round($cpus0*1e6/max($bridged0,1),2))") |
 | QoS1 100 B, ack = "kafka" | $RATE_QOS1/s × ${DURATION}s | $acked1 PUBACKed | $bridged1 | – | $((bridged1 / DURATION)) | $cpus1 | $(python3 -c "print(round($cpus1*1e6/max($bridged1,1),2))") |
+
+QoS1 ack = "kafka" end to end (publish → PUBACK, which waits for Kafka), Paho client at ${RATE_LATENCY:-1000} msgs/s, ${COUNT_LATENCY:-5000} messages: acked $(latcol acked), p50 $(latcol p50_ms) ms, p90 $(latcol p90_ms) ms, p99 $(latcol p99_ms) ms, max $(latcol max_ms) ms.
 MD
 )
 echo "$table"
