@@ -970,7 +970,16 @@ impl Conn {
                 }
                 Some(false) => {
                     // A retransmission awaiting PUBREL: acknowledge again, do not deliver twice.
+                    // If Kafka has not acknowledged the first copy yet (ack = "kafka"), the PUBREC
+                    // still waits for it.
+                    let awaiting_kafka = state
+                        .kafka_pending
+                        .values()
+                        .any(|p| p.slot == self.slot && p.packet_id == id);
                     drop(state);
+                    if awaiting_kafka {
+                        return Flow::Continue;
+                    }
                     self.write_packet(ctx, &Packet::PubRec(ack_packet(id, ReasonCode::Success)));
                     return Flow::Continue;
                 }

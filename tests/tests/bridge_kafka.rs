@@ -54,6 +54,11 @@ qos = 1
 type Record = (Option<Vec<u8>>, Vec<u8>, Vec<(String, Vec<u8>)>);
 
 fn consume(bootstrap: &str, topic: &str, want: usize) -> Vec<Record> {
+    consume_until(bootstrap, topic, want, Duration::from_secs(60))
+}
+
+/// Reads `topic` from the start until `want` records arrived or `wait` passed.
+fn consume_until(bootstrap: &str, topic: &str, want: usize, wait: Duration) -> Vec<Record> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("check-{topic}-{}", std::process::id()))
@@ -62,7 +67,7 @@ fn consume(bootstrap: &str, topic: &str, want: usize) -> Vec<Record> {
         .expect("consumer");
     consumer.subscribe(&[topic]).expect("subscribe");
     let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + wait;
     while out.len() < want && Instant::now() < deadline {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
             let headers = m
@@ -262,4 +267,41 @@ async fn broker_serves_mqtt_while_kafka_is_unreachable() {
         let p = sub.next_publish().await;
         assert_eq!(p.payload, format!("{m}").into_bytes());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos2_with_kafka_ack_holds_pubrec_even_for_a_retransmission() {
+    let cluster = cluster();
+    let bootstrap = cluster.bootstrap_servers();
+    let broker = BrokerProcess::start_with_config(&broker_config(&bootstrap), &[]);
+    let (mut car, _) = RawClient::connected(broker.addr, connect_v5("car-8")).await;
+    cluster.broker_down(1).expect("broker down");
+    let mut p = publish("vehicle/car-8/event", b"crash", QoS::ExactlyOnce, false);
+    p.packet_id = Some(pid(5));
+    car.send_packet(&Packet::Publish(p.clone())).await;
+    car.expect_silence(Duration::from_secs(1)).await;
+    // The client retransmits (DUP); Kafka still has not stored it, so still no PUBREC.
+    p.dup = true;
+    car.send_packet(&Packet::Publish(p)).await;
+    car.expect_silence(Duration::from_secs(1)).await;
+    cluster.broker_up(1).expect("broker up");
+    match car.next().await {
+        Packet::PubRec(ack) => assert_eq!(
+            (ack.packet_id, ack.reason_code),
+            (pid(5), ReasonCode::Success)
+        ),
+        other => panic!("expected PUBREC once kafka stored it, got {other:?}"),
+    }
+    car.send_packet(&Packet::PubRel(PubAck::new(pid(5)))).await;
+    match car.next().await {
+        Packet::PubComp(ack) => assert_eq!(ack.packet_id, pid(5)),
+        other => panic!("expected PUBCOMP, got {other:?}"),
+    }
+    // Exactly one record in Kafka: the retransmission was not bridged again (read for 5 s).
+    let records = tokio::task::spawn_blocking(move || {
+        consume_until(&bootstrap, "events", 2, Duration::from_secs(5))
+    })
+    .await
+    .expect("consumer");
+    assert_eq!(records.len(), 1, "one record for one QoS 2 message");
 }
