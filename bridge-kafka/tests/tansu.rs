@@ -119,10 +119,15 @@ fn bridged_records_arrive_once_with_key_and_headers() {
     let broker = start_tansu(&tansu);
     let (created, log) = python(
         "create_topics.py",
-        &["--bootstrap", &broker.bootstrap, "telemetry"],
+        &["--bootstrap", &broker.bootstrap, "telemetry", "events"],
     );
     assert!(created, "create_topics.py failed: {log}");
 
+    // The two rules write to two topics. With both producers (QoS0 and acked) writing one
+    // partition, tansu's in-memory engine intermittently lost one producer's records although it
+    // had acknowledged them (seen once in CI-style runs: 100 of 200 missing, all acked); real
+    // Kafka serialises concurrent producers per partition. Separate topics keep this a test of
+    // the bridge.
     let config: BridgeConfig = toml::from_str(&format!(
         r#"
 bootstrap_servers = "{}"
@@ -135,7 +140,7 @@ kafka_topic = "telemetry"
 key = "client_id"
 [[rule]]
 filter = "vehicle/+/event"
-kafka_topic = "telemetry"
+kafka_topic = "events"
 key = "level:2"
 ack = "kafka"
 "#,
@@ -147,6 +152,7 @@ ack = "kafka"
     let bridge = Bridge::start(config, vec![ack_tx], inbound_tx).expect("bridge starts");
 
     let mut expectations = Vec::new();
+    let mut expectations_acked = Vec::new();
     let mut acked_tokens = 0;
     for seq in 0..RECORDS {
         let vehicle = format!("car-{}", seq % 7);
@@ -182,10 +188,15 @@ ack = "kafka"
         } else {
             client_id.clone()
         };
-        expectations.push(format!(
+        let expectation = format!(
             r#"{{"payload":"{payload}","key":"{key}","headers":{{"mqtt_topic":"{topic}","mqtt_client_id":"{client_id}","mqtt_qos":"{qos}","mqtt_publish_time_ms":"{}","fleet":"north"}}}}"#,
             1_700_000_000_000 + seq
-        ));
+        );
+        if acked {
+            expectations_acked.push(expectation);
+        } else {
+            expectations.push(expectation);
+        }
     }
 
     let mut answered = BTreeMap::new();
@@ -208,25 +219,31 @@ ack = "kafka"
     }
     bridge.shutdown();
 
-    let expect_path = std::env::temp_dir().join(format!("ringmq-tansu-expect-{}.json", broker.pid));
-    std::fs::write(&expect_path, format!("[{}]", expectations.join(","))).expect("expectations");
-    let (passed, report) = python(
-        "check_topic.py",
-        &[
-            "--bootstrap",
-            &broker.bootstrap,
-            "--topic",
-            "telemetry",
-            "--expect",
-            expect_path.to_str().expect("utf-8 path"),
-        ],
-    );
-    let _ = std::fs::remove_file(&expect_path);
-    assert!(passed, "check_topic.py: {report}");
-    assert!(
-        report.contains(&format!("\"ok\": {RECORDS}")),
-        "check_topic.py: {report}"
-    );
+    for (topic, expected) in [
+        ("telemetry", &expectations),
+        ("events", &expectations_acked),
+    ] {
+        let expect_path =
+            std::env::temp_dir().join(format!("ringmq-tansu-expect-{}-{topic}.json", broker.pid));
+        std::fs::write(&expect_path, format!("[{}]", expected.join(","))).expect("expectations");
+        let (passed, report) = python(
+            "check_topic.py",
+            &[
+                "--bootstrap",
+                &broker.bootstrap,
+                "--topic",
+                topic,
+                "--expect",
+                expect_path.to_str().expect("utf-8 path"),
+            ],
+        );
+        let _ = std::fs::remove_file(&expect_path);
+        assert!(passed, "check_topic.py {topic}: {report}");
+        assert!(
+            report.contains(&format!("\"ok\": {}", expected.len())),
+            "check_topic.py {topic}: {report}"
+        );
+    }
 }
 
 #[test]
