@@ -1137,7 +1137,7 @@ impl ShardState {
             let message = if online {
                 message.clone()
             } else {
-                Arc::new(message.compacted())
+                frames.compacted(message)
             };
             Outbound::Deliver(Delivery {
                 message,
@@ -1282,13 +1282,22 @@ fn merge_into(merge: &mut AHashMap<u32, Merged>, entry: &FilterEntry) {
     }
 }
 
-/// QoS 0 frames encoded once per (protocol family, RETAIN) for one routed message.
+/// What one routed message needs once however many sessions get it: QoS 0 frames encoded per
+/// (protocol family, RETAIN), and the compacted copy offline sessions store.
 #[derive(Default)]
 struct FrameCache {
     frames: [Option<Bytes>; 4],
+    compacted: Option<Arc<Message>>,
 }
 
 impl FrameCache {
+    /// The copy kept by offline sessions, made once per routed message rather than per session.
+    fn compacted(&mut self, message: &Message) -> Arc<Message> {
+        self.compacted
+            .get_or_insert_with(|| Arc::new(message.compacted()))
+            .clone()
+    }
+
     fn get(&mut self, message: &Message, version: ProtocolVersion, retain: bool) -> Option<Bytes> {
         let index = usize::from(version == ProtocolVersion::V5) * 2 + usize::from(retain);
         if let Some(f) = &self.frames[index] {
