@@ -53,6 +53,11 @@ pub struct Limits {
     pub connections_per_shard_max: u32,
     /// Time a new TCP connection has to send CONNECT before it is closed.
     pub connect_timeout_secs: u16,
+    /// A connection with no read or write for this long (up to twice it) parks: it gives up its
+    /// task, its io_uring poll and its buffers, and waits in the shard's epoll set until its
+    /// socket is readable or the broker has something for it. What keeps an idle client under
+    /// 1 KiB. 0 = never park.
+    pub park_after_idle_secs: u32,
 }
 
 impl Default for Limits {
@@ -73,6 +78,7 @@ impl Default for Limits {
             cross_shard_outbox_len_max: 65_536,
             connections_per_shard_max: 0,
             connect_timeout_secs: 10,
+            park_after_idle_secs: 10,
         }
     }
 }

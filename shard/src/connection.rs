@@ -72,17 +72,120 @@ struct Conn {
     eof: bool,
 }
 
-/// Runs a connection from accept (or hand-off) to close.
+/// Runs a connection from accept (or hand-off) to close (or parking).
 ///
-/// The handshake and the close run as boxed futures so the state kept for the connection's
-/// long idle life is only the stream and [`Conn`]: memory per idle connection is a design target.
-pub async fn serve(ctx: Rc<ShardCtx>, stream: Stream, buffered: Bytes, handed_off: bool) {
-    let mut stream = stream;
-    let Some(mut conn) = Box::pin(handshake(&ctx, &mut stream, buffered, handed_off)).await else {
-        return;
+/// The handshake runs as a boxed future and the close as another, so the state kept for the
+/// connection's life is only the stream and [`Conn`]: memory per connection is a design target.
+/// (An async fn would keep its arguments for its whole life; this keeps one box pointer.)
+pub fn serve(
+    ctx: Rc<ShardCtx>,
+    stream: Stream,
+    buffered: Bytes,
+    handed_off: bool,
+) -> impl Future<Output = ()> {
+    Serve::Handshake(Box::pin(handshake_owned(ctx, stream, buffered, handed_off)))
+}
+
+/// [`serve`]'s future: the boxed handshake, then the connection's life in the same place (an
+/// async block would keep both side by side).
+enum Serve<H, L> {
+    Handshake(Pin<Box<H>>),
+    Live(L),
+    Done,
+}
+
+impl<H, L> Future for Serve<H, L>
+where
+    H: Future<Output = Option<L>>,
+    L: Future<Output = ()>,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // SAFETY: the `Live` future is never moved once it is in place: it is only polled
+        // pinned there and dropped in place (by the assignment) when it has completed.
+        let this = unsafe { self.get_unchecked_mut() };
+        loop {
+            match this {
+                Serve::Handshake(handshake) => match handshake.as_mut().poll(cx) {
+                    Poll::Ready(Some(live)) => *this = Serve::Live(live),
+                    Poll::Ready(None) => {
+                        *this = Serve::Done;
+                        return Poll::Ready(());
+                    }
+                    Poll::Pending => return Poll::Pending,
+                },
+                Serve::Live(live) => {
+                    // SAFETY: see above; `live` stays where it is until it is dropped.
+                    let done = unsafe { Pin::new_unchecked(live) }.poll(cx);
+                    if done.is_ready() {
+                        *this = Serve::Done;
+                    }
+                    return done;
+                }
+                Serve::Done => return Poll::Ready(()),
+            }
+        }
+    }
+}
+
+/// The handshake, then the connection's life as a future not started yet.
+async fn handshake_owned(
+    ctx: Rc<ShardCtx>,
+    mut stream: Stream,
+    buffered: Bytes,
+    handed_off: bool,
+) -> Option<impl Future<Output = ()>> {
+    let conn = handshake(&ctx, &mut stream, buffered, handed_off).await?;
+    Some(live(ctx, stream, conn))
+}
+
+/// Serves a parked connection again (its socket turned readable, or the shard woke it). Must
+/// be called on the connection's shard.
+pub fn resume(ctx: Rc<ShardCtx>, unparked: crate::state::Unparked) -> impl Future<Output = ()> {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    // SAFETY: a connected TCP socket the session kept while parked; we own it now.
+    let stream = unsafe { Stream::from_raw_fd(unparked.fd.into_raw_fd()) };
+    let conn = Conn {
+        version: unparked.version,
+        slot: unparked.slot,
+        generation: unparked.generation,
+        key: unparked.key,
+        partial: BytesMut::new(),
+        pending_write: BytesMut::new(),
+        aliases_in: unparked.aliases_in,
+        pending_reply: None,
+        closing: unparked.closing,
+        will_on_disconnect: false,
+        eof: false,
     };
-    let reason = std::future::poll_fn(|cx| conn.poll(cx, &ctx, &mut stream)).await;
-    Box::pin(conn.finish(&ctx, &mut stream, reason)).await;
+    live(ctx, stream, conn)
+}
+
+/// A connected client's life after CONNACK: served until it closes or parks. (A plain fn
+/// returning an async block: an async fn would store its arguments twice.)
+#[allow(clippy::manual_async_fn)] // deliberate: see above
+fn live(ctx: Rc<ShardCtx>, mut stream: Stream, mut conn: Conn) -> impl Future<Output = ()> {
+    async move {
+        loop {
+            let exit = std::future::poll_fn(|cx| conn.poll(cx, &ctx, &mut stream)).await;
+            match exit {
+                Exit::Close(reason) => {
+                    Box::pin(conn.finish(&ctx, &mut stream, reason)).await;
+                    return;
+                }
+                Exit::Park => {
+                    let aliases = conn.aliases_in.take();
+                    match ctx.park(&stream, conn.slot, conn.generation, aliases) {
+                        // Dropping the stream closes this task's descriptor; the parked
+                        // duplicate keeps the connection.
+                        Ok(()) => return,
+                        Err(aliases) => conn.aliases_in = aliases,
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Reads and answers CONNECT. None if the connection was refused, closed or handed off.
@@ -413,6 +516,13 @@ async fn accept_connect(ctx: &Rc<ShardCtx>, stream: &mut Stream, connect: Connec
     Some(conn)
 }
 
+/// Why [`Conn::poll`] stopped.
+enum Exit {
+    Close(CloseReason),
+    /// Idle and asked to park: the task may end, the session keeps the socket.
+    Park,
+}
+
 /// What handling one packet asks the loop to do next.
 enum Flow {
     Continue,
@@ -429,24 +539,24 @@ impl Conn {
         cx: &mut Context<'_>,
         ctx: &Rc<ShardCtx>,
         stream: &mut Stream,
-    ) -> Poll<CloseReason> {
+    ) -> Poll<Exit> {
         let mut budget = POLL_BUDGET;
         // One clock read per wake-up (it showed in profiles when read per loop pass); a poll is
         // bounded by POLL_BUDGET passes, so the drift is negligible.
         let now = Instant::now();
         loop {
             if let Some(reason) = self.closing {
-                return Poll::Ready(reason);
+                return Poll::Ready(Exit::Close(reason));
             }
             // 1. Did the shard decide to close us (takeover, keepalive, shutdown)?
             {
                 let mut state = ctx.state.borrow_mut();
                 match state.linked_session_mut(self.slot, self.generation) {
-                    None => return Poll::Ready(CloseReason::SessionTakenOver),
+                    None => return Poll::Ready(Exit::Close(CloseReason::SessionTakenOver)),
                     Some(session) => {
                         if let Some(link) = &mut session.link {
                             if let Some(reason) = link.close {
-                                return Poll::Ready(reason);
+                                return Poll::Ready(Exit::Close(reason));
                             }
                             link.waker = Some(cx.waker().clone());
                         }
@@ -462,7 +572,7 @@ impl Conn {
             if !self.pending_write.is_empty() {
                 match Pin::new(&mut *stream).poll_write(cx, &self.pending_write) {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
-                        return Poll::Ready(CloseReason::ConnectionLost)
+                        return Poll::Ready(Exit::Close(CloseReason::ConnectionLost))
                     }
                     Poll::Ready(Ok(n)) => {
                         ctx.state.borrow_mut().counters.bytes_sent += n as u64;
@@ -525,12 +635,12 @@ impl Conn {
                     Ok(false) => {}
                     Err(reason) => {
                         self.flush(cx, ctx, stream);
-                        return Poll::Ready(reason);
+                        return Poll::Ready(Exit::Close(reason));
                     }
                 }
             }
             if self.eof {
-                return Poll::Ready(CloseReason::ConnectionLost);
+                return Poll::Ready(Exit::Close(CloseReason::ConnectionLost));
             }
             if self.pending_write.len() > PENDING_WRITE_MAX_BYTES {
                 // Stop reading from a client that does not read: its queue absorbs the rest.
@@ -548,7 +658,7 @@ impl Conn {
                     self.eof = true;
                     // Handle what is left, then close.
                     if self.partial.is_empty() {
-                        return Poll::Ready(CloseReason::ConnectionLost);
+                        return Poll::Ready(Exit::Close(CloseReason::ConnectionLost));
                     }
                     continue;
                 }
@@ -562,6 +672,7 @@ impl Conn {
                         if let Some(s) = state.linked_session_mut(self.slot, self.generation) {
                             if let Some(link) = &mut s.link {
                                 link.last_activity = now;
+                                link.idle_mark = false;
                             }
                         }
                     }
@@ -571,16 +682,45 @@ impl Conn {
                         }
                         Err(reason) => {
                             self.flush(cx, ctx, stream);
-                            return Poll::Ready(reason);
+                            return Poll::Ready(Exit::Close(reason));
                         }
                     }
                 }
                 Poll::Pending => {
                     rb.clear();
+                    drop(rb);
+                    drop(scratch);
+                    if self.may_park(ctx) {
+                        return Poll::Ready(Exit::Park);
+                    }
                     return Poll::Pending;
                 }
             }
         }
+    }
+
+    /// Whether the sweep asked this connection to park and it has nothing in progress: no
+    /// partial frame, no unsent bytes, no reply waiting, nothing to write. Each request is
+    /// answered once; the sweep asks again after another idle period.
+    fn may_park(&self, ctx: &Rc<ShardCtx>) -> bool {
+        let mut state = ctx.state.borrow_mut();
+        let Some(session) = state.linked_session_mut(self.slot, self.generation) else {
+            return false;
+        };
+        let writable = session.has_writable();
+        let Some(link) = session.link.as_mut() else {
+            return false;
+        };
+        if !std::mem::take(&mut link.park_requested) {
+            return false;
+        }
+        link.close.is_none()
+            && !writable
+            && !self.eof
+            && self.partial.is_empty()
+            && self.pending_write.is_empty()
+            && self.pending_reply.is_none()
+            && self.closing.is_none()
     }
 
     /// Encodes queued deliveries into the shard's write buffer. True if anything was written.
@@ -622,6 +762,14 @@ impl Conn {
                 if from_retained {
                     retained_budget -= 1;
                 }
+            }
+        }
+        if wrote {
+            if let Some(link) = state
+                .linked_session_mut(self.slot, self.generation)
+                .and_then(|s| s.link.as_mut())
+            {
+                link.idle_mark = false;
             }
         }
         for (q, s) in sent.iter().enumerate() {

@@ -20,6 +20,7 @@ pub mod config;
 pub mod connection;
 pub mod message;
 pub mod metrics;
+pub mod park;
 pub mod runtime;
 pub mod session;
 pub mod state;

@@ -44,6 +44,10 @@ pub struct Counters {
     pub subscriptions_refused: u64,
     pub retained_refused: u64,
     pub handoffs: u64,
+    /// Connections that went idle and parked (gave up their task and poll).
+    pub parks: u64,
+    /// Parked connections resumed (socket readable, or the shard woke them).
+    pub unparks: u64,
 }
 
 impl Counters {
@@ -74,6 +78,7 @@ pub struct Gauges {
     pub queued: u64,
     pub cross_shard_queue_depth: u64,
     pub busy_ratio: f64,
+    pub parked: u64,
 }
 
 /// The shard's registered metric handles and the counter values last published.
@@ -92,6 +97,9 @@ pub struct Exporter {
     takeovers: Counter,
     refused: Counter,
     handoffs: Counter,
+    parks: Counter,
+    unparks: Counter,
+    g_parked: Gauge,
     g_connections: Gauge,
     g_online: Gauge,
     g_offline: Gauge,
@@ -141,6 +149,9 @@ impl Exporter {
             takeovers: counter!("ringmq_session_takeovers_total", "shard" => s.clone()),
             refused: counter!("ringmq_subscriptions_refused_total", "shard" => s.clone()),
             handoffs: counter!("ringmq_connection_handoffs_total", "shard" => s.clone()),
+            parks: counter!("ringmq_connections_parked_total", "shard" => s.clone()),
+            unparks: counter!("ringmq_connections_unparked_total", "shard" => s.clone()),
+            g_parked: gauge!("ringmq_connections_parked", "shard" => s.clone()),
             g_connections: gauge!("ringmq_connections", "shard" => s.clone()),
             g_online: gauge!("ringmq_sessions", "shard" => s.clone(), "state" => "online"),
             g_offline: gauge!("ringmq_sessions", "shard" => s.clone(), "state" => "offline"),
@@ -180,6 +191,9 @@ impl Exporter {
         self.refused
             .increment(now.subscriptions_refused - last.subscriptions_refused);
         self.handoffs.increment(now.handoffs - last.handoffs);
+        self.parks.increment(now.parks - last.parks);
+        self.unparks.increment(now.unparks - last.unparks);
+        self.g_parked.set(gauges.parked as f64);
         self.g_connections.set(gauges.connections as f64);
         self.g_online.set(gauges.sessions_online as f64);
         self.g_offline.set(gauges.sessions_offline as f64);

@@ -23,7 +23,8 @@ use tracing::{debug, error, info, warn};
 use crate::config::{Limits, SubscribeRules};
 use crate::message::{ShardId, ShardMsg, SHARDS_MAX};
 use crate::metrics::{Exporter, Gauges};
-use crate::session::CloseReason;
+use crate::park::{self, ParkSet};
+use crate::session::{CloseReason, ParkedConn};
 use crate::state::ShardState;
 use crate::ShardError;
 
@@ -68,6 +69,8 @@ pub struct ShardCtx {
     pub write_buf: RefCell<BytesMut>,
     /// This shard's link to the Kafka bridge, when one is configured.
     pub bridge: Option<crate::bridge::ShardBridge>,
+    /// Where idle connections park; None when parking is off.
+    pub park: Option<ParkSet>,
 }
 
 impl ShardCtx {
@@ -84,6 +87,52 @@ impl ShardCtx {
         let mut state = self.state.borrow_mut();
         state.counters.handoffs += 1;
         state.send_to(home, ShardMsg::HandOff { fd, buffered });
+    }
+
+    /// Parks connection (`slot`, `generation`): its socket moves to the shard's epoll set and the
+    /// caller's task may end (dropping `stream` closes only the task's descriptor). On failure
+    /// (parking off, no descriptor left for the duplicate) the caller keeps serving.
+    pub fn park(
+        &self,
+        stream: &Stream,
+        slot: u32,
+        generation: u32,
+        aliases_in: Option<Vec<Option<wire::Utf8Bytes>>>,
+    ) -> Result<(), Option<Vec<Option<wire::Utf8Bytes>>>> {
+        let Some(set) = &self.park else {
+            return Err(aliases_in);
+        };
+        let id = park::conn_id(slot, generation);
+        let fd = match set.park(stream.as_raw_fd(), id) {
+            Ok(fd) => fd,
+            Err(err) => {
+                // Typically EMFILE: the open-files limit, not the code. The connection stays
+                // served (it costs its task) and is asked again next sweep.
+                debug!(error = %err, "could not park an idle connection");
+                return Err(aliases_in);
+            }
+        };
+        let conn = ParkedConn { fd, aliases_in };
+        let mut state = self.state.borrow_mut();
+        match state.set_parked(slot, generation, conn, park::parked_waker(id)) {
+            Ok(()) => Ok(()),
+            Err(conn) => {
+                set.forget(&conn.fd);
+                Err(conn.aliases_in)
+            }
+        }
+    }
+
+    /// Serves parked connection `id` again, if it still is parked.
+    fn unpark(self: &Rc<Self>, id: u64) {
+        let (slot, generation) = park::split_id(id);
+        let Some(unparked) = self.state.borrow_mut().take_parked(slot, generation) else {
+            return;
+        };
+        if let Some(set) = &self.park {
+            set.forget(&unparked.fd);
+        }
+        glommio::spawn_local(crate::connection::resume(self.clone(), unparked)).detach();
     }
 }
 
@@ -291,7 +340,22 @@ async fn run_shard(
         read_buf: RefCell::new(BytesMut::with_capacity(32 * 1024)),
         write_buf: RefCell::new(BytesMut::with_capacity(128 * 1024)),
         bridge,
+        park: if config.limits.park_after_idle_secs > 0 {
+            match ParkSet::new(id) {
+                Ok(set) => Some(set),
+                Err(err) => {
+                    warn!(shard = id, error = %err, "cannot park idle connections (epoll or thread creation failed); each keeps its task");
+                    None
+                }
+            }
+        } else {
+            None
+        },
     });
+    if ctx.park.is_some() {
+        glommio::spawn_local(ready_loop(ctx.clone())).detach();
+        glommio::spawn_local(woken_loop(ctx.clone())).detach();
+    }
     if let Some(acks) = acks {
         glommio::spawn_local(crate::bridge::ack_loop(ctx.clone(), acks)).detach();
     }
@@ -344,7 +408,8 @@ async fn run_shard(
     if ctx.state.borrow().limits.sys_interval_secs > 0 {
         glommio::spawn_local(crate::sys::sys_loop(ctx.clone())).detach();
     }
-    // Housekeeping: timers and the shutdown flag.
+    // Housekeeping: timers, the idle sweep and the shutdown flag.
+    let mut last_sweep = Instant::now();
     loop {
         let wait = {
             let state = ctx.state.borrow();
@@ -356,7 +421,14 @@ async fn run_shard(
                 .min(TICK)
         };
         glommio::timer::sleep(wait.max(Duration::from_millis(1))).await;
-        ctx.state.borrow_mut().run_timers(Instant::now());
+        let now = Instant::now();
+        let mut state = ctx.state.borrow_mut();
+        state.run_timers(now);
+        if now.duration_since(last_sweep) >= TICK {
+            state.sweep_idle(now.duration_since(last_sweep));
+            last_sweep = now;
+        }
+        drop(state);
         if shutdown.load(Ordering::Acquire) {
             break;
         }
@@ -391,6 +463,9 @@ async fn run_shard(
     }
     // Give other shards a moment to deliver wills we sent them.
     glommio::timer::sleep(Duration::from_millis(100)).await;
+    if let Some(set) = &ctx.park {
+        set.stop();
+    }
     info!(shard = id, "shard stopped");
 }
 
@@ -501,6 +576,29 @@ async fn receive_loop(ctx: Rc<ShardCtx>, rx: ConnectedReceiver<Vec<ShardMsg>>) {
     debug!("cross-shard channel closed");
 }
 
+/// Resumes parked connections whose sockets the park thread saw turn readable.
+async fn ready_loop(ctx: Rc<ShardCtx>) {
+    let Some(ready) = ctx.park.as_ref().map(|p| p.ready().clone()) else {
+        return;
+    };
+    while let Ok(batch) = ready.recv_async().await {
+        for id in batch {
+            ctx.unpark(id);
+        }
+    }
+}
+
+/// Resumes parked connections the shard woke (a message for them, keepalive expiry, takeover,
+/// shutdown).
+async fn woken_loop(ctx: Rc<ShardCtx>) {
+    loop {
+        let ids = std::future::poll_fn(park::poll_woken).await;
+        for id in ids {
+            ctx.unpark(id);
+        }
+    }
+}
+
 /// Publishes counter deltas and gauges into the process-wide metrics recorder once a second.
 async fn metrics_loop(ctx: Rc<ShardCtx>) {
     let id = ctx.state.borrow().id;
@@ -527,6 +625,7 @@ async fn metrics_loop(ctx: Rc<ShardCtx>) {
             queued: state.queued_messages(),
             cross_shard_queue_depth: state.outboxes.iter().map(|o| o.len() as u64).sum(),
             busy_ratio: busy.clamp(0.0, 1.0),
+            parked: u64::from(state.parked),
         };
         exporter.publish(&state.counters, gauges);
     }

@@ -136,6 +136,21 @@ pub struct ConnectionLink {
     pub last_activity: Instant,
     /// Keepalive as granted, 0 = none. The connection is closed after 1.5× without a packet.
     pub keepalive_secs: u16,
+    /// Set by the idle sweep, cleared by any read or write: still set when the sweep comes
+    /// round again means idle for a whole sweep period.
+    pub idle_mark: bool,
+    /// The sweep asks the connection to park (it does if it has nothing in progress).
+    pub park_requested: bool,
+    /// While parked: the socket and the little the connection must remember (no task exists).
+    pub parked: Option<ParkedConn>,
+}
+
+/// What a parked connection keeps: its socket (waiting in the shard's epoll set) and the inbound
+/// topic aliases the client may still use (v5).
+#[derive(Debug)]
+pub struct ParkedConn {
+    pub fd: std::os::fd::OwnedFd,
+    pub aliases_in: Option<Vec<Option<Utf8Bytes>>>,
 }
 
 /// Per-connection facts about the peer that shape what we send.

@@ -20,7 +20,7 @@ use crate::message::{
 };
 use crate::metrics::Counters;
 use crate::session::{
-    CloseReason, ConnectionLink, Delivery, DropReason, Outbound, PeerLimits, Session,
+    CloseReason, ConnectionLink, Delivery, DropReason, Outbound, ParkedConn, PeerLimits, Session,
     SessionSubscription, Will,
 };
 use crate::trie::{HasName, TopicMap, TopicTrie};
@@ -164,6 +164,35 @@ pub struct ShardState {
     /// inflight windows (a client cannot have more unacknowledged publishes than its window).
     pub kafka_pending: AHashMap<u64, crate::bridge::PendingKafkaAck>,
     pub next_kafka_token: u64,
+    /// Connections parked now (see `park`), including taken-over ones not yet closed.
+    pub parked: u32,
+    /// Parked connections whose session was taken over: resumed only to be told so and closed.
+    /// At most one per takeover, gone once the shard resumes them (the next loop turn).
+    orphans: Vec<OrphanConn>,
+    /// Where the idle sweep continues, and how much of a sweep period it has not covered yet.
+    sweep_cursor: usize,
+    sweep_owed: Duration,
+}
+
+/// A parked connection whose session was taken over.
+struct OrphanConn {
+    slot: u32,
+    generation: u32,
+    key: SessionKey,
+    version: ProtocolVersion,
+    conn: ParkedConn,
+}
+
+/// A parked connection taken out of its session to be served again.
+pub struct Unparked {
+    pub slot: u32,
+    pub generation: u32,
+    pub key: SessionKey,
+    pub version: ProtocolVersion,
+    pub fd: std::os::fd::OwnedFd,
+    pub aliases_in: Option<Vec<Option<Utf8Bytes>>>,
+    /// Set when the session was taken over while parked: close with this reason.
+    pub closing: Option<CloseReason>,
 }
 
 /// Which shard owns a client id's session. Fixed seeds: every shard must agree.
@@ -210,6 +239,10 @@ impl ShardState {
             started_at: Instant::now(),
             kafka_pending: AHashMap::new(),
             next_kafka_token: 0,
+            parked: 0,
+            orphans: Vec::new(),
+            sweep_cursor: 0,
+            sweep_owed: Duration::ZERO,
         }
     }
 
@@ -296,16 +329,30 @@ impl ShardState {
             // Take over the existing connection, if any [MQTT-3.1.4-3].
             let mut old_will = None;
             let mut was_online = false;
+            let mut orphan = None;
             if let Some(session) = self.session_mut(slot) {
+                let version = session.peer.version;
+                let key = session.key;
                 if let Some(mut link) = session.link.take() {
                     was_online = true;
                     link.close = Some(CloseReason::SessionTakenOver);
+                    if let Some(conn) = link.parked.take() {
+                        // Its parked waker brings it back to be told (v5: DISCONNECT 0x8E).
+                        orphan = Some(OrphanConn {
+                            slot,
+                            generation: link.generation,
+                            key,
+                            version,
+                            conn,
+                        });
+                    }
                     if let Some(w) = link.waker.take() {
                         w.wake();
                     }
                 }
                 old_will = session.will.take().map(|w| (w, was_online));
             }
+            self.orphans.extend(orphan);
             if was_online {
                 self.connections = self.connections.saturating_sub(1);
                 self.counters.takeovers += 1;
@@ -349,6 +396,9 @@ impl ShardState {
                 close: None,
                 last_activity: now,
                 keepalive_secs,
+                idle_mark: false,
+                park_requested: false,
+                parked: None,
             });
             session.expiry_secs = expiry_secs.min(max_expiry);
             session.will = will;
@@ -1208,6 +1258,112 @@ impl ShardState {
             messages_dropped: self.counters.dropped_total(),
             bytes_received: self.counters.bytes_received,
             bytes_sent: self.counters.bytes_sent,
+        }
+    }
+
+    // ----- parking -----------------------------------------------------------------------
+
+    /// Takes parked connection (`slot`, `generation`) out of its session (or out of the
+    /// taken-over list) to be served again. None if it is not parked (already resumed, closed).
+    pub fn take_parked(&mut self, slot: u32, generation: u32) -> Option<Unparked> {
+        if let Some(i) = self
+            .orphans
+            .iter()
+            .position(|o| o.slot == slot && o.generation == generation)
+        {
+            let o = self.orphans.swap_remove(i);
+            self.parked = self.parked.saturating_sub(1);
+            self.counters.unparks += 1;
+            return Some(Unparked {
+                slot,
+                generation,
+                key: o.key,
+                version: o.version,
+                fd: o.conn.fd,
+                aliases_in: o.conn.aliases_in,
+                closing: Some(CloseReason::SessionTakenOver),
+            });
+        }
+        let session = self.linked_session_mut(slot, generation)?;
+        let version = session.peer.version;
+        let key = session.key;
+        let link = session.link.as_mut()?;
+        let conn = link.parked.take()?;
+        // The resumed task registers its own waker on its first poll.
+        link.waker = None;
+        link.idle_mark = false;
+        self.parked = self.parked.saturating_sub(1);
+        self.counters.unparks += 1;
+        Some(Unparked {
+            slot,
+            generation,
+            key,
+            version,
+            fd: conn.fd,
+            aliases_in: conn.aliases_in,
+            closing: None,
+        })
+    }
+
+    /// Records connection (`slot`, `generation`) as parked; false (nothing kept) if it is no
+    /// longer the session's connection.
+    pub fn set_parked(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        conn: ParkedConn,
+        waker: std::task::Waker,
+    ) -> Result<(), ParkedConn> {
+        let Some(link) = self
+            .linked_session_mut(slot, generation)
+            .and_then(|s| s.link.as_mut())
+        else {
+            return Err(conn);
+        };
+        link.parked = Some(conn);
+        link.waker = Some(waker);
+        link.park_requested = false;
+        self.parked += 1;
+        self.counters.parks += 1;
+        Ok(())
+    }
+
+    /// The idle sweep: walks the share of the sessions that `elapsed` owes (a whole pass per
+    /// `limits.park_after_idle_secs`). A connection without a read or write since the sweep last
+    /// marked it is asked to park, so it parks after one to two periods of silence.
+    pub fn sweep_idle(&mut self, elapsed: Duration) {
+        let period = Duration::from_secs(u64::from(self.limits.park_after_idle_secs));
+        if period.is_zero() || self.slots.is_empty() {
+            return;
+        }
+        self.sweep_owed += elapsed;
+        let total = self.slots.len();
+        let due = (total as u128 * self.sweep_owed.as_micros() / period.as_micros().max(1))
+            .min(total as u128) as usize;
+        if due == 0 {
+            return;
+        }
+        self.sweep_owed = Duration::ZERO;
+        for _ in 0..due {
+            if self.sweep_cursor >= total {
+                self.sweep_cursor = 0;
+            }
+            let slot = &mut self.slots[self.sweep_cursor];
+            self.sweep_cursor += 1;
+            let Some(link) = slot.session.as_deref_mut().and_then(|s| s.link.as_mut()) else {
+                continue;
+            };
+            if link.parked.is_some() || link.close.is_some() {
+                continue;
+            }
+            if !link.idle_mark {
+                link.idle_mark = true;
+            } else if !link.park_requested {
+                link.park_requested = true;
+                if let Some(w) = link.waker.take() {
+                    w.wake();
+                }
+            }
         }
     }
 
