@@ -40,10 +40,10 @@ PORT=""
 
 if [[ $QUICK == 1 ]]; then
     TELEMETRY_RATES=(10000 40000 80000)
-    STEP_S=4; BROADCAST_S=5; P2P_S=4; IDLE_S=3
+    STEP_S=4; BROADCAST_S=5; P2P_S=4; IDLE_S=30
 else
     TELEMETRY_RATES=(5000 10000 20000 30000 40000 60000 80000 120000 160000)
-    STEP_S=10; BROADCAST_S=10; P2P_S=10; IDLE_S=5
+    STEP_S=10; BROADCAST_S=10; P2P_S=10; IDLE_S=30
 fi
 
 cleanup() {
@@ -68,8 +68,8 @@ wait_port() {
     return 1
 }
 
-MOSQUITTO_SETTINGS="listener PORT 127.0.0.1; allow_anonymous true; allow_duplicate_messages true; max_queued_messages 10000000; max_connections -1; persistence false; other settings default (max_inflight_messages 20, no max_queued_bytes)"
-RINGMQ_SETTINGS="--listen 127.0.0.1:PORT --shards $RINGMQ_SHARDS (CPUs $BROKER_CPU) --metrics-listen 127.0.0.1:MPORT, defaults otherwise"
+MOSQUITTO_SETTINGS="listener PORT 127.0.0.1; allow_anonymous true; allow_duplicate_messages true; max_connections -1; persistence false; other settings default (max_queued_messages 1000, max_inflight_messages 20, no max_queued_bytes)"
+RINGMQ_SETTINGS="--listen 127.0.0.1:PORT --shards $RINGMQ_SHARDS (CPUs $BROKER_CPU) --metrics-listen 127.0.0.1:MPORT, defaults otherwise (session_queue_len_max 1000 like Mosquitto's max_queued_messages, inflight_max 32, park_after_idle_secs 10)"
 
 start_broker() {
     local broker=$1
@@ -81,7 +81,6 @@ start_broker() {
 listener $PORT 127.0.0.1
 allow_anonymous true
 allow_duplicate_messages true
-max_queued_messages 10000000
 max_connections -1
 persistence false
 log_dest stderr
