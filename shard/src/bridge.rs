@@ -176,7 +176,10 @@ pub async fn ack_loop(ctx: Rc<ShardCtx>, acks: flume::Receiver<BridgeAck>) {
         };
         let mut out = BytesMut::new();
         if wire::encode(&packet, version, &mut out).is_ok() {
-            session.queue.push_back(Outbound::Control(out.freeze()));
+            session
+                .traffic_mut()
+                .queue
+                .push_back(Outbound::Control(out.freeze()));
             session.wake();
         }
     }

@@ -24,7 +24,7 @@ use wire::{
 
 use crate::message::{Message, SessionKey};
 use crate::runtime::{ShardCtx, Stream};
-use crate::session::{CloseReason, InflightState, NextFrame, PeerLimits, Will};
+use crate::session::{CloseReason, InboundAliases, InflightState, NextFrame, PeerLimits, Will};
 use crate::state::{home_shard, SubscribeResult};
 
 /// Bytes read per read call.
@@ -60,7 +60,7 @@ struct Conn {
     /// Encoded output the socket did not take yet. Empty for an idle client.
     pending_write: BytesMut,
     /// Inbound topic aliases (v5), created on first use.
-    aliases_in: Option<Vec<Option<Utf8Bytes>>>,
+    aliases_in: InboundAliases,
     /// A reply held until every other shard has applied what this one sent before it: a SUBACK
     /// until the new subscriptions are routed everywhere, a PUBACK/PUBREC of a retained message
     /// until every shard stores it (so a subscriber anywhere sees it once the publisher is acked).
@@ -442,8 +442,10 @@ async fn accept_connect(ctx: &Rc<ShardCtx>, stream: &mut Stream, connect: Connec
         delay_secs,
         expiry_secs,
     });
+    // Moved, not cloned: a clone would give the session's id a shared-ownership header, 32 more
+    // bytes for every session.
     let attached = state.attach(
-        client_id.clone(),
+        client_id,
         connect.clean_start,
         expiry,
         peer,
@@ -510,9 +512,13 @@ async fn accept_connect(ctx: &Rc<ShardCtx>, stream: &mut Stream, connect: Connec
             session.resend_inflight(now, &mut out);
         }
     }
+    debug!(
+        client_id = %state.session(attached.slot).map_or("", |s| s.client_id.as_str()),
+        slot = attached.slot,
+        "client connected"
+    );
     drop(state);
     conn.pending_write = out;
-    debug!(client_id = %client_id.as_str(), slot = attached.slot, "client connected");
     Some(conn)
 }
 
@@ -738,12 +744,15 @@ impl Conn {
             };
             let mut retained_budget = retained_slice;
             while out.len() < WRITE_BATCH_BYTES && retained_budget > 0 {
-                let from_retained = session.queue.is_empty();
-                let qos = session
+                let Some(t) = session.traffic.as_deref() else {
+                    break;
+                };
+                let from_retained = t.queue.is_empty();
+                let qos = t
                     .queue
                     .front()
                     .map(|o| o.qos())
-                    .or_else(|| session.retained_pending.front().map(|d| d.qos));
+                    .or_else(|| t.retained_pending.front().map(|d| d.qos));
                 match session.next_frame(now, &mut out) {
                     NextFrame::Wrote => {
                         wrote = true;
@@ -1069,9 +1078,9 @@ impl Conn {
             if alias == 0 || alias > topic_alias_maximum {
                 return Flow::Close(CloseReason::ProtocolError(ReasonCode::TopicAliasInvalid));
             }
-            let table = self
-                .aliases_in
-                .get_or_insert_with(|| vec![None; usize::from(topic_alias_maximum)]);
+            let table = self.aliases_in.get_or_insert_with(|| {
+                vec![None; usize::from(topic_alias_maximum)].into_boxed_slice()
+            });
             let index = usize::from(alias - 1);
             if publish.topic.is_empty() {
                 match table.get(index).and_then(|t| t.clone()) {
@@ -1105,8 +1114,8 @@ impl Conn {
             };
             let in_flight = state
                 .session(self.slot)
-                .map(|s| s.incoming_qos2.len())
-                .unwrap_or(0);
+                .and_then(|s| s.traffic.as_deref())
+                .map_or(0, |t| t.incoming_qos2.len());
             match state.incoming_qos2(self.slot, id) {
                 Some(true) => {
                     if in_flight >= usize::from(receive_maximum) {

@@ -24,7 +24,7 @@ use crate::config::{Limits, SubscribeRules};
 use crate::message::{ShardId, ShardMsg, SHARDS_MAX};
 use crate::metrics::{Exporter, Gauges};
 use crate::park::{self, ParkSet};
-use crate::session::{CloseReason, ParkedConn};
+use crate::session::{CloseReason, InboundAliases, ParkedConn};
 use crate::state::ShardState;
 use crate::ShardError;
 
@@ -97,8 +97,8 @@ impl ShardCtx {
         stream: &Stream,
         slot: u32,
         generation: u32,
-        aliases_in: Option<Vec<Option<wire::Utf8Bytes>>>,
-    ) -> Result<(), Option<Vec<Option<wire::Utf8Bytes>>>> {
+        aliases_in: InboundAliases,
+    ) -> Result<(), InboundAliases> {
         let Some(set) = &self.park else {
             return Err(aliases_in);
         };

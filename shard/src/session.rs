@@ -145,12 +145,15 @@ pub struct ConnectionLink {
     pub parked: Option<ParkedConn>,
 }
 
+/// Inbound topic aliases of a v5 connection (index = alias − 1), created on first use.
+pub type InboundAliases = Option<Box<[Option<Utf8Bytes>]>>;
+
 /// What a parked connection keeps: its socket (waiting in the shard's epoll set) and the inbound
 /// topic aliases the client may still use (v5).
 #[derive(Debug)]
 pub struct ParkedConn {
     pub fd: std::os::fd::OwnedFd,
-    pub aliases_in: Option<Vec<Option<Utf8Bytes>>>,
+    pub aliases_in: InboundAliases,
 }
 
 /// Per-connection facts about the peer that shape what we send.
@@ -175,16 +178,9 @@ pub struct Session {
     pub key: SessionKey,
     pub peer: PeerLimits,
     pub subscriptions: SmallVec<[SessionSubscription; 1]>,
-    /// Waiting to be written (online) or stored for later (offline). Bounded by
-    /// `Limits::session_queue_len_max`.
-    pub queue: VecDeque<Outbound>,
-    /// Retained messages owed to a new subscription, fed into writes a slice at a time.
-    pub retained_pending: VecDeque<Delivery>,
-    /// Outbound QoS 1/2 awaiting acknowledgement, in send order. At most `peer.inflight_max`.
-    pub inflight: VecDeque<Inflight>,
-    /// Inbound QoS 2 packet ids received and PUBREC'd, awaiting PUBREL. At most our
-    /// Receive Maximum.
-    pub incoming_qos2: SmallVec<[u16; 4]>,
+    /// Messages and packet ids in progress; None while there are none (most idle sessions), so
+    /// an idle session does not pay for four empty queues.
+    pub traffic: Option<Box<Traffic>>,
     /// Next packet identifier to try.
     pub next_packet_id: u16,
     pub link: Option<ConnectionLink>,
@@ -199,6 +195,30 @@ pub struct Session {
     pub will_at: Option<Instant>,
     /// Outbound topic aliases in use (v5), created on first use.
     pub aliases_out: Option<Box<AHashMap<Utf8Bytes, u16>>>,
+}
+
+/// A session's messages and packet identifiers in progress.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    /// Waiting to be written (online) or stored for later (offline). Bounded by
+    /// `Limits::session_queue_len_max`.
+    pub queue: VecDeque<Outbound>,
+    /// Retained messages owed to a new subscription, fed into writes a slice at a time.
+    pub retained_pending: VecDeque<Delivery>,
+    /// Outbound QoS 1/2 awaiting acknowledgement, in send order. At most `peer.inflight_max`.
+    pub inflight: VecDeque<Inflight>,
+    /// Inbound QoS 2 packet ids received and PUBREC'd, awaiting PUBREL. At most our
+    /// Receive Maximum.
+    pub incoming_qos2: SmallVec<[u16; 4]>,
+}
+
+impl Traffic {
+    fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+            && self.retained_pending.is_empty()
+            && self.inflight.is_empty()
+            && self.incoming_qos2.is_empty()
+    }
 }
 
 /// What [`Session::next_frame`] did.
@@ -246,10 +266,7 @@ impl Session {
             key,
             peer,
             subscriptions: SmallVec::new(),
-            queue: VecDeque::new(),
-            retained_pending: VecDeque::new(),
-            inflight: VecDeque::new(),
-            incoming_qos2: SmallVec::new(),
+            traffic: None,
             next_packet_id: 1,
             link: None,
             next_generation: 1,
@@ -274,16 +291,35 @@ impl Session {
         }
     }
 
+    /// The session's traffic, created on first use.
+    pub fn traffic_mut(&mut self) -> &mut Traffic {
+        self.traffic.get_or_insert_with(Default::default)
+    }
+
+    /// Frees the traffic box when nothing is in progress (an idle session keeps none).
+    pub fn shed_traffic(&mut self) {
+        if self.traffic.as_deref().is_some_and(Traffic::is_empty) {
+            self.traffic = None;
+        }
+    }
+
+    /// Messages waiting in the queue.
+    pub fn queue_len(&self) -> usize {
+        self.traffic.as_deref().map_or(0, |t| t.queue.len())
+    }
+
     /// Whether a write pass could produce something.
     pub fn has_writable(&self) -> bool {
-        let window_open = self.inflight.len() < usize::from(self.peer.inflight_max);
-        self.queue
+        let Some(t) = self.traffic.as_deref() else {
+            return false;
+        };
+        let window_open = t.inflight.len() < usize::from(self.peer.inflight_max);
+        t.queue
             .front()
             .is_some_and(|o| o.qos() == QoS::AtMostOnce || window_open)
-            || (!self.retained_pending.is_empty()
+            || (!t.retained_pending.is_empty()
                 && (window_open
-                    || self
-                        .retained_pending
+                    || t.retained_pending
                         .front()
                         .is_some_and(|d| d.qos == QoS::AtMostOnce)))
     }
@@ -294,7 +330,11 @@ impl Session {
             let candidate = self.next_packet_id;
             self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
             let id = NonZeroU16::new(candidate)?;
-            if !self.inflight.iter().any(|i| i.packet_id == id) {
+            let in_use = self
+                .traffic
+                .as_deref()
+                .is_some_and(|t| t.inflight.iter().any(|i| i.packet_id == id));
+            if !in_use {
                 return Some(id);
             }
         }
@@ -303,15 +343,20 @@ impl Session {
 
     /// Encodes the next writable queued message (or retained message owed) into `out`.
     pub fn next_frame(&mut self, now: Instant, out: &mut BytesMut) -> NextFrame {
-        let window_open = self.inflight.len() < usize::from(self.peer.inflight_max);
-        let from_queue = match self.queue.front() {
+        let max_packet_size = self.peer.max_packet_size as usize;
+        let inflight_max = usize::from(self.peer.inflight_max);
+        let Some(t) = self.traffic.as_deref_mut() else {
+            return NextFrame::Idle;
+        };
+        let window_open = t.inflight.len() < inflight_max;
+        let from_queue = match t.queue.front() {
             Some(o) => o.qos() == QoS::AtMostOnce || window_open,
             None => false,
         };
         let delivery = if from_queue {
-            match self.queue.pop_front() {
+            match t.queue.pop_front() {
                 Some(Outbound::Frame(bytes)) => {
-                    if bytes.len() > self.peer.max_packet_size as usize {
+                    if bytes.len() > max_packet_size {
                         return NextFrame::Dropped(DropReason::PacketTooLarge);
                     }
                     out.extend_from_slice(&bytes);
@@ -325,11 +370,11 @@ impl Session {
                 None => return NextFrame::Idle,
             }
         } else {
-            match self.retained_pending.front() {
+            match t.retained_pending.front() {
                 Some(d) if d.qos == QoS::AtMostOnce || window_open => {}
                 _ => return NextFrame::Idle,
             }
-            match self.retained_pending.pop_front() {
+            match t.retained_pending.pop_front() {
                 Some(d) => d,
                 None => return NextFrame::Idle,
             }
@@ -363,7 +408,7 @@ impl Session {
             } else {
                 InflightState::AwaitPubRec
             };
-            self.inflight.push_back(Inflight {
+            self.traffic_mut().inflight.push_back(Inflight {
                 packet_id,
                 delivery,
                 state,
@@ -432,7 +477,10 @@ impl Session {
     pub fn resend_inflight(&mut self, now: Instant, out: &mut BytesMut) {
         // Aliases do not survive a connection [MQTT-3.3.2-7].
         self.aliases_out = None;
-        let entries: Vec<Inflight> = self.inflight.drain(..).collect();
+        let entries: Vec<Inflight> = match self.traffic.as_deref_mut() {
+            Some(t) => t.inflight.drain(..).collect(),
+            None => return,
+        };
         for mut entry in entries {
             match entry.state {
                 InflightState::AwaitPubComp => {
@@ -442,7 +490,7 @@ impl Session {
                         properties: Default::default(),
                     });
                     if wire::encode(&pubrel, self.peer.version, out).is_ok() {
-                        self.inflight.push_back(entry);
+                        self.traffic_mut().inflight.push_back(entry);
                     }
                 }
                 InflightState::AwaitPubAck | InflightState::AwaitPubRec => {
@@ -461,7 +509,7 @@ impl Session {
                     } else {
                         InflightState::AwaitPubRec
                     };
-                    self.inflight.push_back(entry);
+                    self.traffic_mut().inflight.push_back(entry);
                 }
             }
         }
@@ -469,13 +517,16 @@ impl Session {
 
     /// Handles PUBACK / PUBCOMP: frees the packet id. Returns false for an unknown id.
     pub fn complete(&mut self, packet_id: NonZeroU16, expected: InflightState) -> bool {
-        match self
+        let Some(t) = self.traffic.as_deref_mut() else {
+            return false;
+        };
+        match t
             .inflight
             .iter()
             .position(|i| i.packet_id == packet_id && i.state == expected)
         {
             Some(pos) => {
-                self.inflight.remove(pos);
+                t.inflight.remove(pos);
                 true
             }
             None => false,
@@ -484,7 +535,10 @@ impl Session {
 
     /// Handles PUBREC: moves the entry to awaiting PUBCOMP. Returns false for an unknown id.
     pub fn received(&mut self, packet_id: NonZeroU16) -> bool {
-        match self.inflight.iter_mut().find(|i| i.packet_id == packet_id) {
+        let Some(t) = self.traffic.as_deref_mut() else {
+            return false;
+        };
+        match t.inflight.iter_mut().find(|i| i.packet_id == packet_id) {
             Some(entry) if entry.state == InflightState::AwaitPubRec => {
                 entry.state = InflightState::AwaitPubComp;
                 true
@@ -496,6 +550,8 @@ impl Session {
 
     /// Messages held for this session: queued plus in flight plus retained owed.
     pub fn held_len(&self) -> usize {
-        self.queue.len() + self.inflight.len() + self.retained_pending.len()
+        self.traffic.as_deref().map_or(0, |t| {
+            t.queue.len() + t.inflight.len() + t.retained_pending.len()
+        })
     }
 }

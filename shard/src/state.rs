@@ -20,8 +20,8 @@ use crate::message::{
 };
 use crate::metrics::Counters;
 use crate::session::{
-    CloseReason, ConnectionLink, Delivery, DropReason, Outbound, ParkedConn, PeerLimits, Session,
-    SessionSubscription, Will,
+    CloseReason, ConnectionLink, Delivery, DropReason, InboundAliases, Outbound, ParkedConn,
+    PeerLimits, Session, SessionSubscription, Will,
 };
 use crate::trie::{HasName, TopicMap, TopicTrie};
 
@@ -107,6 +107,56 @@ struct Slot {
     generation: u32,
 }
 
+/// Client id → session slot. Stores only the slot (4 bytes per session, no copy of the id):
+/// the id is read from the session it names.
+struct ClientIndex {
+    table: hashbrown::HashTable<u32>,
+    hasher: ahash::RandomState,
+}
+
+fn client_id_at(slots: &[Slot], slot: u32) -> &str {
+    slots
+        .get(slot as usize)
+        .and_then(|s| s.session.as_deref())
+        .map_or("", |s| s.client_id.as_str())
+}
+
+impl ClientIndex {
+    fn new() -> Self {
+        ClientIndex {
+            table: hashbrown::HashTable::new(),
+            hasher: ahash::RandomState::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    fn get(&self, slots: &[Slot], client_id: &str) -> Option<u32> {
+        let hash = self.hasher.hash_one(client_id);
+        self.table
+            .find(hash, |&slot| client_id_at(slots, slot) == client_id)
+            .copied()
+    }
+
+    /// Adds `slot`, whose session (already in `slots`) has `client_id`.
+    fn insert(&mut self, slots: &[Slot], client_id: &str, slot: u32) {
+        let hash = self.hasher.hash_one(client_id);
+        let hasher = &self.hasher;
+        self.table
+            .insert_unique(hash, slot, |&s| hasher.hash_one(client_id_at(slots, s)));
+    }
+
+    /// Removes `slot`, whose session had `client_id` (it may be gone from `slots` already).
+    fn remove(&mut self, client_id: &str, slot: u32) {
+        let hash = self.hasher.hash_one(client_id);
+        if let Ok(entry) = self.table.find_entry(hash, |&s| s == slot) {
+            entry.remove();
+        }
+    }
+}
+
 /// Result of [`ShardState::attach`].
 #[derive(Debug)]
 pub struct Attached {
@@ -131,7 +181,7 @@ pub struct ShardState {
     pub authorizer: Arc<dyn SubscribeAuthorizer>,
     slots: Vec<Slot>,
     free_slots: Vec<u32>,
-    by_client_id: AHashMap<Utf8Bytes, u32>,
+    by_client_id: ClientIndex,
     subs: TopicMap<FilterEntry>,
     routes: TopicMap<RouteEntry>,
     retained: TopicTrie<Retained>,
@@ -190,7 +240,7 @@ pub struct Unparked {
     pub key: SessionKey,
     pub version: ProtocolVersion,
     pub fd: std::os::fd::OwnedFd,
-    pub aliases_in: Option<Vec<Option<Utf8Bytes>>>,
+    pub aliases_in: InboundAliases,
     /// Set when the session was taken over while parked: close with this reason.
     pub closing: Option<CloseReason>,
 }
@@ -220,7 +270,7 @@ impl ShardState {
             authorizer: Arc::new(rules),
             slots: Vec::new(),
             free_slots: Vec::new(),
-            by_client_id: AHashMap::new(),
+            by_client_id: ClientIndex::new(),
             subs: TopicMap::new(),
             routes: TopicMap::new(),
             retained: TopicTrie::new(),
@@ -302,7 +352,10 @@ impl ShardState {
             let candidate =
                 Utf8Bytes::from(format!("ringmq-{}-{:x}", self.id, self.next_assigned_id));
             if home_shard(candidate.as_str(), self.shard_count) == self.id
-                && !self.by_client_id.contains_key(&candidate)
+                && self
+                    .by_client_id
+                    .get(&self.slots, candidate.as_str())
+                    .is_none()
             {
                 return candidate;
             }
@@ -325,7 +378,7 @@ impl ShardState {
     ) -> Attached {
         debug_assert_eq!(home_shard(client_id.as_str(), self.shard_count), self.id);
         let mut session_present = false;
-        if let Some(&slot) = self.by_client_id.get(&client_id) {
+        if let Some(slot) = self.by_client_id.get(&self.slots, client_id.as_str()) {
             // Take over the existing connection, if any [MQTT-3.1.4-3].
             let mut old_will = None;
             let mut was_online = false;
@@ -373,8 +426,8 @@ impl ShardState {
                 session.peer = peer.clone();
             }
         }
-        let slot = match self.by_client_id.get(&client_id) {
-            Some(&slot) => slot,
+        let slot = match self.by_client_id.get(&self.slots, client_id.as_str()) {
+            Some(slot) => slot,
             None => self.create_session(client_id, peer),
         };
         let generation = self.next_link_generation;
@@ -433,8 +486,9 @@ impl ShardState {
             slot,
             generation: entry.generation,
         };
-        entry.session = Some(Box::new(Session::new(client_id.clone(), key, peer)));
-        self.by_client_id.insert(client_id, slot);
+        entry.session = Some(Box::new(Session::new(client_id, key, peer)));
+        let id = client_id_at(&self.slots, slot);
+        self.by_client_id.insert(&self.slots, id, slot);
         slot
     }
 
@@ -446,6 +500,7 @@ impl ShardState {
             return; // taken over: the new connection owns the session now.
         };
         session.link = None;
+        session.shed_traffic();
         let will = if reason.publishes_will() || matches!(reason, CloseReason::ProtocolError(_)) {
             session.will.take()
         } else {
@@ -498,7 +553,7 @@ impl ShardState {
         let Some(session) = entry.session.take() else {
             return;
         };
-        self.by_client_id.remove(&session.client_id);
+        self.by_client_id.remove(session.client_id.as_str(), slot);
         self.free_slots.push(slot);
         for sub in &session.subscriptions {
             self.remove_subscription(slot, &sub.filter);
@@ -631,13 +686,11 @@ impl ShardState {
             Some((_, f)) => f,
             None => full_filter,
         };
-        let client_id = self
-            .session(slot)
-            .map(|s| s.client_id.clone())
-            .unwrap_or_default();
+        // Borrowed, not cloned: cloning the id would add a shared-ownership header to it.
+        let client_id = self.session(slot).map_or("", |s| s.client_id.as_str());
         if !self
             .authorizer
-            .may_subscribe(client_id.as_str(), topic_filter, full_filter)
+            .may_subscribe(client_id, topic_filter, full_filter)
         {
             self.counters.subscriptions_refused += 1;
             return SubscribeResult::Refused(ReasonCode::NotAuthorized);
@@ -747,8 +800,11 @@ impl ShardState {
                 subscription_ids: id.into_iter().collect(),
             });
         });
+        if owed.is_empty() {
+            return;
+        }
         if let Some(session) = self.session_mut(slot) {
-            session.retained_pending.extend(owed);
+            session.traffic_mut().retained_pending.extend(owed);
             session.wake();
         }
     }
@@ -1167,7 +1223,7 @@ impl ShardState {
             self.counters.drop(qos, DropReason::Offline);
             return 0;
         }
-        if session.queue.len() >= queue_max {
+        if session.queue_len() >= queue_max {
             self.counters.drop(qos, DropReason::QueueFull);
             return 0;
         }
@@ -1196,7 +1252,7 @@ impl ShardState {
                 subscription_ids,
             })
         };
-        session.queue.push_back(outbound);
+        session.traffic_mut().queue.push_back(outbound);
         session.wake();
         let _ = now;
         1
@@ -1314,10 +1370,11 @@ impl ShardState {
         conn: ParkedConn,
         waker: std::task::Waker,
     ) -> Result<(), ParkedConn> {
-        let Some(link) = self
-            .linked_session_mut(slot, generation)
-            .and_then(|s| s.link.as_mut())
-        else {
+        let Some(session) = self.linked_session_mut(slot, generation) else {
+            return Err(conn);
+        };
+        session.shed_traffic();
+        let Some(link) = session.link.as_mut() else {
             return Err(conn);
         };
         link.parked = Some(conn);
@@ -1380,21 +1437,24 @@ impl ShardState {
     /// Packet id of an incoming QoS 2 PUBLISH: true if it is new (deliver it), false if it is a
     /// retransmission awaiting PUBREL (do not deliver twice) [MQTT-4.3.3-9].
     pub fn incoming_qos2(&mut self, slot: u32, packet_id: NonZeroU16) -> Option<bool> {
-        let session = self.session_mut(slot)?;
-        if session.incoming_qos2.contains(&packet_id.get()) {
+        let t = self.session_mut(slot)?.traffic_mut();
+        if t.incoming_qos2.contains(&packet_id.get()) {
             return Some(false);
         }
-        session.incoming_qos2.push(packet_id.get());
+        t.incoming_qos2.push(packet_id.get());
         Some(true)
     }
 
     pub fn release_qos2(&mut self, slot: u32, packet_id: NonZeroU16) -> bool {
-        let Some(session) = self.session_mut(slot) else {
+        let Some(t) = self
+            .session_mut(slot)
+            .and_then(|s| s.traffic.as_deref_mut())
+        else {
             return false;
         };
-        let before = session.incoming_qos2.len();
-        session.incoming_qos2.retain(|id| *id != packet_id.get());
-        before != session.incoming_qos2.len()
+        let before = t.incoming_qos2.len();
+        t.incoming_qos2.retain(|id| *id != packet_id.get());
+        before != t.incoming_qos2.len()
     }
 }
 
