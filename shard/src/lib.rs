@@ -8,7 +8,8 @@
 //! **Must not touch**: another shard's state (only messages cross, as [`message::ShardMsg`]
 //! batches over bounded channels), process-wide configuration parsing or logging setup (the
 //! `broker` binary's), and the MQTT byte format (that is `wire`'s). glommio is used only in
-//! [`runtime`] and [`connection`] — the seam to swap the runtime.
+//! [`runtime`] and [`connection`] — the seam to swap the runtime. Idle connections park in an
+//! epoll set ([`park`]), which holds no glommio state.
 //!
 //! **Main types**: [`runtime::start`] → [`runtime::Broker`]; per shard a [`state::ShardState`]
 //! holding [`session::Session`]s, a [`trie::TopicTrie`] of [`state::FilterEntry`] (local
