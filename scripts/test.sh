@@ -14,7 +14,8 @@ say() { printf '\n==> %s (+%ss)\n' "$*" "$(( $(date +%s) - started ))"; }
 if [[ "${RINGMQ_SKIP_INSTALL:-0}" != 1 ]]; then
     say "system packages"
     need=()
-    for pair in mosquitto:mosquitto mosquitto_sub:mosquitto-clients cmake:cmake curl:curl; do
+    # make and gcc build jemalloc (the broker's allocator) and librdkafka.
+    for pair in mosquitto:mosquitto mosquitto_sub:mosquitto-clients cmake:cmake curl:curl make:make gcc:gcc; do
         command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair##*:}")
     done
     if ((${#need[@]})); then
