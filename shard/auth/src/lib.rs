@@ -1,0 +1,1 @@
+//! ringmq-auth: authentication and authorization policy (being built).

@@ -1,0 +1,1 @@
+//! ringmq-engine: the I/O-free MQTT engine (being built).

@@ -1,0 +1,1 @@
+//! ringmq-uring: the per-shard io_uring data plane (being built).
