@@ -5,67 +5,7 @@
 use metrics::{counter, gauge, Counter, Gauge};
 use wire::QoS;
 
-use crate::session::{CloseReason, DropReason};
-
-const DROP_REASONS: [DropReason; 7] = [
-    DropReason::Expired,
-    DropReason::PacketTooLarge,
-    DropReason::QueueFull,
-    DropReason::NoSubscribers,
-    DropReason::CrossShardFull,
-    DropReason::EncodeFailed,
-    DropReason::Offline,
-];
-
-const CLOSE_REASONS: [&str; 7] = [
-    "client_disconnect",
-    "connection_lost",
-    "keepalive_timeout",
-    "session_taken_over",
-    "protocol_error",
-    "server_shutting_down",
-    "slow_consumer",
-];
-
-/// Plain counters, bumped on the shard's own thread.
-#[derive(Debug, Default, Clone)]
-pub struct Counters {
-    pub connections_accepted: u64,
-    pub connections_closed: [u64; CLOSE_REASONS.len()],
-    pub messages_received: [u64; 3],
-    pub messages_sent: [u64; 3],
-    pub messages_dropped: [[u64; DROP_REASONS.len()]; 3],
-    pub bytes_received: u64,
-    pub bytes_sent: u64,
-    pub cross_shard_sent: u64,
-    pub wills_published: u64,
-    pub sessions_expired: u64,
-    pub takeovers: u64,
-    pub subscriptions_refused: u64,
-    pub retained_refused: u64,
-    pub handoffs: u64,
-    /// Connections that went idle and parked (gave up their task and poll).
-    pub parks: u64,
-    /// Parked connections resumed (socket readable, or the shard woke them).
-    pub unparks: u64,
-}
-
-impl Counters {
-    pub fn drop(&mut self, qos: QoS, reason: DropReason) {
-        let r = DROP_REASONS.iter().position(|d| *d == reason).unwrap_or(0);
-        self.messages_dropped[qos as usize][r] += 1;
-    }
-
-    pub fn closed(&mut self, reason: CloseReason) {
-        let label = reason.label();
-        let r = CLOSE_REASONS.iter().position(|c| *c == label).unwrap_or(0);
-        self.connections_closed[r] += 1;
-    }
-
-    pub fn dropped_total(&self) -> u64 {
-        self.messages_dropped.iter().flatten().sum()
-    }
-}
+use engine::counters::{Counters, CLOSE_REASONS, DROP_REASONS};
 
 /// Gauge values sampled at publish time.
 #[derive(Debug, Default, Clone, Copy)]
@@ -78,7 +18,6 @@ pub struct Gauges {
     pub queued: u64,
     pub cross_shard_queue_depth: u64,
     pub busy_ratio: f64,
-    pub parked: u64,
 }
 
 /// The shard's registered metric handles and the counter values last published.
@@ -97,9 +36,8 @@ pub struct Exporter {
     takeovers: Counter,
     refused: Counter,
     handoffs: Counter,
-    parks: Counter,
-    unparks: Counter,
-    g_parked: Gauge,
+    sessions_refused: Counter,
+    subscriptions_over_limit: Counter,
     g_connections: Gauge,
     g_online: Gauge,
     g_offline: Gauge,
@@ -149,9 +87,11 @@ impl Exporter {
             takeovers: counter!("ringmq_session_takeovers_total", "shard" => s.clone()),
             refused: counter!("ringmq_subscriptions_refused_total", "shard" => s.clone()),
             handoffs: counter!("ringmq_connection_handoffs_total", "shard" => s.clone()),
-            parks: counter!("ringmq_connections_parked_total", "shard" => s.clone()),
-            unparks: counter!("ringmq_connections_unparked_total", "shard" => s.clone()),
-            g_parked: gauge!("ringmq_connections_parked", "shard" => s.clone()),
+            sessions_refused: counter!("ringmq_sessions_refused_total", "shard" => s.clone()),
+            subscriptions_over_limit: counter!(
+                "ringmq_subscriptions_over_limit_total",
+                "shard" => s.clone()
+            ),
             g_connections: gauge!("ringmq_connections", "shard" => s.clone()),
             g_online: gauge!("ringmq_sessions", "shard" => s.clone(), "state" => "online"),
             g_offline: gauge!("ringmq_sessions", "shard" => s.clone(), "state" => "offline"),
@@ -191,9 +131,10 @@ impl Exporter {
         self.refused
             .increment(now.subscriptions_refused - last.subscriptions_refused);
         self.handoffs.increment(now.handoffs - last.handoffs);
-        self.parks.increment(now.parks - last.parks);
-        self.unparks.increment(now.unparks - last.unparks);
-        self.g_parked.set(gauges.parked as f64);
+        self.sessions_refused
+            .increment(now.sessions_refused - last.sessions_refused);
+        self.subscriptions_over_limit
+            .increment(now.subscriptions_over_limit - last.subscriptions_over_limit);
         self.g_connections.set(gauges.connections as f64);
         self.g_online.set(gauges.sessions_online as f64);
         self.g_offline.set(gauges.sessions_offline as f64);

@@ -1,29 +1,25 @@
-//! `$SYS/broker/...` statistics, refreshed every `Limits::sys_interval_secs`. Every shard sends its
-//! figures to shard 0, which publishes the totals as retained messages (so a new `$SYS/#`
-//! subscriber gets the latest at once, as with Mosquitto).
+//! `$SYS/broker/...` statistics, refreshed every `Limits::sys_interval_secs` (the runtime calls
+//! [`Engine::sys_tick`]). Every shard sends its figures to shard 0, which publishes the totals as
+//! retained messages (so a new `$SYS/#` subscriber gets the latest at once, as with Mosquitto).
 
-use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use wire::{Publish, QoS, Utf8Bytes};
 
 use crate::message::{Message, ShardMsg, ShardStats};
-use crate::runtime::ShardCtx;
+use crate::Engine;
 
-pub async fn sys_loop(ctx: Rc<ShardCtx>) {
-    let interval = Duration::from_secs(u64::from(
-        ctx.state.borrow().limits.sys_interval_secs.max(1),
-    ));
-    loop {
-        glommio::timer::sleep(interval).await;
-        let mut state = ctx.state.borrow_mut();
+impl Engine {
+    /// Sends this shard's figures to shard 0; on shard 0, publishes the totals.
+    pub fn sys_tick(&mut self, now: Instant) {
+        let state = &mut self.state;
         let stats = state.stats();
         let id = state.id;
         if id != 0 {
             state.send_to(0, ShardMsg::Stats { from: id, stats });
-            continue;
+            return;
         }
         if let Some(own) = state.stats_by_shard.get_mut(0) {
             *own = stats;
@@ -43,7 +39,6 @@ pub async fn sys_loop(ctx: Rc<ShardCtx>) {
                 t.bytes_sent += s.bytes_sent;
                 t
             });
-        let now = Instant::now();
         let uptime = now.duration_since(state.started_at).as_secs();
         let shards = state.shard_count;
         let topics: [(&str, String); 12] = [

@@ -1,11 +1,11 @@
 //! Session state: everything MQTT says survives a connection (subscriptions, queued and in-flight
 //! messages, packet identifiers) plus the per-connection view of the peer's limits. No I/O: the
-//! connection task asks it for frames to write and feeds it acknowledgements.
+//! connection's protocol machine ([`crate::conn`]) asks it for frames to write and feeds it
+//! acknowledgements.
 
 use std::collections::VecDeque;
 use std::num::NonZeroU16;
 use std::sync::Arc;
-use std::task::Waker;
 use std::time::Instant;
 
 use ahash::AHashMap;
@@ -13,6 +13,7 @@ use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 use wire::{ProtocolVersion, Publish, QoS, SubscriptionOptions, Utf8Bytes};
 
+use crate::ids::{ConnId, ReadyQueue};
 use crate::message::{Message, SessionKey};
 
 /// Why the broker is closing a connection; becomes a v5 DISCONNECT reason code and a metric label.
@@ -126,35 +127,34 @@ pub struct Will {
 /// The live connection bound to a session. `None` in [`Session::link`] means offline.
 #[derive(Debug)]
 pub struct ConnectionLink {
-    /// Which connection of this session this is; a task holding an older generation has been
-    /// taken over and must close without touching the session.
+    /// Which connection of this session this is; a connection holding an older generation has
+    /// been taken over and must close without touching the session.
     pub generation: u32,
-    /// Woken when there is something to write or the connection must close.
-    pub waker: Option<Waker>,
+    /// The engine connection serving this link, queued on `ready` when it has work.
+    pub conn: ConnId,
+    /// The shard's queue of connections with work (something to write, or a close decided).
+    pub ready: ReadyQueue,
+    /// Set exactly while `conn` is queued on `ready` (so it is queued once).
+    pub woken: bool,
     /// Set when the broker decided to close this connection.
     pub close: Option<CloseReason>,
     pub last_activity: Instant,
     /// Keepalive as granted, 0 = none. The connection is closed after 1.5× without a packet.
     pub keepalive_secs: u16,
-    /// Set by the idle sweep, cleared by any read or write: still set when the sweep comes
-    /// round again means idle for a whole sweep period.
-    pub idle_mark: bool,
-    /// The sweep asks the connection to park (it does if it has nothing in progress).
-    pub park_requested: bool,
-    /// While parked: the socket and the little the connection must remember (no task exists).
-    pub parked: Option<ParkedConn>,
+}
+
+impl ConnectionLink {
+    /// Queues the connection to be driven this loop turn (once, however often it is woken).
+    pub fn wake(&mut self) {
+        if !self.woken {
+            self.woken = true;
+            self.ready.push(self.conn);
+        }
+    }
 }
 
 /// Inbound topic aliases of a v5 connection (index = alias − 1), created on first use.
 pub type InboundAliases = Option<Box<[Option<Utf8Bytes>]>>;
-
-/// What a parked connection keeps: its socket (waiting in the shard's epoll set) and the inbound
-/// topic aliases the client may still use (v5).
-#[derive(Debug)]
-pub struct ParkedConn {
-    pub fd: std::os::fd::OwnedFd,
-    pub aliases_in: InboundAliases,
-}
 
 /// Per-connection facts about the peer that shape what we send.
 #[derive(Debug, Clone)]
@@ -282,12 +282,10 @@ impl Session {
         self.link.is_some()
     }
 
-    /// Wakes the connection task, if any, so it writes or closes.
+    /// Queues the connection, if any, to write or close this loop turn.
     pub fn wake(&mut self) {
         if let Some(link) = &mut self.link {
-            if let Some(w) = link.waker.take() {
-                w.wake();
-            }
+            link.wake();
         }
     }
 

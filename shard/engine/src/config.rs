@@ -53,10 +53,15 @@ pub struct Limits {
     pub connections_per_shard_max: u32,
     /// Time a new TCP connection has to send CONNECT before it is closed.
     pub connect_timeout_secs: u16,
-    /// A connection with no read or write for this long (up to twice it) parks: it gives up its
-    /// task, its io_uring poll and its buffers, and waits in the shard's epoll set until its
-    /// socket is readable or the broker has something for it. What keeps an idle client under
-    /// 1 KiB. 0 = never park.
+    /// Sessions (online and offline) one shard holds. A CONNECT that would create one more is
+    /// refused (v5 CONNACK 0x97 Quota exceeded, 3.1.1 return code 3 Server unavailable) and
+    /// counted (`ringmq_sessions_refused_total`). 0 = no limit but memory.
+    pub sessions_per_shard_max: u32,
+    /// Subscriptions one session may hold. A SUBSCRIBE filter beyond it is refused in its SUBACK
+    /// (v5 0x97 Quota exceeded, 3.1.1 0x80) and counted (`ringmq_subscriptions_over_limit_total`).
+    pub subscriptions_per_session_max: u32,
+    /// No longer used: idle connections cost only their session since the io_uring data plane
+    /// (there is nothing to park). Still accepted so existing configuration files load.
     pub park_after_idle_secs: u32,
 }
 
@@ -78,7 +83,9 @@ impl Default for Limits {
             cross_shard_outbox_len_max: 65_536,
             connections_per_shard_max: 0,
             connect_timeout_secs: 10,
-            park_after_idle_secs: 10,
+            sessions_per_shard_max: 0,
+            subscriptions_per_session_max: 1024,
+            park_after_idle_secs: 0,
         }
     }
 }
@@ -120,6 +127,12 @@ impl Limits {
         if self.retained_slice_len == 0 {
             return Err(Invalid {
                 field: "limits.retained_slice_len",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self.subscriptions_per_session_max == 0 {
+            return Err(Invalid {
+                field: "limits.subscriptions_per_session_max",
                 reason: "must be at least 1".into(),
             });
         }

@@ -1,6 +1,5 @@
 //! The published message as it travels between sessions and shards, and the cross-shard envelope.
 
-use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -86,8 +85,9 @@ pub struct ShardStats {
     pub bytes_sent: u64,
 }
 
-/// What shards send each other. Sent in batches (`Vec<ShardMsg>`), one batch per destination per
-/// loop turn.
+/// What shards' engines send each other. Sent in batches (`Vec<ShardMsg>`), one batch per
+/// destination per loop turn. (Sockets handed between shards travel beside these, in the
+/// runtime's envelope: the engine holds no file descriptor.)
 #[derive(Debug)]
 pub enum ShardMsg {
     /// Deliver to this shard's matching normal subscribers (`normal`) and to one member of each
@@ -110,12 +110,6 @@ pub enum ShardMsg {
     },
     /// Store (or clear, for an empty payload) a retained message.
     Retain(Arc<Message>),
-    /// A connection whose CONNECT named a client id owned by the receiving shard. `buffered` holds
-    /// the bytes read so far, starting with the CONNECT frame.
-    HandOff {
-        fd: OwnedFd,
-        buffered: Bytes,
-    },
     Stats {
         from: ShardId,
         stats: ShardStats,

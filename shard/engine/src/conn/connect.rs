@@ -1,0 +1,312 @@
+//! The handshake: a whole CONNECT frame, where the client's session lives, the checks, the
+//! session bound, CONNACK.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tracing::debug;
+use wire::{
+    ConnAck, ConnAckProperties, Connect, Framing, Packet, ProtocolVersion, Publish, ReasonCode,
+    Utf8Bytes,
+};
+
+use super::{Conn, Phase, Shared, Step};
+use crate::message::Message;
+use crate::session::{PeerLimits, Will};
+use crate::state::home_shard;
+
+/// What a CONNECT was found to ask for, once checked.
+struct Accepted {
+    client_id: Utf8Bytes,
+    keepalive_secs: u16,
+    expiry_secs: u32,
+    peer: PeerLimits,
+}
+
+impl Conn {
+    pub(super) fn drive_handshake(
+        &mut self,
+        sh: &mut Shared<'_>,
+        handed_off: bool,
+        now: Instant,
+    ) -> Step {
+        let max = sh.state.limits.max_packet_size_bytes;
+        let frame_len = match wire::check(&self.partial, max) {
+            Ok(Framing::Complete { frame_len }) => frame_len,
+            Ok(Framing::Incomplete { .. }) => {
+                if self.eof {
+                    return self.close_unattached();
+                }
+                return Step::Idle;
+            }
+            Err(err) => {
+                debug!(error = %err, "malformed connect frame");
+                // Close without CONNACK: the version is unknown [MQTT-4.8.0-1].
+                return self.close_unattached();
+            }
+        };
+        let all = std::mem::take(&mut self.partial).freeze();
+        let connect = match wire::decode(all.slice(..frame_len), ProtocolVersion::V3_1_1) {
+            Ok(Packet::Connect(c)) => c,
+            Ok(_) => {
+                // [MQTT-3.1.0-1] the first packet must be CONNECT.
+                debug!("first packet was not connect");
+                return self.close_unattached();
+            }
+            Err(err) => {
+                debug!(error = %err, "connect rejected");
+                self.refuse_undecodable(&all, err.reason_code());
+                return self.close_unattached();
+            }
+        };
+        if !connect.client_id.is_empty() {
+            let home = home_shard(connect.client_id.as_str(), sh.state.shard_count);
+            if home != sh.state.id && !handed_off {
+                self.phase = Phase::Closed;
+                sh.state.counters.handoffs += 1;
+                return Step::HandOff {
+                    home,
+                    buffered: all,
+                };
+            }
+        }
+        self.version = connect.protocol;
+        if !self.accept_connect(sh, *connect, now) {
+            return self.close_unattached();
+        }
+        self.partial.extend_from_slice(&all[frame_len..]);
+        self.phase = Phase::Live;
+        self.drive_live(sh, now)
+    }
+
+    /// Answers a CONNECT that could not be decoded: a CONNACK where the spec asks for one.
+    fn refuse_undecodable(&mut self, frame: &[u8], code: ReasonCode) {
+        let version = match (protocol_level(frame), code) {
+            // [MQTT-3.1.2-2] unsupported protocol level: CONNACK 0x01 then close.
+            (_, ReasonCode::UnsupportedProtocolVersion) => ProtocolVersion::V3_1_1,
+            (Some(5), _) => ProtocolVersion::V5,
+            _ => return,
+        };
+        let packet = Packet::ConnAck(ConnAck {
+            session_present: false,
+            reason_code: code,
+            properties: ConnAckProperties::default(),
+        });
+        let _ = wire::encode(&packet, version, &mut self.out);
+    }
+
+    /// The checks a CONNECT must pass, in the spec's order; the refusal's reason code otherwise.
+    fn check_connect(sh: &Shared<'_>, connect: &Connect) -> Result<Accepted, ReasonCode> {
+        let version = connect.protocol;
+        let state = &*sh.state;
+        let limits = &state.limits;
+        if state.shutting_down {
+            return Err(ReasonCode::ServerUnavailable);
+        }
+        let over_quota = (limits.connections_per_shard_max > 0
+            && state.connections >= limits.connections_per_shard_max)
+            || !state.may_create_session(connect.client_id.as_str());
+        if over_quota {
+            return Err(if version == ProtocolVersion::V5 {
+                ReasonCode::QuotaExceeded
+            } else {
+                ReasonCode::ServerUnavailable
+            });
+        }
+        // Enhanced authentication is not configured: any method is refused [MQTT-4.12.0-1].
+        if connect.properties.authentication_method.is_some() {
+            return Err(ReasonCode::BadAuthenticationMethod);
+        }
+        let client_id = if connect.client_id.is_empty() {
+            match version {
+                // [MQTT-3.1.3-8] v3.1.1 empty id needs clean session.
+                ProtocolVersion::V3_1_1 if connect.clean_start && limits.allow_empty_client_id => {
+                    Utf8Bytes::from_static("")
+                }
+                ProtocolVersion::V5 => Utf8Bytes::from_static(""),
+                _ => return Err(ReasonCode::ClientIdentifierNotValid),
+            }
+        } else {
+            if version == ProtocolVersion::V3_1 && connect.client_id.len() > 23 {
+                return Err(ReasonCode::ClientIdentifierNotValid);
+            }
+            // Own copy: a slice would pin the whole CONNECT frame for the session's life.
+            Utf8Bytes::from(connect.client_id.as_str())
+        };
+        let mut keepalive_secs = connect.keep_alive_secs;
+        if limits.keepalive_max_secs > 0
+            && (keepalive_secs == 0 || keepalive_secs > limits.keepalive_max_secs)
+        {
+            keepalive_secs = limits.keepalive_max_secs;
+        }
+        let expiry_secs = match version {
+            ProtocolVersion::V5 => connect.properties.session_expiry_interval.unwrap_or(0),
+            _ if connect.clean_start => 0,
+            _ => limits.session_expiry_max_secs,
+        };
+        // The client's Receive Maximum bounds what we keep in flight to it; we may use fewer.
+        let inflight_max = match connect.properties.receive_maximum {
+            Some(0) => return Err(ReasonCode::ProtocolError),
+            Some(n) => n.min(limits.inflight_max),
+            None => limits.inflight_max,
+        };
+        let max_packet_size = match connect.properties.maximum_packet_size {
+            Some(0) => return Err(ReasonCode::ProtocolError),
+            Some(n) => n,
+            None => u32::MAX,
+        };
+        let peer = PeerLimits {
+            version,
+            inflight_max,
+            max_packet_size,
+            topic_alias_max: connect.properties.topic_alias_maximum.unwrap_or(0),
+            problem_information: connect.properties.request_problem_information != Some(0),
+        };
+        Ok(Accepted {
+            client_id,
+            keepalive_secs,
+            expiry_secs,
+            peer,
+        })
+    }
+
+    /// Validates a CONNECT, binds the session and writes CONNACK. False if it was refused (the
+    /// refusal's CONNACK is in `out`).
+    fn accept_connect(&mut self, sh: &mut Shared<'_>, connect: Connect, now: Instant) -> bool {
+        let version = connect.protocol;
+        let accepted = match Self::check_connect(sh, &connect) {
+            Ok(a) => a,
+            Err(code) => {
+                debug!(client_id = %connect.client_id.as_str(), reason = ?code, "connect refused");
+                if code == ReasonCode::QuotaExceeded || code == ReasonCode::ServerUnavailable {
+                    sh.state.counters.sessions_refused += 1;
+                }
+                let packet = Packet::ConnAck(ConnAck {
+                    session_present: false,
+                    reason_code: code,
+                    properties: ConnAckProperties::default(),
+                });
+                let _ = wire::encode(&packet, version, &mut self.out);
+                return false;
+            }
+        };
+        let state = &mut *sh.state;
+        let mut ack_props = ConnAckProperties::default();
+        let mut client_id = accepted.client_id;
+        if client_id.is_empty() {
+            client_id = state.assign_client_id();
+            if version == ProtocolVersion::V5 {
+                ack_props.assigned_client_identifier = Some(client_id.clone());
+            }
+        }
+        let will = will_of(&connect, now);
+        // Moved, not cloned: a clone would give the session's id a shared-ownership header, 32
+        // more bytes for every session.
+        let attached = state.attach(
+            client_id,
+            connect.clean_start,
+            accepted.expiry_secs,
+            accepted.peer,
+            accepted.keepalive_secs,
+            None,
+            self.id,
+            now,
+        );
+        let Some(key) = state.session(attached.slot).map(|s| s.key) else {
+            return false;
+        };
+        self.slot = attached.slot;
+        self.generation = attached.generation;
+        self.key = key;
+        // The will carries its publisher's identity (for no-local), known only now.
+        if let Some(mut w) = will {
+            if let Some(message) = Arc::get_mut(&mut w.message) {
+                message.origin = Some(key);
+            }
+            if let Some(session) = state.session_mut(attached.slot) {
+                session.will = Some(w);
+            }
+        }
+        state.counters.connections_accepted += 1;
+        if version == ProtocolVersion::V5 {
+            let limits = &state.limits;
+            ack_props.receive_maximum = Some(limits.receive_maximum);
+            ack_props.maximum_packet_size = Some(limits.max_packet_size_bytes);
+            ack_props.topic_alias_maximum = Some(limits.topic_alias_maximum);
+            ack_props.retain_available = Some(1);
+            ack_props.wildcard_subscription_available = Some(1);
+            ack_props.subscription_identifiers_available = Some(1);
+            ack_props.shared_subscription_available = Some(1);
+            if accepted.keepalive_secs != connect.keep_alive_secs {
+                ack_props.server_keep_alive = Some(accepted.keepalive_secs);
+            }
+            let requested = connect.properties.session_expiry_interval.unwrap_or(0);
+            if requested > limits.session_expiry_max_secs {
+                ack_props.session_expiry_interval = Some(limits.session_expiry_max_secs);
+            }
+        }
+        let connack = Packet::ConnAck(ConnAck {
+            session_present: attached.session_present,
+            reason_code: ReasonCode::Success,
+            properties: ack_props,
+        });
+        if wire::encode(&connack, version, &mut self.out).is_err() {
+            return false;
+        }
+        // Resume: unacknowledged messages go out again first [MQTT-4.4.0-1].
+        if attached.session_present {
+            if let Some(session) = state.session_mut(attached.slot) {
+                session.resend_inflight(now, &mut self.out);
+            }
+        }
+        debug!(
+            client_id = %state.session(attached.slot).map_or("", |s| s.client_id.as_str()),
+            slot = attached.slot,
+            "client connected"
+        );
+        true
+    }
+}
+
+/// The CONNECT's will as the message it becomes, its own copy (not a slice of the frame).
+fn will_of(connect: &Connect, now: Instant) -> Option<Will> {
+    let w = connect.will.as_ref()?;
+    let p = &w.properties;
+    let mut publish = Publish {
+        dup: false,
+        qos: w.qos,
+        retain: w.retain,
+        topic: Utf8Bytes::from(w.topic.as_str()),
+        packet_id: None,
+        properties: Default::default(),
+        payload: Bytes::copy_from_slice(&w.payload),
+    };
+    publish.properties.payload_format_indicator = p.payload_format_indicator;
+    publish.properties.content_type = p.content_type.clone();
+    publish.properties.response_topic = p.response_topic.clone();
+    publish.properties.correlation_data = p.correlation_data.clone();
+    publish.properties.user_properties = p.user_properties.clone();
+    Some(Will {
+        message: Arc::new(Message {
+            publish,
+            origin: None,
+            expires_at: None,
+            received_at: now,
+        }),
+        delay_secs: p.will_delay_interval.unwrap_or(0),
+        expiry_secs: p.message_expiry_interval,
+    })
+}
+
+/// The protocol level byte of a CONNECT frame: after the fixed header and the protocol name.
+fn protocol_level(frame: &[u8]) -> Option<u8> {
+    let mut i = 1;
+    while i < frame.len() && i < 5 && frame[i] & 0x80 != 0 {
+        i += 1;
+    }
+    let name_len_at = i + 1;
+    let hi = *frame.get(name_len_at)? as usize;
+    let lo = *frame.get(name_len_at + 1)? as usize;
+    frame.get(name_len_at + 2 + (hi << 8 | lo)).copied()
+}

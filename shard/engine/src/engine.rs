@@ -1,0 +1,452 @@
+//! [`Engine`]: one shard's whole MQTT behaviour behind `handle_*` (bytes, time, cross-shard
+//! messages, Kafka answers in) and `poll_*` (transmits, closes, hand-offs, cross-shard batches,
+//! the next deadline out). The runtime owns the sockets and the clock; the engine owns
+//! everything else and never blocks.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tracing::debug;
+use wire::{Packet, ProtocolVersion, PubAck, Publish, QoS, ReasonCode, Utf8Bytes};
+
+use crate::bridge::Bridge;
+use crate::config::{Limits, SubscribeAuthorizer};
+use crate::conn::{Conn, Shared, Step, TRANSPORT_QUEUED_MAX_BYTES};
+use crate::ids::{BarrierId, ConnId};
+use crate::message::{Message, ShardId, ShardMsg, ShardStats};
+use crate::session::{CloseReason, Outbound};
+use crate::state::ShardState;
+
+/// What the runtime must do, in order, for the engine.
+#[derive(Debug)]
+pub enum Output {
+    /// Write these bytes to the connection (after everything transmitted before).
+    Transmit { conn: ConnId, data: Bytes },
+    /// Stop reading from the connection: it does not take its output (slow consumer).
+    PauseReading { conn: ConnId },
+    /// Read from it again.
+    ResumeReading { conn: ConnId },
+    /// Close the connection once what was transmitted before is written (bounded by the
+    /// runtime's linger).
+    Close { conn: ConnId },
+    /// Its session lives on shard `home`: give that shard the socket and `buffered` (the bytes
+    /// received so far, CONNECT first). The engine has forgotten the connection.
+    HandOff {
+        conn: ConnId,
+        home: ShardId,
+        buffered: Bytes,
+    },
+}
+
+/// One entry of the connection table.
+#[derive(Default)]
+struct ConnSlot {
+    generation: u32,
+    /// Boxed: the table's spare capacity costs a pointer per entry, not a connection.
+    conn: Option<Box<Conn>>,
+}
+
+/// One shard's engine.
+pub struct Engine {
+    pub state: ShardState,
+    bridge: Option<Box<dyn Bridge>>,
+    conns: Vec<ConnSlot>,
+    free: Vec<u32>,
+    /// Connections without a CONNECT yet, by deadline (accepts are in time order, so a FIFO).
+    handshakes: VecDeque<(Instant, ConnId)>,
+    outputs: VecDeque<Output>,
+    /// Scratch for the ready queue's ids; keeps its capacity.
+    ready_scratch: Vec<ConnId>,
+}
+
+impl Engine {
+    pub fn new(
+        id: ShardId,
+        shard_count: u16,
+        limits: Limits,
+        authorizer: Arc<dyn SubscribeAuthorizer>,
+        bridge: Option<Box<dyn Bridge>>,
+    ) -> Engine {
+        Engine {
+            state: ShardState::new(id, shard_count, limits, authorizer),
+            bridge,
+            conns: Vec::new(),
+            free: Vec::new(),
+            handshakes: VecDeque::new(),
+            outputs: VecDeque::new(),
+            ready_scratch: Vec::new(),
+        }
+    }
+
+    pub fn id(&self) -> ShardId {
+        self.state.id
+    }
+
+    /// Connections the engine knows (handshaking, live, or closing this turn).
+    pub fn connection_count(&self) -> usize {
+        self.conns.len() - self.free.len()
+    }
+
+    // ----- inputs ---------------------------------------------------------------------------
+
+    /// A new transport connection (accepted here). It must send CONNECT within
+    /// `limits.connect_timeout_secs`.
+    pub fn open(&mut self, now: Instant) -> ConnId {
+        self.open_conn(false, now)
+    }
+
+    /// A connection another shard accepted and handed here, with what it had received.
+    pub fn open_handed_off(&mut self, buffered: &[u8], now: Instant) -> ConnId {
+        let id = self.open_conn(true, now);
+        self.handle_input(id, buffered, now);
+        id
+    }
+
+    fn open_conn(&mut self, handed_off: bool, now: Instant) -> ConnId {
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.conns.push(ConnSlot::default());
+                u32::try_from(self.conns.len() - 1).unwrap_or(u32::MAX)
+            }
+        };
+        let slot = &mut self.conns[index as usize];
+        slot.generation = slot.generation.wrapping_add(1);
+        let id = ConnId {
+            index,
+            generation: slot.generation,
+        };
+        slot.conn = Some(Box::new(Conn::new(id, handed_off)));
+        let timeout = Duration::from_secs(u64::from(self.state.limits.connect_timeout_secs));
+        self.handshakes.push_back((now + timeout, id));
+        id
+    }
+
+    fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        let slot = self.conns.get_mut(id.index as usize)?;
+        if slot.generation != id.generation {
+            return None;
+        }
+        slot.conn.as_deref_mut()
+    }
+
+    /// Bytes received on `conn`. Handled in [`Engine::process`], with everything else this turn.
+    pub fn handle_input(&mut self, conn: ConnId, data: &[u8], now: Instant) {
+        let _ = now;
+        self.state.counters.bytes_received += data.len() as u64;
+        if let Some(c) = self.conn_mut(conn) {
+            c.input(data);
+            self.state.ready.push(conn);
+        }
+    }
+
+    /// The peer closed, or the transport failed: the connection is gone (the runtime closed it).
+    pub fn handle_closed(&mut self, conn: ConnId, now: Instant) {
+        let _ = now;
+        if let Some(c) = self.conn_mut(conn) {
+            c.set_eof();
+            self.state.ready.push(conn);
+        }
+    }
+
+    /// The transport wrote some of the connection's output; `queued_bytes` are still waiting.
+    pub fn handle_sent(&mut self, conn: ConnId, queued_bytes: usize) {
+        let Some(c) = self.conn_mut(conn) else {
+            return;
+        };
+        c.transport_queued = queued_bytes;
+        let resume = c.reading_paused && queued_bytes <= TRANSPORT_QUEUED_MAX_BYTES / 2;
+        if resume {
+            c.reading_paused = false;
+            self.outputs.push_back(Output::ResumeReading { conn });
+        }
+        if queued_bytes <= TRANSPORT_QUEUED_MAX_BYTES / 2 {
+            self.state.ready.push(conn);
+        }
+    }
+
+    /// A batch from another shard. Route changes and barriers are applied at once, before the
+    /// client input of the same turn is handled (the runtime hands these in first), so a
+    /// subscription made on another shard is seen by a publish read after it arrived.
+    pub fn handle_shard_msgs(&mut self, batch: Vec<ShardMsg>, now: Instant) {
+        for msg in batch {
+            match msg {
+                ShardMsg::Publish {
+                    message,
+                    normal,
+                    shared,
+                } => {
+                    self.state.deliver_local(&message, normal, &shared, now);
+                }
+                ShardMsg::Route(change) => self.state.apply_route(&change),
+                ShardMsg::RouteBarrier { from, barrier } => {
+                    self.state.send_to(from, ShardMsg::RouteAck { barrier });
+                }
+                ShardMsg::RouteAck { barrier } => self.state.ack_barrier(BarrierId(barrier)),
+                ShardMsg::Retain(message) => self.state.apply_retain(&message),
+                ShardMsg::Stats { from, stats } => {
+                    if let Some(slot) = self.state.stats_by_shard.get_mut(usize::from(from)) {
+                        *slot = stats;
+                    }
+                }
+                ShardMsg::Shutdown => {}
+            }
+        }
+    }
+
+    /// Timers due: keepalive, will delay, session expiry, connect timeouts.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.state.run_timers(now);
+        while let Some(&(at, id)) = self.handshakes.front() {
+            if at > now {
+                break;
+            }
+            self.handshakes.pop_front();
+            let expired = match self.conn_mut(id) {
+                Some(c) if c.is_handshaking() => {
+                    c.close_with(CloseReason::ConnectionLost);
+                    true
+                }
+                _ => false,
+            };
+            if expired {
+                debug!("no connect within the connect timeout");
+                self.close_now(id);
+            }
+        }
+    }
+
+    /// Kafka answered (or definitively failed) the record tagged `token`.
+    pub fn handle_bridge_ack(&mut self, token: u64, outcome: Result<(), String>) {
+        let state = &mut self.state;
+        let Some(pending) = state.kafka_pending.remove(&token) else {
+            return;
+        };
+        let failed = outcome.is_err();
+        if let Err(err) = &outcome {
+            debug!(error = %err, "kafka did not take a bridged publish");
+        }
+        if failed && pending.qos == QoS::ExactlyOnce {
+            // Let a retransmission of this packet id be processed afresh.
+            state.release_qos2(pending.slot, pending.packet_id);
+        }
+        let Some(session) = state.linked_session_mut(pending.slot, pending.generation) else {
+            // The connection is gone; the client resends on reconnect (at least once).
+            return;
+        };
+        let version = session.peer.version;
+        if failed && version != ProtocolVersion::V5 {
+            // v3 has no failure code for PUBACK: close so the client resends.
+            if let Some(link) = &mut session.link {
+                link.close
+                    .get_or_insert(CloseReason::ProtocolError(ReasonCode::UnspecifiedError));
+            }
+            session.wake();
+            return;
+        }
+        let code = if failed {
+            ReasonCode::UnspecifiedError
+        } else {
+            ReasonCode::Success
+        };
+        let ack = PubAck {
+            packet_id: pending.packet_id,
+            reason_code: code,
+            properties: Default::default(),
+        };
+        let packet = match pending.qos {
+            QoS::ExactlyOnce => Packet::PubRec(ack),
+            _ => Packet::PubAck(ack),
+        };
+        let mut out = bytes::BytesMut::new();
+        if wire::encode(&packet, version, &mut out).is_ok() {
+            session
+                .traffic_mut()
+                .queue
+                .push_back(Outbound::Control(out.freeze()));
+            session.wake();
+        }
+    }
+
+    /// Publishes a message that did not come from an MQTT client (a Kafka record, `$SYS`).
+    /// False if the topic is not a valid MQTT topic name (nothing is published).
+    pub fn publish_inbound(
+        &mut self,
+        topic: &str,
+        qos: QoS,
+        retain: bool,
+        payload: Bytes,
+        user_properties: Vec<(Utf8Bytes, Utf8Bytes)>,
+        now: Instant,
+    ) -> bool {
+        if wire::topic::validate_name(topic).is_err() {
+            return false;
+        }
+        let mut publish = Publish {
+            dup: false,
+            qos,
+            retain,
+            topic: Utf8Bytes::from(topic),
+            packet_id: None,
+            properties: Default::default(),
+            payload,
+        };
+        publish.properties.user_properties = user_properties;
+        let message = Arc::new(Message {
+            publish,
+            origin: None,
+            expires_at: None,
+            received_at: now,
+        });
+        self.state.publish(message, now);
+        true
+    }
+
+    /// Shutdown: no new sessions; every connection is told (v5 DISCONNECT 0x8B) and closed; wills
+    /// go out (server-side close).
+    pub fn begin_shutdown(&mut self) {
+        self.state.shutting_down = true;
+        for slot in self.state.online_slots() {
+            if let Some(session) = self.state.session_mut(slot) {
+                if let Some(link) = &mut session.link {
+                    link.close.get_or_insert(CloseReason::ServerShuttingDown);
+                }
+                session.wake();
+            }
+        }
+        let handshaking: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter_map(|s| s.conn.as_deref())
+            .filter(|c| c.is_handshaking())
+            .map(|c| c.id)
+            .collect();
+        for id in handshaking {
+            self.close_now(id);
+        }
+    }
+
+    /// This shard's figures, sent to shard 0 for `$SYS` (or aggregated there).
+    pub fn stats(&self) -> ShardStats {
+        self.state.stats()
+    }
+
+    // ----- processing and outputs -----------------------------------------------------------
+
+    /// Drives every connection with work: handles their buffered frames, writes what their
+    /// sessions owe. Call once per loop turn after handing in the turn's inputs.
+    pub fn process(&mut self, now: Instant) {
+        // Bounded: each pass drives each queued connection once; a connection queues itself
+        // again only while it has budgeted work left, and the transport bound stops writers.
+        let mut passes = 0;
+        while !self.state.ready.is_empty() && passes < 64 {
+            passes += 1;
+            let mut ready = std::mem::take(&mut self.ready_scratch);
+            self.state.ready.drain_into(&mut ready);
+            ready.sort_unstable();
+            ready.dedup();
+            for id in ready.drain(..) {
+                self.drive(id, now);
+            }
+            self.ready_scratch = ready;
+        }
+    }
+
+    fn drive(&mut self, id: ConnId, now: Instant) {
+        let Some(slot) = self.conns.get_mut(id.index as usize) else {
+            return;
+        };
+        if slot.generation != id.generation {
+            return;
+        }
+        let Some(conn) = slot.conn.as_deref_mut() else {
+            return;
+        };
+        let mut shared = Shared {
+            state: &mut self.state,
+            bridge: self.bridge.as_deref_mut(),
+        };
+        let step = conn.drive(&mut shared, now);
+        if !conn.out.is_empty() {
+            let data = conn.out.split().freeze();
+            conn.transport_queued += data.len();
+            self.state.counters.bytes_sent += data.len() as u64;
+            self.outputs.push_back(Output::Transmit { conn: id, data });
+        }
+        if conn.transport_queued > TRANSPORT_QUEUED_MAX_BYTES && !conn.reading_paused {
+            conn.reading_paused = true;
+            self.outputs.push_back(Output::PauseReading { conn: id });
+        }
+        match step {
+            Step::Idle => {}
+            Step::Again => self.state.ready.push(id),
+            Step::HandOff { home, buffered } => {
+                self.free_conn(id);
+                self.outputs.push_back(Output::HandOff {
+                    conn: id,
+                    home,
+                    buffered,
+                });
+            }
+            Step::Closed => {
+                self.free_conn(id);
+                self.outputs.push_back(Output::Close { conn: id });
+            }
+        }
+    }
+
+    /// Closes a connection that has no session to update (handshake timeout, shutdown).
+    fn close_now(&mut self, id: ConnId) {
+        if self.conn_mut(id).is_some() {
+            self.free_conn(id);
+            self.outputs.push_back(Output::Close { conn: id });
+        }
+    }
+
+    fn free_conn(&mut self, id: ConnId) {
+        if let Some(slot) = self.conns.get_mut(id.index as usize) {
+            if slot.generation == id.generation && slot.conn.take().is_some() {
+                self.free.push(id.index);
+            }
+        }
+    }
+
+    /// The next thing for the runtime to do, in order.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// The batch for shard `to` this turn (empty if none). The runtime sends it as one message.
+    pub fn poll_outbox(&mut self, to: ShardId) -> Option<Vec<ShardMsg>> {
+        let outbox = self.state.outboxes.get_mut(usize::from(to))?;
+        if outbox.is_empty() {
+            return None;
+        }
+        Some(std::mem::take(outbox))
+    }
+
+    /// Puts back a batch the channel to `to` could not take this turn (it goes first next time).
+    pub fn unpoll_outbox(&mut self, to: ShardId, mut batch: Vec<ShardMsg>) {
+        if let Some(outbox) = self.state.outboxes.get_mut(usize::from(to)) {
+            batch.append(outbox);
+            *outbox = batch;
+        }
+    }
+
+    /// When [`Engine::handle_timeout`] is next due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let timers = self.state.next_deadline();
+        let handshake = self.handshakes.front().map(|(at, _)| *at);
+        match (timers, handshake) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Whether connections still wait to be driven (the runtime should not sleep).
+    pub fn has_work(&self) -> bool {
+        !self.state.ready.is_empty() || !self.outputs.is_empty()
+    }
+}

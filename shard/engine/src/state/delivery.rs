@@ -1,0 +1,318 @@
+use super::*;
+use super::routes::pick_shard;
+
+/// Several overlapping subscriptions of one session merged into one delivery: the highest QoS,
+/// retain-as-published if any asked, every subscription identifier, no-local only if all asked.
+pub type Merged = (QoS, bool, SmallVec<[u32; 1]>, bool);
+
+impl ShardState {
+    // ----- publishing -----------------------------------------------------------------------
+
+    /// Routes a message accepted on this shard: retained store, local subscribers, other shards.
+    /// Returns the number of subscriptions matched here plus shards it was sent to (0 = no
+    /// matching subscribers, for v5 PUBACK 0x10).
+    pub fn publish(&mut self, message: Arc<Message>, now: Instant) -> usize {
+        if message.publish.retain {
+            self.store_retained(&message);
+            for shard in 0..self.shard_count {
+                if shard != self.id {
+                    self.send_to(shard, ShardMsg::Retain(message.clone()));
+                }
+            }
+        }
+        let topic = message.publish.topic.clone();
+        // Remote interest and shared-group picks from the route table.
+        let me = self.id;
+        let mut remote: ShardMask = 0;
+        let mut picks: SmallVec<[(ShardId, SharedPick); 2]> = SmallVec::new();
+        self.routes.for_each_match(topic.as_str(), |entry| {
+            remote |= entry.shards & !bit(me);
+            for g in &entry.groups {
+                if let Some(shard) = pick_shard(g.shards, &g.next) {
+                    if let Some(filter) = &entry.filter {
+                        picks.push((
+                            shard,
+                            SharedPick {
+                                filter: filter.clone(),
+                                group: g.group.clone(),
+                                hops: 0,
+                            },
+                        ));
+                    }
+                }
+            }
+        });
+        let mut matched = 0usize;
+        let mut local_picks: SmallVec<[SharedPick; 1]> = SmallVec::new();
+        for shard in 0..self.shard_count {
+            let normal = remote & bit(shard) != 0;
+            let mut shared: SmallVec<[SharedPick; 1]> = SmallVec::new();
+            for (s, pick) in picks.iter() {
+                if *s == shard {
+                    shared.push(pick.clone());
+                }
+            }
+            if shard == me {
+                local_picks = shared;
+                continue;
+            }
+            if normal || !shared.is_empty() {
+                matched += 1;
+                self.send_to(
+                    shard,
+                    ShardMsg::Publish {
+                        message: message.clone(),
+                        normal,
+                        shared,
+                    },
+                );
+            }
+        }
+        matched += self.deliver_local(&message, true, &local_picks, now);
+        if matched == 0 {
+            self.counters
+                .drop(message.publish.qos, DropReason::NoSubscribers);
+        }
+        matched
+    }
+
+    /// Delivers a message to this shard's subscribers: normal ones when `normal`, plus one member
+    /// of each picked group. Returns how many sessions got it.
+    pub fn deliver_local(
+        &mut self,
+        message: &Arc<Message>,
+        normal: bool,
+        picks: &[SharedPick],
+        now: Instant,
+    ) -> usize {
+        let topic = message.publish.topic.clone();
+        self.merge.clear();
+        let mut single: SmallVec<[Subscriber; 1]> = SmallVec::new();
+        let mut matched_entries = 0usize;
+        let merge = &mut self.merge;
+        if normal {
+            let mut first: Option<&FilterEntry> = None;
+            self.subs.for_each_match(topic.as_str(), |entry| {
+                if entry.subscribers.is_empty() {
+                    return;
+                }
+                matched_entries += 1;
+                if matched_entries == 1 {
+                    first = Some(entry);
+                    return;
+                }
+                if let Some(f) = first.take() {
+                    merge_into(merge, f);
+                }
+                merge_into(merge, entry);
+            });
+            if let Some(f) = first {
+                // The common case: one filter matched, no overlap to merge.
+                single.extend(f.subscribers.iter().copied());
+            }
+        }
+        let mut delivered = 0usize;
+        let mut frames = FrameCache::default();
+        for s in single.drain(..) {
+            delivered += self.enqueue(
+                s.slot,
+                message,
+                s.options.qos,
+                s.options.retain_as_published,
+                s.options.no_local,
+                s.id.into_iter().collect(),
+                &mut frames,
+                now,
+            );
+        }
+        let merged: Vec<(u32, Merged)> = self.merge.drain().collect();
+        for (slot, (qos, rap, ids, no_local)) in merged {
+            delivered += self.enqueue(slot, message, qos, rap, no_local, ids, &mut frames, now);
+        }
+        for pick in picks {
+            delivered += self.deliver_shared(message, pick, &mut frames, now);
+        }
+        delivered
+    }
+
+    fn deliver_shared(
+        &mut self,
+        message: &Arc<Message>,
+        pick: &SharedPick,
+        frames: &mut FrameCache,
+        now: Instant,
+    ) -> usize {
+        let member = self.subs.get(&pick.filter).and_then(|entry| {
+            let g = entry.groups.iter().find(|g| g.group == pick.group)?;
+            if g.members.is_empty() {
+                return None;
+            }
+            let n = g.next.get();
+            g.next.set(n.wrapping_add(1));
+            Some(g.members[n as usize % g.members.len()])
+        });
+        match member {
+            Some(m) => self.enqueue(
+                m.slot,
+                message,
+                m.options.qos,
+                m.options.retain_as_published,
+                false,
+                m.id.into_iter().collect(),
+                frames,
+                now,
+            ),
+            None => {
+                // The member left after the publisher picked this shard: pass the pick on to
+                // another shard that still has members, at most once per shard.
+                let shards = self
+                    .routes
+                    .get(&pick.filter)
+                    .and_then(|e| e.groups.iter().find(|g| g.group == pick.group))
+                    .map(|g| (g.shards & !bit(self.id), &g.next));
+                let next = shards.and_then(|(mask, cursor)| pick_shard(mask, cursor));
+                match next {
+                    Some(shard) if usize::from(pick.hops) < usize::from(self.shard_count) => {
+                        let mut forwarded = pick.clone();
+                        forwarded.hops += 1;
+                        let mut shared = SmallVec::new();
+                        shared.push(forwarded);
+                        self.send_to(
+                            shard,
+                            ShardMsg::Publish {
+                                message: message.clone(),
+                                normal: false,
+                                shared,
+                            },
+                        );
+                        1
+                    }
+                    _ => 0,
+                }
+            }
+        }
+    }
+
+    /// Puts one delivery on a session's queue, applying no-local, QoS downgrade and the queue
+    /// bound. Returns 1 if the session took it.
+    #[allow(clippy::too_many_arguments)]
+    fn enqueue(
+        &mut self,
+        slot: u32,
+        message: &Arc<Message>,
+        granted: QoS,
+        retain_as_published: bool,
+        no_local: bool,
+        subscription_ids: SmallVec<[u32; 1]>,
+        frames: &mut FrameCache,
+        now: Instant,
+    ) -> usize {
+        let queue_max = self.limits.session_queue_len_max as usize;
+        let queue_qos0_offline = self.limits.queue_qos0_offline;
+        let Some(entry) = self.slots.get_mut(slot as usize) else {
+            return 0;
+        };
+        let Some(session) = entry.session.as_deref_mut() else {
+            return 0;
+        };
+        // [MQTT-3.8.3-3] no-local: not to the publisher's own session.
+        if no_local && message.origin == Some(session.key) {
+            return 0;
+        }
+        let qos = message.publish.qos.min(granted);
+        // [MQTT-3.3.1-12]/[MQTT-3.3.1-13]: RETAIN as published only when asked for.
+        let retain = retain_as_published && message.publish.retain;
+        let online = session.link.is_some();
+        if !online && qos == QoS::AtMostOnce && !queue_qos0_offline {
+            self.counters.drop(qos, DropReason::Offline);
+            return 0;
+        }
+        if session.queue_len() >= queue_max {
+            self.counters.drop(qos, DropReason::QueueFull);
+            return 0;
+        }
+        let shape_is_shared = qos == QoS::AtMostOnce
+            && subscription_ids.is_empty()
+            && message.expires_at.is_none()
+            && (session.peer.version != ProtocolVersion::V5 || session.peer.topic_alias_max == 0);
+        let outbound = if shape_is_shared {
+            match frames.get(message, session.peer.version, retain) {
+                Some(frame) => Outbound::Frame(frame),
+                None => {
+                    self.counters.drop(qos, DropReason::EncodeFailed);
+                    return 0;
+                }
+            }
+        } else {
+            let message = if online {
+                message.clone()
+            } else {
+                frames.compacted(message)
+            };
+            Outbound::Deliver(Delivery {
+                message,
+                qos,
+                retain,
+                subscription_ids,
+            })
+        };
+        session.traffic_mut().queue.push_back(outbound);
+        session.wake();
+        let _ = now;
+        1
+    }
+
+}
+
+fn merge_into(merge: &mut AHashMap<u32, Merged>, entry: &FilterEntry) {
+    for s in &entry.subscribers {
+        let slot = merge
+            .entry(s.slot)
+            .or_insert((QoS::AtMostOnce, false, SmallVec::new(), true));
+        // One copy at the highest granted QoS, carrying every subscription identifier
+        // [MQTT-3.3.4-2], [MQTT-3.3.4-3].
+        slot.0 = slot.0.max(s.options.qos);
+        slot.1 |= s.options.retain_as_published;
+        slot.3 &= s.options.no_local;
+        if let Some(id) = s.id {
+            slot.2.push(id);
+        }
+    }
+}
+
+/// What one routed message needs once however many sessions get it: QoS 0 frames encoded per
+/// (protocol family, RETAIN), and the compacted copy offline sessions store.
+#[derive(Default)]
+struct FrameCache {
+    frames: [Option<Bytes>; 4],
+    compacted: Option<Arc<Message>>,
+}
+
+impl FrameCache {
+    /// The copy kept by offline sessions, made once per routed message rather than per session.
+    pub(super) fn compacted(&mut self, message: &Message) -> Arc<Message> {
+        self.compacted
+            .get_or_insert_with(|| Arc::new(message.compacted()))
+            .clone()
+    }
+
+    pub(super) fn get(&mut self, message: &Message, version: ProtocolVersion, retain: bool) -> Option<Bytes> {
+        let index = usize::from(version == ProtocolVersion::V5) * 2 + usize::from(retain);
+        if let Some(f) = &self.frames[index] {
+            return Some(f.clone());
+        }
+        let mut publish = message.publish.clone();
+        publish.qos = QoS::AtMostOnce;
+        publish.dup = false;
+        publish.retain = retain;
+        publish.packet_id = None;
+        let packet = wire::Packet::Publish(publish);
+        let len = wire::encoded_len(&packet, version).ok()?;
+        let mut out = BytesMut::with_capacity(len);
+        wire::encode(&packet, version, &mut out).ok()?;
+        let frame = out.freeze();
+        self.frames[index] = Some(frame.clone());
+        Some(frame)
+    }
+}
+

@@ -1,0 +1,84 @@
+use super::*;
+
+impl ShardState {
+    // ----- timers ---------------------------------------------------------------------------
+
+    pub(super) fn schedule(&mut self, kind: TimerKind, slot: u32, at: Instant) {
+        let generation = self
+            .slots
+            .get(slot as usize)
+            .map(|s| s.generation)
+            .unwrap_or(0);
+        self.timers.push(Reverse(TimerEntry {
+            at,
+            kind,
+            slot,
+            generation,
+        }));
+    }
+
+    /// When the next timer is due.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse(t)| t.at)
+    }
+
+    /// Runs every due timer: keepalive expiry closes connections, delayed wills are published,
+    /// expired sessions end.
+    pub fn run_timers(&mut self, now: Instant) {
+        while let Some(Reverse(entry)) = self.timers.peek().copied() {
+            if entry.at > now {
+                break;
+            }
+            self.timers.pop();
+            let current = self.slots.get(entry.slot as usize).map(|s| s.generation);
+            if current != Some(entry.generation) {
+                continue; // the slot was reused: this timer belonged to an ended session.
+            }
+            match entry.kind {
+                TimerKind::KeepAlive => {
+                    let mut reschedule = None;
+                    if let Some(session) = self.session_mut(entry.slot) {
+                        if let Some(link) = &mut session.link {
+                            if link.keepalive_secs > 0 {
+                                let due = link.last_activity + keepalive_grace(link.keepalive_secs);
+                                if due <= now {
+                                    // [MQTT-3.1.2-24] close after 1.5× keepalive without a packet.
+                                    link.close.get_or_insert(CloseReason::KeepAliveTimeout);
+                                    link.wake();
+                                } else {
+                                    reschedule = Some(due);
+                                }
+                            }
+                        }
+                    }
+                    if let Some(at) = reschedule {
+                        self.schedule(TimerKind::KeepAlive, entry.slot, at);
+                    }
+                }
+                TimerKind::WillDelay => {
+                    let due = self.session_mut(entry.slot).and_then(|s| {
+                        if s.link.is_none() && s.will_at.is_some_and(|at| at <= now) {
+                            s.will_at = None;
+                            s.will.take()
+                        } else {
+                            None
+                        }
+                    });
+                    if let Some(will) = due {
+                        self.publish_will(will, now);
+                    }
+                }
+                TimerKind::SessionExpiry => {
+                    let expired = self.session(entry.slot).is_some_and(|s| {
+                        s.link.is_none() && s.expires_at.is_some_and(|at| at <= now)
+                    });
+                    if expired {
+                        self.counters.sessions_expired += 1;
+                        self.end_session(entry.slot, now);
+                    }
+                }
+            }
+        }
+    }
+
+}
