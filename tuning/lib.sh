@@ -20,6 +20,7 @@
 TUNE_SYSCTL_ROOT=${TUNE_SYSCTL_ROOT:-/proc/sys}
 
 TUNE_MODE=dry-run           # dry-run | apply | write
+TUNE_MODE_OPTION=""         # the option that chose TUNE_MODE; empty = the default
 TUNE_SYSCTL_D_FILE=""
 TUNE_CONNECTIONS=1000000
 
@@ -36,21 +37,34 @@ tune_die() {
 
 tune_usage() {
     cat <<EOF
-usage: ${0##*/} [--connections N] [--apply | --write-sysctl-d FILE]
+usage: ${0##*/} [--connections N] [--dry-run | --apply | --write-sysctl-d FILE]
 
 $1
 
   --connections N         size the proposals for N concurrent MQTT connections
                           (default 1000000; underscores and commas allowed)
+  --dry-run               print what would change and why, change nothing
+                          (the default; accepted so scripts can say it)
   --apply                 apply the changed keys now with sysctl -w (needs root;
                           not persistent across reboots)
   --write-sysctl-d FILE   write every proposed key to FILE (e.g.
                           /etc/sysctl.d/60-ringmq.conf) instead of applying
   -h, --help              show this help
 
-Without --apply or --write-sysctl-d nothing is changed: the script prints
-"key  current -> proposed  (why)" for every key it cares about.
+Without --apply or --write-sysctl-d (or with --dry-run) nothing is changed:
+the script prints "key  current -> proposed  (why)" for every key it cares
+about. The three modes are exclusive.
 EOF
+}
+
+# Records the mode an option asks for; two different modes are a usage error.
+tune_set_mode() {
+    local mode=$1 option=$2
+    if [[ -n $TUNE_MODE_OPTION && $TUNE_MODE != "$mode" ]]; then
+        tune_die "$TUNE_MODE_OPTION and $option are exclusive"
+    fi
+    TUNE_MODE=$mode
+    TUNE_MODE_OPTION=$option
 }
 
 tune_parse_args() {
@@ -68,15 +82,19 @@ tune_parse_args() {
                 TUNE_CONNECTIONS=${TUNE_CONNECTIONS//[_,]/}
                 shift
                 ;;
+            --dry-run)
+                tune_set_mode dry-run --dry-run
+                shift
+                ;;
             --apply)
-                [[ $TUNE_MODE == dry-run ]] || tune_die "--apply and --write-sysctl-d are exclusive"
-                TUNE_MODE="apply"
+                tune_set_mode apply --apply
                 shift
                 ;;
             --write-sysctl-d)
                 (($# >= 2)) || tune_die "--write-sysctl-d needs a file name"
-                [[ $TUNE_MODE == dry-run ]] || tune_die "--apply and --write-sysctl-d are exclusive"
-                TUNE_MODE="write"
+                [[ -z $TUNE_SYSCTL_D_FILE || $TUNE_SYSCTL_D_FILE == "$2" ]] ||
+                    tune_die "--write-sysctl-d given twice with different files"
+                tune_set_mode write --write-sysctl-d
                 TUNE_SYSCTL_D_FILE=$2
                 shift 2
                 ;;

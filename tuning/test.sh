@@ -98,6 +98,15 @@ check "loadgen dry run says how many source IPs" grep -Eq "^advice +addressing .
 check "rows use the key current → proposed (why) layout" \
     grep -Eq "^(change|ok) +net.ipv4.tcp_fin_timeout +[0-9]+ +→ 15 +\(" "$work/broker.out"
 
+# An explicit --dry-run is the default, said out loud: same output, nothing changed.
+"$here/tune-broker-host.sh" --dry-run >"$work/broker-explicit.out"
+"$here/tune-loadgen-host.sh" --dry-run --connections 1_000_000 >"$work/loadgen-explicit.out"
+check "broker --dry-run prints what the default dry run prints" \
+    diff -u "$work/broker.out" "$work/broker-explicit.out"
+check "loadgen --dry-run prints what the default dry run prints" \
+    diff -u "$work/loadgen.out" "$work/loadgen-explicit.out"
+check "--help documents --dry-run" grep -q -- "--dry-run" <("$here/tune-broker-host.sh" --help)
+
 # Scaling with --connections.
 "$here/tune-broker-host.sh" --connections 3_000_000 >"$work/broker3m.out"
 check "--connections 3_000_000 scales nr_open to 4194304" \
@@ -115,6 +124,8 @@ bad_args() {
 check "unknown option is refused" bad_args --frobnicate
 check "non-numeric --connections is refused" bad_args --connections many
 check "--apply with --write-sysctl-d is refused" bad_args --apply --write-sysctl-d "$work/x.conf"
+check "--dry-run with --apply is refused" bad_args --dry-run --apply
+check "--write-sysctl-d with --dry-run is refused" bad_args --write-sysctl-d "$work/x.conf" --dry-run
 
 # --write-sysctl-d writes a loadable file and applies nothing.
 "$here/tune-broker-host.sh" --write-sysctl-d "$work/60-ringmq-broker.conf" >"$work/broker-write.out"
