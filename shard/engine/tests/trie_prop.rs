@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use proptest::prelude::*;
-use ringmq_shard::trie::{HasName, TopicMap, TopicTrie};
+use ringmq_engine::trie::{HasName, TopicMap, TopicTrie};
 
 fn level() -> impl Strategy<Value = String> {
     prop_oneof![
