@@ -187,6 +187,7 @@ mod tests {
 
     #[test]
     fn idle_connection_is_small() {
-        assert!(CONN_SIZE_BYTES <= 32, "{CONN_SIZE_BYTES}");
+        assert_eq!(std::mem::size_of::<Conn>(), CONN_SIZE_BYTES);
+        assert_eq!(CONN_SIZE_BYTES, 32, "update the crate docs if this changes");
     }
 }

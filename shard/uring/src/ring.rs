@@ -189,6 +189,9 @@ pub struct Ring {
     nobufs: Vec<u32>,
     /// Slots waiting for the ring-wide send bound (flag::SEND_READY_WAIT marks valid entries).
     send_ready: VecDeque<u32>,
+    /// Boxed on purpose: a SendState moves in and out of `Conn::send` without its address
+    /// (which the kernel may hold) changing.
+    #[allow(clippy::vec_box)]
     send_pool: Vec<Box<SendState>>,
     /// SQEs that found the SQ full and could not be submitted yet; bounded by the ops a
     /// connection can have at once (recv, send, two cancels, linger) times `conns_max`.
