@@ -4,6 +4,8 @@
 //! decoding ([`decode`]: strings and payloads are slices of the input frame), encoding
 //! ([`encode`], [`encoded_len`], [`encode_publish_header`] for fan-out without copying payloads),
 //! v5 properties and reason codes, and topic name/filter rules ([`topic`]).
+//! The edge codecs in front of MQTT are here too, equally without I/O: [`ws`] (RFC 6455 opening
+//! handshake and frames, MQTT over WebSocket) and [`proxy`] (PROXY protocol v1/v2 headers).
 //!
 //! It must not touch sockets, sessions, timers or broker policy (e.g. whether an empty client id
 //! is accepted, topic alias bookkeeping, maximum QoS enforcement): those belong to the shard.
@@ -25,6 +27,7 @@ pub mod framing;
 mod packet;
 mod primitives;
 pub mod properties;
+pub mod proxy;
 mod publish;
 mod reason;
 mod suback;
@@ -32,6 +35,7 @@ mod subscribe;
 pub mod topic;
 mod unsuback;
 mod unsubscribe;
+pub mod ws;
 
 pub use ack::PubAck;
 pub use auth::Auth;
