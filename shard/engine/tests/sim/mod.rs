@@ -568,9 +568,11 @@ impl Sim {
         }
     }
 
-    /// Moves the clock by `by`, firing every timer at its own deadline on the way (and running
-    /// until idle after each), then runs until idle at the end.
+    /// Runs until idle, then moves the clock by `by`, firing every timer at its own deadline on
+    /// the way (and running until idle after each), then runs until idle at the end.
     pub fn advance(&mut self, by: Duration) {
+        // What was handed in before the clock moves happens now, not at the first deadline.
+        self.run_until_idle();
         let target = self.offset + by;
         let mut firings = 0;
         loop {

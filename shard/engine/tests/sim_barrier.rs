@@ -1,0 +1,212 @@
+//! The route barrier: on a multi-shard broker a SUBACK that added a route waits until every other
+//! shard applied it, so a publish that starts anywhere after the SUBACK reaches the subscriber.
+//! And the barrier's entry never outlives the connection waiting on it.
+
+mod sim;
+
+use std::time::Duration;
+
+use ringmq_engine::Limits;
+use sim::*;
+use wire::{Packet, QoS, ReasonCode};
+
+/// Step by step on two shards with next-step links: the SUBACK leaves only on the third turn
+/// (turn 1: route change and barrier out; turn 2: shard 1 applies them and acks; turn 3: the ack
+/// arrives, SUBACK), and a publish on shard 1 right after it is delivered.
+#[test]
+fn suback_waits_for_other_shard() {
+    let mut sim = Sim::new(2);
+    let (sub, _) = sim.connect(0, v311(&sim.client_id_on(0, "s")));
+    let (publisher, _) = sim.connect(1, v311(&sim.client_id_on(1, "p")));
+    sim.send(sub, &subscribe(1, &[("fleet/+/cmd", QoS::AtLeastOnce)]));
+    sim.step();
+    sim.expect_nothing(sub);
+    assert_eq!(sim.barriers_pending(), 1);
+    sim.step();
+    sim.expect_nothing(sub);
+    sim.step();
+    assert_eq!(
+        sim.expect_suback(sub).reason_codes,
+        [ReasonCode::GrantedQoS1]
+    );
+    assert_eq!(sim.barriers_pending(), 0);
+
+    sim.send(
+        publisher,
+        &publish("fleet/7/cmd", b"go", QoS::AtLeastOnce, Some(1)),
+    );
+    sim.run_until_idle();
+    assert_eq!(&sim.expect_publish(sub).payload[..], b"go");
+}
+
+/// A subscription that changes no route (the shard already has the filter) is answered at once,
+/// even with the other shard unreachable.
+#[test]
+fn suback_without_route_change_is_immediate() {
+    let mut sim = Sim::new(2);
+    let (first, _) = sim.connect(0, v311(&sim.client_id_on(0, "a")));
+    sim.subscribe(first, "t", QoS::AtMostOnce);
+    sim.hold_link(1, 0);
+    let (second, _) = sim.connect(0, v311(&sim.client_id_on(0, "b")));
+    sim.send(second, &subscribe(1, &[("t", QoS::AtMostOnce)]));
+    sim.step();
+    assert!(matches!(sim.expect(second), Packet::SubAck(_)));
+    assert_eq!(sim.barriers_pending(), 0);
+}
+
+/// With random link delays and three shards: once the subscriber has its SUBACK, a publish read
+/// on any shard — handed in on the very next turn — reaches it.
+#[test]
+fn publish_after_suback_reaches_subscriber_seeded() {
+    for seed in seeds(32) {
+        let mut sim = Sim::seeded(3, Limits::default(), seed, 4);
+        let sub_shard = (seed % 3) as u16;
+        let (sub, _) = sim.connect(sub_shard, v5(&sim.client_id_on(sub_shard, "s")));
+        let publishers: Vec<Client> = (0..3)
+            .map(|shard| {
+                sim.connect(shard, v5(&sim.client_id_on(shard, "p")).clone())
+                    .0
+            })
+            .collect();
+        sim.send(sub, &subscribe(1, &[("news", QoS::AtMostOnce)]));
+        let mut turns = 0;
+        let suback = loop {
+            sim.step();
+            turns += 1;
+            assert!(turns < 1000, "no SUBACK");
+            if let Some(p) = sim.recv(sub) {
+                break p;
+            }
+        };
+        assert!(matches!(suback, Packet::SubAck(_)), "{suback:?}");
+        for (i, p) in publishers.iter().enumerate() {
+            sim.send(*p, &publish("news", &[i as u8], QoS::AtMostOnce, None));
+        }
+        sim.run_until_idle();
+        let mut got: Vec<u8> = sim
+            .recv_all(sub)
+            .into_iter()
+            .map(|p| match p {
+                Packet::Publish(p) => p.payload[0],
+                other => panic!("expected PUBLISH, got {other:?}"),
+            })
+            .collect();
+        got.sort_unstable();
+        assert_eq!(got, [0, 1, 2], "seed {seed}");
+        assert_eq!(sim.barriers_pending(), 0);
+    }
+}
+
+/// The peer goes away while its SUBACK waits for the barrier: once the barrier completes the
+/// connection is closed and no barrier entry is left behind.
+#[test]
+fn connection_lost_while_suback_waits() {
+    let mut sim = Sim::new(2);
+    let (sub, _) = sim.connect(0, v311(&sim.client_id_on(0, "s")));
+    sim.hold_link(1, 0);
+    sim.send(sub, &subscribe(1, &[("t", QoS::AtMostOnce)]));
+    sim.run_until_idle();
+    assert_eq!(sim.barriers_pending(), 1);
+    sim.drop_connection(sub);
+    sim.run_until_idle();
+    sim.release_link(1, 0);
+    sim.run_until_idle();
+    assert!(sim.is_closed(sub));
+    assert_eq!(sim.barriers_pending(), 0);
+    assert_eq!(sim.engine(0).state.sessions_total(), 0);
+    assert_eq!(sim.engine(0).connection_count(), 0);
+}
+
+/// Taken over while waiting: the old connection closes at once (DISCONNECT 0x8E) and its
+/// barrier entry goes with it, before the ack ever arrives; the late ack is ignored.
+#[test]
+fn taken_over_while_suback_waits() {
+    let mut sim = Sim::new(2);
+    let id = sim.client_id_on(0, "s");
+    let (first, _) = sim.connect(0, v5_persistent(&id, 60));
+    sim.hold_link(1, 0);
+    sim.send(first, &subscribe(1, &[("t", QoS::AtMostOnce)]));
+    sim.run_until_idle();
+    assert_eq!(sim.barriers_pending(), 1);
+    let (second, ack) = sim.connect(0, v5_persistent(&id, 60));
+    assert!(ack.session_present);
+    assert_eq!(
+        sim.expect_disconnect(first).reason_code,
+        ReasonCode::SessionTakenOver
+    );
+    assert!(sim.is_closed(first));
+    assert_eq!(
+        sim.barriers_pending(),
+        0,
+        "barrier entry outlived its connection"
+    );
+    sim.release_link(1, 0);
+    sim.run_until_idle();
+    assert_eq!(sim.barriers_pending(), 0);
+    sim.expect_nothing(second);
+    // The subscription was made before the takeover and belongs to the session.
+    let (publisher, _) = sim.connect(1, v5(&sim.client_id_on(1, "p")));
+    sim.send(publisher, &publish("t", b"x", QoS::AtMostOnce, None));
+    sim.run_until_idle();
+    assert_eq!(&sim.expect_publish(second).payload[..], b"x");
+}
+
+/// Keepalive runs out while waiting: closed with DISCONNECT 0x8D, the barrier entry removed.
+#[test]
+fn keepalive_timeout_while_suback_waits() {
+    let mut sim = Sim::new(2);
+    let mut c = v5(&sim.client_id_on(0, "s"));
+    c.keep_alive_secs = 2;
+    let (sub, _) = sim.connect(0, c);
+    sim.hold_link(1, 0);
+    sim.send(sub, &subscribe(1, &[("t", QoS::AtMostOnce)]));
+    sim.advance(Duration::from_secs(3));
+    assert_eq!(
+        sim.expect_disconnect(sub).reason_code,
+        ReasonCode::KeepAliveTimeout
+    );
+    assert!(sim.is_closed(sub));
+    assert_eq!(
+        sim.barriers_pending(),
+        0,
+        "barrier entry outlived its connection"
+    );
+    sim.release_link(1, 0);
+    sim.run_until_idle();
+    assert_eq!(sim.barriers_pending(), 0);
+}
+
+/// Shutdown while waiting: DISCONNECT 0x8B, the barrier entry removed.
+#[test]
+fn shutdown_while_suback_waits() {
+    let mut sim = Sim::new(2);
+    let (sub, _) = sim.connect(0, v5(&sim.client_id_on(0, "s")));
+    sim.hold_link(1, 0);
+    sim.send(sub, &subscribe(1, &[("t", QoS::AtMostOnce)]));
+    sim.run_until_idle();
+    sim.engines[0].begin_shutdown();
+    sim.run_until_idle();
+    assert_eq!(
+        sim.expect_disconnect(sub).reason_code,
+        ReasonCode::ServerShuttingDown
+    );
+    assert!(sim.is_closed(sub));
+    assert_eq!(sim.barriers_pending(), 0);
+}
+
+/// Frames after a SUBSCRIBE that waits are held back in order: a PINGREQ sent with it is
+/// answered after the SUBACK [MQTT-3.8.4-1 ordering; 4.6 message ordering].
+#[test]
+fn frames_after_waiting_subscribe_keep_their_order() {
+    let mut sim = Sim::new(2);
+    let (sub, _) = sim.connect(0, v311(&sim.client_id_on(0, "s")));
+    sim.hold_link(1, 0);
+    sim.send(sub, &subscribe(1, &[("t", QoS::AtMostOnce)]));
+    sim.send(sub, &Packet::PingReq);
+    sim.run_until_idle();
+    sim.expect_nothing(sub);
+    sim.release_link(1, 0);
+    sim.run_until_idle();
+    assert!(matches!(sim.expect(sub), Packet::SubAck(_)));
+    assert_eq!(sim.expect(sub), Packet::PingResp);
+}
