@@ -96,6 +96,8 @@ pub(crate) struct SendState {
     pub queued_bytes: usize,
     /// Bytes of `queue[0]` already sent (partial send).
     pub front_offset: usize,
+    /// Bytes offered to the send in flight (to count partial sends).
+    pub offered: usize,
     pub iovecs: [libc::iovec; SEND_IOVECS_MAX],
     pub msghdr: libc::msghdr,
 }
@@ -106,6 +108,7 @@ impl SendState {
             queue: VecDeque::new(),
             queued_bytes: 0,
             front_offset: 0,
+            offered: 0,
             iovecs: [libc::iovec {
                 iov_base: std::ptr::null_mut(),
                 iov_len: 0,
@@ -118,6 +121,7 @@ impl SendState {
     /// Fills the iovecs from the queue head; returns how many were filled (>= 1 if non-empty).
     pub(crate) fn fill_iovecs(&mut self) -> usize {
         let mut count = 0;
+        self.offered = 0;
         for (i, bytes) in self.queue.iter().take(SEND_IOVECS_MAX).enumerate() {
             let skip = if i == 0 { self.front_offset } else { 0 };
             let rest = &bytes[skip.min(bytes.len())..];
@@ -125,6 +129,7 @@ impl SendState {
                 iov_base: rest.as_ptr() as *mut libc::c_void,
                 iov_len: rest.len(),
             };
+            self.offered += rest.len();
             count += 1;
         }
         self.msghdr.msg_iov = self.iovecs.as_mut_ptr();

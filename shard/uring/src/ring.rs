@@ -157,6 +157,8 @@ pub struct RingStats {
     pub conns_live: u64,
     /// Completions for a slot's previous occupant (ignored).
     pub cqes_stale: u64,
+    /// Ops whose final completion is still due (accepts, recvs, sends, timers).
+    pub ops_in_flight: u64,
     /// SQEs parked because the SQ was full and could not be submitted.
     pub sqes_backlogged: u64,
     pub waits: u64,
@@ -206,6 +208,8 @@ pub struct Ring {
     wait_sleeps: Cell<u64>,
     accept_warned_at: Option<Instant>,
     accept_warn_suppressed: u64,
+    /// Set by Drop: nothing is re-armed any more.
+    shutting_down: bool,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -350,6 +354,7 @@ impl Ring {
             wait_sleeps: Cell::new(0),
             accept_warned_at: None,
             accept_warn_suppressed: 0,
+            shutting_down: false,
             cfg,
             _not_send: PhantomData,
         })
@@ -363,6 +368,7 @@ impl Ring {
         RingStats {
             waits: self.waits.get(),
             wait_sleeps: self.wait_sleeps.get(),
+            ops_in_flight: self.ops_in_flight,
             ..self.stats
         }
     }
@@ -697,6 +703,9 @@ impl Ring {
     }
 
     fn arm_accept(&mut self, index: usize) {
+        if self.shutting_down {
+            return;
+        }
         let fd = self.listeners[index].sock.as_raw_fd();
         let entry = opcode::AcceptMulti::new(Fd(fd))
             .flags(libc::SOCK_CLOEXEC)
@@ -707,6 +716,9 @@ impl Ring {
     }
 
     fn arm_accept_retry(&mut self, index: usize) {
+        if self.shutting_down {
+            return;
+        }
         let entry = opcode::Timeout::new(&ACCEPT_RETRY_DELAY)
             .build()
             .user_data(Token::new(OpKind::AcceptRetry, index as u32, 0).encode());
@@ -1023,10 +1035,7 @@ impl Ring {
         let aborting = conn.has(flag::ABORTING);
         match (res, conn.send.as_mut()) {
             (sent, Some(state)) if sent > 0 => {
-                let offered: usize = state.iovecs[..state.queue.len().min(state.iovecs.len())]
-                    .iter()
-                    .map(|iov| iov.iov_len)
-                    .sum();
+                let offered = state.offered;
                 state.advance(sent as usize);
                 let queued = state.queued_bytes;
                 self.stats.sent_bytes += sent as u64;
@@ -1140,13 +1149,35 @@ impl Ring {
     }
 }
 
+impl Ring {
+    /// Drop's first step: abort every connection (cancels its recv, send and linger timer),
+    /// cancel the accepts and their retry timers, then a catch-all cancel.
+    fn cancel_everything(&mut self) {
+        self.shutting_down = true;
+        for slot in 0..self.conns.len() as u32 {
+            if self.conns[slot as usize].has(flag::LIVE) {
+                self.abort(slot, libc::ECANCELED);
+            }
+        }
+        for index in 0..self.listeners.len() as u32 {
+            self.push_cancel(Token::new(OpKind::Accept, index, 0));
+            let retry = Token::new(OpKind::AcceptRetry, index, 0).encode();
+            let entry = opcode::TimeoutRemove::new(retry)
+                .build()
+                .user_data(Token::new(OpKind::Cancel, index, 0).encode());
+            self.push(entry);
+        }
+        let entry = opcode::AsyncCancel2::new(CancelBuilder::any())
+            .build()
+            .user_data(Token::new(OpKind::Cancel, 0, 0).encode());
+        self.push(entry);
+    }
+}
+
 impl Drop for Ring {
     fn drop(&mut self) {
         if self.ops_in_flight > 0 {
-            let entry = opcode::AsyncCancel2::new(CancelBuilder::any())
-                .build()
-                .user_data(Token::new(OpKind::Cancel, 0, 0).encode());
-            self.push(entry);
+            self.cancel_everything();
             let timeout = Timespec::new().nsec(10_000_000);
             for _ in 0..DROP_WAIT_ROUNDS {
                 self.drain_backlog();
