@@ -278,6 +278,7 @@ impl Receiver {
         else {
             return Ok(());
         };
+        self.local.recv_cqes += 1;
         if result > 0 {
             let Some(bid) = cqueue::buffer_select(flags) else {
                 bail!("receive completion without a buffer id");
@@ -316,6 +317,7 @@ impl Receiver {
         submission: &mut SubmissionQueue<'_>,
         submitter: &Submitter<'_>,
     ) -> Result<()> {
+        self.local.send_cqes += 1;
         let Some(sink) = self.sinks.get_mut(index) else {
             bail!("send completion for unknown sink {index}");
         };

@@ -27,6 +27,10 @@ pub struct LoopStats {
     pub eventfd_timeouts: AtomicU64,
     /// uring-eventfd: of those timeouts, how many found completions waiting (a missed wake-up).
     pub missed_wakeups: AtomicU64,
+    /// io_uring: receive completions reaped.
+    pub recv_cqes: AtomicU64,
+    /// io_uring: send completions reaped.
+    pub send_cqes: AtomicU64,
 }
 
 /// The loop's local totals, stored into `LoopStats` once per turn.
@@ -37,6 +41,8 @@ pub struct LocalStats {
     pub rearms_for_no_buffer: u64,
     pub eventfd_timeouts: u64,
     pub missed_wakeups: u64,
+    pub recv_cqes: u64,
+    pub send_cqes: u64,
 }
 
 impl LoopStats {
@@ -52,9 +58,11 @@ impl LoopStats {
             .store(local.eventfd_timeouts, Ordering::Relaxed);
         self.missed_wakeups
             .store(local.missed_wakeups, Ordering::Relaxed);
+        self.recv_cqes.store(local.recv_cqes, Ordering::Relaxed);
+        self.send_cqes.store(local.send_cqes, Ordering::Relaxed);
     }
 
-    fn snapshot(&self) -> [u64; 7] {
+    fn snapshot(&self) -> [u64; 9] {
         [
             self.forwarded.load(Ordering::Relaxed),
             self.dropped.load(Ordering::Relaxed),
@@ -63,6 +71,8 @@ impl LoopStats {
             self.rearms_for_no_buffer.load(Ordering::Relaxed),
             self.eventfd_timeouts.load(Ordering::Relaxed),
             self.missed_wakeups.load(Ordering::Relaxed),
+            self.recv_cqes.load(Ordering::Relaxed),
+            self.send_cqes.load(Ordering::Relaxed),
         ]
     }
 }
@@ -104,7 +114,7 @@ fn print_result(
     label: &str,
     measure: Duration,
     (cpu_start, cpu_end): (CpuSample, CpuSample),
-    (start, end): ([u64; 7], [u64; 7]),
+    (start, end): ([u64; 9], [u64; 9]),
 ) {
     let delta = |i: usize| end[i] - start[i];
     let user_s = cpu_end.user_s - cpu_start.user_s;
@@ -122,7 +132,7 @@ fn print_result(
          user_s={user_s:.3} sys_s={sys_s:.3} cpu_s_per_million={per_million:.3} \
          cpu_share={:.3} turns={} msgs_per_turn={:.2} syscalls={} syscalls_per_msg={:.3} \
          dropped={} rearms_no_buffer={} eventfd_timeouts={} missed_wakeups={} vol_switches={} \
-         invol_switches={}",
+         invol_switches={} recv_cqes={} send_cqes={}",
         measure.as_secs_f64(),
         msgs as f64 / measure.as_secs_f64(),
         cpu_s / measure.as_secs_f64(),
@@ -136,5 +146,7 @@ fn print_result(
         delta(6),
         cpu_end.voluntary_switches - cpu_start.voluntary_switches,
         cpu_end.involuntary_switches - cpu_start.involuntary_switches,
+        delta(7),
+        delta(8),
     );
 }
