@@ -13,7 +13,7 @@
 //!   [`Sim::stall`]ed, which simulates a slow consumer.
 //!
 //! Everything is deterministic given the seed; a failing test prints it (see [`Sim`]'s `Drop`).
-//! Set `SIM_SEED` to rerun one seed.
+//! Set `SIM_SEED` to rerun one seed, `SIM_SEEDS=N` to try seeds `0..N`.
 
 #![allow(dead_code)]
 
@@ -66,11 +66,14 @@ impl Rng {
     }
 }
 
-/// The seeds a randomized case runs with: `SIM_SEED` alone if set, else `0..count`.
+/// The seeds a randomized case runs with: `SIM_SEED` alone if set, else `0..count`, or
+/// `0..SIM_SEEDS` when that is set (for a longer search).
 pub fn seeds(count: u64) -> Vec<u64> {
-    match std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()) {
-        Some(seed) => vec![seed],
-        None => (0..count).collect(),
+    let var = |name: &str| std::env::var(name).ok().and_then(|s| s.parse().ok());
+    match (var("SIM_SEED"), var("SIM_SEEDS")) {
+        (Some(seed), _) => vec![seed],
+        (None, Some(count)) => (0..count).collect(),
+        (None, None) => (0..count).collect(),
     }
 }
 
@@ -93,6 +96,8 @@ struct ClientState {
     /// The engine paused reading: the client's sends wait in `unread`.
     paused: bool,
     unread: Vec<u8>,
+    /// The peer closed while its connection was on its way to another shard.
+    eof_pending: bool,
     /// Set while the transport does not report progress (a slow consumer).
     stalled: bool,
     /// Every output of the engine about this connection, for assertions on the order.
@@ -231,6 +236,7 @@ impl Sim {
             closed: false,
             paused: false,
             unread: Vec::new(),
+            eof_pending: false,
             stalled: false,
             events: Vec::new(),
         });
@@ -269,12 +275,14 @@ impl Sim {
     pub fn send_bytes(&mut self, client: Client, data: &[u8]) {
         let now = self.now();
         let c = &mut self.clients[client.0];
-        if c.paused {
+        assert!(
+            !c.closed,
+            "client {client:?} sends on a connection the engine closed"
+        );
+        // Paused, or on its way to its home shard: the bytes wait in the transport.
+        let Some(conn) = c.conn.filter(|_| !c.paused) else {
             c.unread.extend_from_slice(data);
             return;
-        }
-        let Some(conn) = c.conn else {
-            panic!("client {client:?} sends on a connection the engine closed");
         };
         let shard = c.shard;
         self.engines[usize::from(shard)].handle_input(conn, data, now);
@@ -283,10 +291,14 @@ impl Sim {
     /// The peer closed its side or the transport failed (no DISCONNECT).
     pub fn drop_connection(&mut self, client: Client) {
         let now = self.now();
-        let c = &self.clients[client.0];
-        if let Some(conn) = c.conn {
-            let shard = c.shard;
-            self.engines[usize::from(shard)].handle_closed(conn, now);
+        let c = &mut self.clients[client.0];
+        match c.conn {
+            Some(conn) => {
+                let shard = c.shard;
+                self.engines[usize::from(shard)].handle_closed(conn, now);
+            }
+            None if !c.closed => c.eof_pending = true,
+            None => {}
         }
     }
 
@@ -303,6 +315,14 @@ impl Sim {
             let shard = c.shard;
             self.engines[usize::from(shard)].handle_sent(conn, queued_bytes);
         }
+    }
+
+    /// Clients whose connection `shard` serves now (not closed, not on their way elsewhere).
+    pub fn open_clients_on(&self, shard: ShardId) -> usize {
+        self.clients
+            .iter()
+            .filter(|c| c.shard == shard && c.conn.is_some())
+            .count()
     }
 
     pub fn is_closed(&self, client: Client) -> bool {
@@ -431,7 +451,15 @@ impl Sim {
             let c = &mut self.clients[h.client.0];
             c.shard = h.home;
             c.conn = Some(conn);
+            let unread = std::mem::take(&mut c.unread);
             self.by_conn.insert((h.home, conn), h.client);
+            let eof = std::mem::take(&mut c.eof_pending);
+            if !unread.is_empty() {
+                self.engines[usize::from(h.home)].handle_input(conn, &unread, now);
+            }
+            if eof {
+                self.engines[usize::from(h.home)].handle_closed(conn, now);
+            }
         }
         for shard in 0..self.engines.len() {
             self.engines[shard].process(now);
