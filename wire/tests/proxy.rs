@@ -476,3 +476,133 @@ proptest! {
         prop_assert_eq!(seen, tlv_values);
     }
 }
+
+// --- a real HAProxy ----------------------------------------------------------------------------
+
+mod haproxy {
+    //! The headers HAProxy itself sends (`send-proxy`, `send-proxy-v2`) parse to the client's
+    //! address. Loopback only; skipped when haproxy is not installed; bounded by `DEADLINE`.
+
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use ringmq_wire::proxy::{check, ProxyCheck, ProxyCommand, ProxyMode, ProxyVersion};
+
+    use super::CONNECT;
+
+    const DEADLINE: Duration = Duration::from_secs(10);
+
+    /// Kills and reaps HAProxy and removes its config however the test ends.
+    struct Guard {
+        child: Child,
+        dir: std::path::PathBuf,
+    }
+
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn free_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap()
+    }
+
+    /// Connects through `frontend` and returns the client's address and what the backend read
+    /// up to and including the MQTT bytes.
+    fn relay(frontend: u16, backend: &TcpListener) -> (SocketAddr, Vec<u8>) {
+        let start = Instant::now();
+        let mut client = loop {
+            match TcpStream::connect(("127.0.0.1", frontend)) {
+                Ok(stream) => break stream,
+                Err(_) if start.elapsed() < DEADLINE => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Err(e) => panic!("haproxy did not come up: {e}"),
+            }
+        };
+        client.write_all(CONNECT).unwrap();
+        backend.set_nonblocking(true).unwrap();
+        let mut server = loop {
+            match backend.accept() {
+                Ok((stream, _)) => break stream,
+                Err(_) if start.elapsed() < DEADLINE => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => panic!("haproxy did not connect to the backend: {e}"),
+            }
+        };
+        server.set_nonblocking(false).unwrap();
+        server.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut received = Vec::new();
+        let mut chunk = [0u8; 512];
+        while !received.ends_with(CONNECT) {
+            let n = server.read(&mut chunk).unwrap();
+            assert!(n > 0, "backend connection closed early");
+            received.extend_from_slice(&chunk[..n]);
+        }
+        (client.local_addr().unwrap(), received)
+    }
+
+    #[test]
+    fn haproxy_send_proxy_v1_and_v2() {
+        if Command::new("haproxy").arg("-v").output().is_err() {
+            eprintln!("skip: haproxy not installed");
+            return;
+        }
+        let (v1_backend, v2_backend) = (
+            TcpListener::bind("127.0.0.1:0").unwrap(),
+            TcpListener::bind("127.0.0.1:0").unwrap(),
+        );
+        let (v1_frontend, v2_frontend) = (free_port(), free_port());
+        let dir = std::env::temp_dir().join(format!("ringmq-wire-haproxy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = format!(
+            "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 10s\n  timeout server 10s\n\
+             frontend f1\n  bind 127.0.0.1:{v1_frontend}\n  default_backend b1\n\
+             frontend f2\n  bind 127.0.0.1:{v2_frontend}\n  default_backend b2\n\
+             backend b1\n  server s1 {} send-proxy\n\
+             backend b2\n  server s2 {} send-proxy-v2\n",
+            v1_backend.local_addr().unwrap(),
+            v2_backend.local_addr().unwrap(),
+        );
+        let config_path = dir.join("haproxy.cfg");
+        std::fs::write(&config_path, config).unwrap();
+        let child = Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&config_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let _guard = Guard { child, dir };
+
+        for (frontend, backend, version) in [
+            (v1_frontend, &v1_backend, ProxyVersion::V1),
+            (v2_frontend, &v2_backend, ProxyVersion::V2),
+        ] {
+            let (client, received) = relay(frontend, backend);
+            let Ok(ProxyCheck::Complete { header_len, info }) = check(&received, ProxyMode::Any)
+            else {
+                panic!("{version:?}: {received:02x?}");
+            };
+            assert_eq!(&received[header_len..], CONNECT, "{version:?}");
+            assert_eq!(info.version, version);
+            assert_eq!(info.command, ProxyCommand::Proxy);
+            assert_eq!(info.source, Some(client), "{version:?}");
+            assert_eq!(
+                info.destination,
+                Some(SocketAddr::from(([127, 0, 0, 1], frontend))),
+                "{version:?}"
+            );
+        }
+    }
+}
