@@ -895,3 +895,167 @@ proptest! {
         }
     }
 }
+
+mod mqttjs {
+    //! MQTT.js (over Node's `ws`) against a minimal loopback server built from `wire::ws` and
+    //! the MQTT codec: handshake, a CONNACK split over two frames, a 70 kB PUBLISH (64-bit
+    //! length), DISCONNECT and the closing handshake. Needs node and a directory holding
+    //! `node_modules/mqtt` in `RINGMQ_MQTTJS_DIR` (`npm install mqtt@5`); skipped otherwise.
+    //! Every wait is bounded by `DEADLINE`.
+
+    use std::io::{ErrorKind, Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use bytes::{Bytes, BytesMut};
+    use ringmq_wire::ws::*;
+    use ringmq_wire::{check, decode, Framing, Packet, ProtocolVersion};
+
+    const DEADLINE: Duration = Duration::from_secs(15);
+    const PAYLOAD_LEN: usize = 70_000;
+
+    struct KillOnDrop(Child);
+
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// Reads once into `buf`; false on EOF.
+    fn read_some(stream: &mut TcpStream, buf: &mut BytesMut, start: Instant) -> bool {
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            assert!(start.elapsed() < DEADLINE, "timed out");
+            match stream.read(&mut chunk) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    return true;
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+
+    /// Runs the server side of one connection; returns the MQTT packets the client sent.
+    fn serve(mut stream: TcpStream, start: Instant) -> (Option<Subprotocol>, Vec<Packet>) {
+        stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut input = BytesMut::new();
+        let mut scanned_len = 0;
+        let request_len = loop {
+            match check_request(&input, scanned_len).unwrap() {
+                RequestFraming::Complete { request_len } => break request_len,
+                RequestFraming::Incomplete { scanned_len: s } => scanned_len = s,
+            }
+            assert!(
+                read_some(&mut stream, &mut input, start),
+                "eof in handshake"
+            );
+        };
+        let request = input.split_to(request_len);
+        let upgrade = parse_request(&request, &HandshakeConfig { path: "/mqtt" }).unwrap();
+        let mut out = BytesMut::new();
+        upgrade.write_response(&mut out);
+        stream.write_all(&out).unwrap();
+
+        let mut decoder = FrameDecoder::new(1 << 20);
+        let (mut mqtt, mut packets) = (BytesMut::new(), Vec::new());
+        loop {
+            out.clear();
+            let mut closed = false;
+            loop {
+                match decoder.decode(&mut input, &mut mqtt).unwrap() {
+                    Decoded::NeedMore { .. } => break,
+                    Decoded::Ping(payload) => encode_pong(&payload, &mut out),
+                    Decoded::Pong(_) => {}
+                    Decoded::Close { code, .. } => {
+                        encode_close(code, "", &mut out);
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+            while let Ok(Framing::Complete { frame_len }) = check(&mqtt, 1 << 20) {
+                let frame = mqtt.split_to(frame_len).freeze();
+                let packet = decode(frame, ProtocolVersion::V3_1_1).unwrap();
+                if matches!(packet, Packet::Connect(_)) {
+                    // CONNACK split over two frames: the client must reassemble it.
+                    encode_binary(&[0x20], &mut out);
+                    encode_binary(&[0x02, 0x00, 0x00], &mut out);
+                }
+                packets.push(packet);
+            }
+            stream.write_all(&out).unwrap();
+            if closed || !read_some(&mut stream, &mut input, start) {
+                return (upgrade.subprotocol, packets);
+            }
+        }
+    }
+
+    #[test]
+    fn mqttjs_connects_publishes_and_closes() {
+        let Some(dir) = std::env::var_os("RINGMQ_MQTTJS_DIR") else {
+            eprintln!("skip: RINGMQ_MQTTJS_DIR not set (a directory with node_modules/mqtt)");
+            return;
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let script = format!(
+            "const mqtt = require('mqtt');\n\
+             setTimeout(() => {{ console.error('timeout'); process.exit(2); }}, 10000);\n\
+             const c = mqtt.connect('ws://127.0.0.1:{port}/mqtt', {{ protocolVersion: 4,\n\
+               clientId: 'edge', reconnectPeriod: 0, connectTimeout: 5000 }});\n\
+             c.on('error', (e) => {{ console.error(e); process.exit(1); }});\n\
+             c.on('connect', () => c.publish('t/edge', Buffer.alloc({PAYLOAD_LEN}, 7), {{ qos: 0 }},\n\
+               () => c.end(false, () => process.exit(0))));\n"
+        );
+        let child = Command::new("node")
+            .arg("-e")
+            .arg(script)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .spawn();
+        let Ok(child) = child else {
+            eprintln!("skip: node not installed");
+            return;
+        };
+        let mut child = KillOnDrop(child);
+        let start = Instant::now();
+        listener.set_nonblocking(true).unwrap();
+        let stream = loop {
+            match listener.accept() {
+                Ok((stream, _)) => break stream,
+                Err(_) if start.elapsed() < DEADLINE => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => panic!("mqtt.js did not connect: {e}"),
+            }
+        };
+        stream.set_nonblocking(false).unwrap();
+        let (subprotocol, packets) = serve(stream, start);
+        // [MQTT-6.0.0-3]/[MQTT-6.0.0-4]: MQTT.js offers "mqtt" and gets it.
+        assert_eq!(subprotocol, Some(Subprotocol::Mqtt));
+        let [Packet::Connect(connect), Packet::Publish(publish), Packet::Disconnect(_)] =
+            &packets[..]
+        else {
+            panic!("unexpected packets: {packets:?}");
+        };
+        assert_eq!(connect.client_id, "edge");
+        assert_eq!(publish.topic, "t/edge");
+        assert_eq!(publish.payload, Bytes::from(vec![7u8; PAYLOAD_LEN]));
+        let status = loop {
+            if let Some(status) = child.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(start.elapsed() < DEADLINE, "node did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "node exited with {status}");
+    }
+}
