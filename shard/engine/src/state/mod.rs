@@ -13,6 +13,7 @@ mod subscriptions;
 mod timers;
 
 pub use delivery::Merged;
+pub use retained::RetainedOrder;
 
 use std::cell::Cell;
 #[allow(unused_imports)]
@@ -39,6 +40,12 @@ use crate::session::{
     SessionSubscription, Will,
 };
 use crate::trie::{HasName, TopicMap, TopicTrie};
+
+/// Recently cleared retained topics remembered per shard (see `ShardState::retained_cleared`).
+/// Beyond it a clear is not remembered and a crossing older set may survive on one shard.
+pub const RETAINED_TOMBSTONES_MAX: usize = 4096;
+/// How long a clear is remembered: far longer than a cross-shard batch takes to arrive.
+pub const RETAINED_TOMBSTONE_KEEP: Duration = Duration::from_secs(60);
 
 /// One bit per shard.
 pub type ShardMask = u64;
@@ -197,6 +204,11 @@ pub struct ShardState {
     subs: TopicMap<FilterEntry>,
     routes: TopicMap<RouteEntry>,
     retained: TopicTrie<Retained>,
+    /// When each recently cleared retained topic was cleared, so a set from another shard that
+    /// is older than the clear (it crossed the clear on the way) is not stored: without it one
+    /// shard keeps the stale message for good. Bounded by [`RETAINED_TOMBSTONES_MAX`]; entries
+    /// older than [`RETAINED_TOMBSTONE_KEEP`] are pruned.
+    retained_cleared: AHashMap<Box<str>, RetainedOrder>,
     timers: BinaryHeap<Reverse<TimerEntry>>,
     /// Per destination shard, messages waiting for this loop turn's flush. Bounded by
     /// `limits.cross_shard_outbox_len_max` per destination.
@@ -265,6 +277,7 @@ impl ShardState {
             subs: TopicMap::new(),
             routes: TopicMap::new(),
             retained: TopicTrie::new(),
+            retained_cleared: AHashMap::new(),
             timers: BinaryHeap::new(),
             outboxes: (0..shard_count).map(|_| Vec::new()).collect(),
             merge: AHashMap::new(),
