@@ -201,3 +201,95 @@ fn retained_qos1_acked_after_every_shard_stores() {
         assert_eq!(sim.barriers_pending(), 0);
     }
 }
+
+/// The retained message a subscriber gets on `shard` for `topic` (None if none).
+fn retained_on(sim: &mut Sim, shard: u16, topic: &str) -> Option<Vec<u8>> {
+    let id = sim.client_id_on(shard, &format!("probe-{}", sim.elapsed().as_nanos()));
+    let (probe, _) = sim.connect(shard, v311(&id));
+    sim.subscribe(probe, topic, QoS::AtMostOnce);
+    let got = sim.recv(probe).map(|p| match p {
+        Packet::Publish(p) => p.payload.to_vec(),
+        other => panic!("expected PUBLISH, got {other:?}"),
+    });
+    sim.send(probe, &disconnect(wire::ReasonCode::Success));
+    sim.run_until_idle();
+    got
+}
+
+/// Two shards set and clear one retained topic concurrently (each learns of the other's update
+/// only after its own): every shard must end up with the same retained state, whatever the
+/// order — the later update wins everywhere.
+#[test]
+fn concurrent_set_and_clear_converge() {
+    for (set_at, clear_at) in [(0u64, 1u64), (1, 0), (0, 0)] {
+        let mut sim = Sim::new(2);
+        let (a, _) = sim.connect(0, v311(&sim.client_id_on(0, "a")));
+        let (b, _) = sim.connect(1, v311(&sim.client_id_on(1, "b")));
+        sim.send(a, &publish_retained("cfg", b"old", QoS::AtMostOnce, None));
+        sim.run_until_idle();
+        // Handed in on the same turn, possibly at different times: neither shard has seen the
+        // other's update when it handles its own.
+        sim.advance(std::time::Duration::from_secs(1));
+        let first = set_at.min(clear_at);
+        let gap = set_at.max(clear_at) - first;
+        let (earlier, later) = if set_at <= clear_at {
+            ((a, b"new".as_slice()), (b, b"".as_slice()))
+        } else {
+            ((b, b"".as_slice()), (a, b"new".as_slice()))
+        };
+        sim.send(
+            earlier.0,
+            &publish_retained("cfg", earlier.1, QoS::AtMostOnce, None),
+        );
+        sim.hold_link(0, 1);
+        sim.hold_link(1, 0);
+        sim.step();
+        if gap > 0 {
+            sim.advance(std::time::Duration::from_secs(gap));
+        }
+        sim.send(
+            later.0,
+            &publish_retained("cfg", later.1, QoS::AtMostOnce, None),
+        );
+        sim.step();
+        sim.release_link(0, 1);
+        sim.release_link(1, 0);
+        sim.run_until_idle();
+        let on0 = retained_on(&mut sim, 0, "cfg");
+        let on1 = retained_on(&mut sim, 1, "cfg");
+        assert_eq!(
+            on0, on1,
+            "shards diverged (set at +{set_at} s, clear at +{clear_at} s)"
+        );
+        if gap > 0 {
+            let expected = if later.1.is_empty() {
+                None
+            } else {
+                Some(later.1.to_vec())
+            };
+            assert_eq!(on0, expected, "the later update did not win");
+        }
+    }
+}
+
+/// Within one shard and one turn (every update carries the turn's time) the order of arrival
+/// decides: clear then set keeps the set, set then clear keeps nothing — on every shard.
+#[test]
+fn same_turn_updates_apply_in_order() {
+    let mut sim = Sim::new(2);
+    let (a, _) = sim.connect(0, v311(&sim.client_id_on(0, "a")));
+    sim.send(a, &publish_retained("x", b"old", QoS::AtMostOnce, None));
+    sim.send(a, &publish_retained("x", b"", QoS::AtMostOnce, None));
+    sim.send(a, &publish_retained("x", b"kept", QoS::AtMostOnce, None));
+    sim.send(a, &publish_retained("y", b"gone", QoS::AtMostOnce, None));
+    sim.send(a, &publish_retained("y", b"", QoS::AtMostOnce, None));
+    sim.run_until_idle();
+    for shard in 0..2 {
+        assert_eq!(
+            retained_on(&mut sim, shard, "x"),
+            Some(b"kept".to_vec()),
+            "shard {shard}"
+        );
+        assert_eq!(retained_on(&mut sim, shard, "y"), None, "shard {shard}");
+    }
+}
