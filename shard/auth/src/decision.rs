@@ -189,3 +189,15 @@ impl std::fmt::Debug for Credentials {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_reason_indexes_follow_all() {
+        for (position, reason) in FailureReason::ALL.iter().enumerate() {
+            assert_eq!(reason.index(), position, "{reason}");
+        }
+    }
+}

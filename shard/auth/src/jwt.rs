@@ -20,6 +20,9 @@ use crate::decision::FailureReason;
 
 /// Longest token accepted; longer ones are refused before any parsing.
 pub const TOKEN_LEN_MAX: usize = 16 * 1024;
+/// The MQTT password field is a two-byte-length binary field (MQTT 5.0 1.5.6).
+const PASSWORD_FIELD_LEN_MAX: usize = 65_535;
+const _: () = assert!(TOKEN_LEN_MAX <= PASSWORD_FIELD_LEN_MAX);
 /// Most keys a JWKS file may hold: a token without `kid` is tried against each matching key.
 pub const JWKS_KEYS_MAX: usize = 32;
 /// Largest key or JWKS file read.

@@ -254,6 +254,18 @@ impl AuthPool {
         cache.clear();
     }
 
+    /// The current authenticator, for the cheap decisions ([`Authenticator::is_expensive`] false)
+    /// a shard may take inline without queueing.
+    pub fn authenticator(&self) -> Arc<Authenticator> {
+        Arc::clone(
+            &self
+                .shared
+                .authenticator
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
+    }
+
     pub fn stats(&self) -> PoolStats {
         let counters = &self.shared.counters;
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);

@@ -127,3 +127,62 @@ proptest! {
         prop_assert_eq!(acl.check_publish(&me, &name), expected);
     }
 }
+
+/// Every filter of up to three levels over the alphabet (with and without a trailing `#`), every
+/// policy and identity above: the same property as the random test, exhaustively, and a count
+/// that shows it is not vacuous.
+#[test]
+fn exhaustive_small_universe() {
+    let levels = ["c1", "c2", "a", "$SYS", "", "+"];
+    let mut filters: Vec<String> = vec!["#".into()];
+    let mut frontier: Vec<String> = vec![String::new()];
+    for depth in 0..3 {
+        let mut next = Vec::new();
+        for prefix in &frontier {
+            for level in levels {
+                let filter = if depth == 0 {
+                    level.to_owned()
+                } else {
+                    format!("{prefix}/{level}")
+                };
+                filters.push(filter.clone());
+                filters.push(format!("{filter}/#"));
+                next.push(filter);
+            }
+        }
+        frontier = next;
+    }
+    let topics: Vec<Vec<&str>> = all_topics().into_iter().filter(|t| t.len() <= 3).collect();
+    let mut allowed = 0usize;
+    for policy in POLICIES {
+        let acl = Acl::parse(policy).unwrap();
+        for client in ["c1", "c2", "a", "c1/a", "+", "$SYS"] {
+            for user in [None, Some("u"), Some("c2"), Some("a/c1")] {
+                let me = Identity::new(client, user.map(str::to_owned));
+                for filter in &filters {
+                    if acl.check_subscribe(&me, filter) != Access::Allow {
+                        continue;
+                    }
+                    allowed += 1;
+                    let levels: Vec<&str> = filter.split('/').collect();
+                    for topic in &topics {
+                        let name = topic.join("/");
+                        if name.is_empty() || !reference_matches(&levels, topic) {
+                            continue;
+                        }
+                        assert_eq!(
+                            acl.check_receive(&me, &name),
+                            Access::Allow,
+                            "{policy:?} {client} {user:?}: {filter} allowed, {name:?} denied"
+                        );
+                        assert_eq!(acl.check_publish(&me, &name), Access::Allow);
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        allowed > 1000,
+        "only {allowed} filters allowed: the property is near vacuous"
+    );
+}
