@@ -69,7 +69,7 @@ wait_port() {
 }
 
 MOSQUITTO_SETTINGS="listener PORT 127.0.0.1; allow_anonymous true; allow_duplicate_messages true; max_connections -1; persistence false; other settings default (max_queued_messages 1000, max_inflight_messages 20, no max_queued_bytes)"
-RINGMQ_SETTINGS="--listen 127.0.0.1:PORT --shards $RINGMQ_SHARDS (CPUs $BROKER_CPU) --metrics-listen 127.0.0.1:MPORT, defaults otherwise (session_queue_len_max 1000 like Mosquitto's max_queued_messages, inflight_max 32, park_after_idle_secs 10)"
+RINGMQ_SETTINGS="--listen 127.0.0.1:PORT --shards $RINGMQ_SHARDS (CPUs $BROKER_CPU) --metrics-listen 127.0.0.1:MPORT, defaults otherwise (session_queue_len_max 1000 like Mosquitto's max_queued_messages, inflight_max 32)"
 
 start_broker() {
     local broker=$1

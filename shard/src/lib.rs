@@ -1,34 +1,27 @@
-//! ringmq-shard: the per-core engine.
+//! ringmq-shard: the per-core runtime around the engine.
 //!
-//! **Owns**: everything one CPU core does for its clients — accepting on its own SO_REUSEPORT
-//! listener, connections ([`connection`]), sessions ([`session`]), the local subscription trie and
-//! the replicated route table ([`state`], [`trie`]), retained messages, timers (keepalive, will
-//! delay, session expiry), cross-shard channels and the shard's counters ([`metrics`]).
+//! **Owns**: starting one glommio executor per CPU core ([`runtime::start`]), each with its own
+//! SO_REUSEPORT listeners, its io_uring data plane (`ringmq-uring`'s `Ring`: multishot accept and
+//! receive into a provided buffer ring, batched sends, one `io_uring_enter` per loop turn) and its
+//! [`engine::Engine`]; the shard loop that feeds the engine bytes, time and other shards'
+//! messages and carries out its outputs; the N×N cross-shard channels (glommio shared channels,
+//! one [`runtime::Batch`] per destination per turn, handed-off sockets travelling beside the
+//! engine's messages); the Kafka bridge glue ([`bridge`]); publishing the shards' counters into
+//! the process's metrics recorder ([`metrics`]).
 //!
-//! **Must not touch**: another shard's state (only messages cross, as [`message::ShardMsg`]
-//! batches over bounded channels), process-wide configuration parsing or logging setup (the
-//! `broker` binary's), and the MQTT byte format (that is `wire`'s). glommio is used only in
-//! [`runtime`] and [`connection`] — the seam to swap the runtime. Idle connections park in an
-//! epoll set ([`park`]), which holds no glommio state.
+//! **Must not touch**: MQTT behaviour (the engine's, in `shard/engine`), configuration parsing
+//! or logging setup (the `broker` binary's), another shard's state (only batches cross).
 //!
-//! **Main types**: [`runtime::start`] → [`runtime::Broker`]; per shard a [`state::ShardState`]
-//! holding [`session::Session`]s, a [`trie::TopicTrie`] of [`state::FilterEntry`] (local
-//! subscribers) and one of [`state::RouteEntry`] (which shards want which filters); messages are
-//! [`message::Message`] shared by `Arc` between every subscriber on every shard.
+//! **Main types**: [`runtime::start`] → [`runtime::Broker`]; per shard a [`runtime::ShardCtx`]
+//! holding the `Engine`, the `Ring` and the links between the engine's connection ids and the
+//! ring's keys.
 
 pub mod bridge;
-pub mod config;
-pub mod connection;
-pub mod message;
 pub mod metrics;
-pub mod park;
 pub mod runtime;
-pub mod session;
-pub mod state;
-pub mod sys;
-pub mod trie;
 
-pub use config::{Limits, SubscribeAuthorizer, SubscribeRules};
+pub use engine::config;
+pub use engine::{ConfigError, Limits, SubscribeAuthorizer, SubscribeRules};
 pub use runtime::{start, Broker, RuntimeConfig};
 
 /// Errors starting or running shards.
@@ -41,15 +34,10 @@ pub enum ShardError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot listen on {addr}: another process already listens there (another ringmq?); stop it or choose another address")]
+    AddressInUse { addr: std::net::SocketAddr },
     #[error("{requested} shards requested but at most {max} are supported")]
     TooManyShards { requested: usize, max: usize },
     #[error("runtime: {0}")]
     Runtime(String),
-}
-
-/// A configuration value that cannot work, named by its key.
-#[derive(Debug, thiserror::Error, PartialEq)]
-pub enum ConfigError {
-    #[error("{field}: {reason}")]
-    Invalid { field: &'static str, reason: String },
 }

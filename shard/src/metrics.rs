@@ -3,7 +3,6 @@
 //! recorder, which the broker renders as Prometheus text.
 
 use metrics::{counter, gauge, Counter, Gauge};
-use wire::QoS;
 
 use engine::counters::{Counters, CLOSE_REASONS, DROP_REASONS};
 
@@ -38,6 +37,13 @@ pub struct Exporter {
     handoffs: Counter,
     sessions_refused: Counter,
     subscriptions_over_limit: Counter,
+    /// The data plane ring's counters, and their values last published.
+    ring_last: uring::RingStats,
+    ring_enters: Counter,
+    ring_cqes: Counter,
+    ring_recv_enobufs: Counter,
+    ring_send_refused: Counter,
+    ring_accept_errors: Counter,
     g_connections: Gauge,
     g_online: Gauge,
     g_offline: Gauge,
@@ -92,6 +98,15 @@ impl Exporter {
                 "ringmq_subscriptions_over_limit_total",
                 "shard" => s.clone()
             ),
+            ring_last: uring::RingStats::default(),
+            ring_enters: counter!("ringmq_ring_enters_total", "shard" => s.clone()),
+            ring_cqes: counter!("ringmq_ring_completions_total", "shard" => s.clone()),
+            ring_recv_enobufs: counter!(
+                "ringmq_ring_recv_buffers_exhausted_total",
+                "shard" => s.clone()
+            ),
+            ring_send_refused: counter!("ringmq_ring_send_refused_total", "shard" => s.clone()),
+            ring_accept_errors: counter!("ringmq_accept_errors_total", "shard" => s.clone()),
             g_connections: gauge!("ringmq_connections", "shard" => s.clone()),
             g_online: gauge!("ringmq_sessions", "shard" => s.clone(), "state" => "online"),
             g_offline: gauge!("ringmq_sessions", "shard" => s.clone(), "state" => "offline"),
@@ -104,7 +119,7 @@ impl Exporter {
     }
 
     /// Publishes what changed since the last call.
-    pub fn publish(&mut self, now: &Counters, gauges: Gauges) {
+    pub fn publish(&mut self, now: &Counters, gauges: Gauges, ring: Option<uring::RingStats>) {
         let last = &self.last;
         self.accepted
             .increment(now.connections_accepted - last.connections_accepted);
@@ -144,6 +159,18 @@ impl Exporter {
         self.g_cross_depth
             .set(gauges.cross_shard_queue_depth as f64);
         self.g_busy.set(gauges.busy_ratio);
+        if let Some(r) = ring {
+            let l = &self.ring_last;
+            self.ring_enters.increment(r.enters - l.enters);
+            self.ring_cqes.increment(r.cqes - l.cqes);
+            self.ring_recv_enobufs
+                .increment(r.recv_enobufs - l.recv_enobufs);
+            self.ring_send_refused
+                .increment(r.send_refused_full - l.send_refused_full);
+            self.ring_accept_errors
+                .increment(r.accept_errors - l.accept_errors);
+            self.ring_last = r;
+        }
         self.last = now.clone();
     }
 }

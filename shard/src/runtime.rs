@@ -1,50 +1,55 @@
-//! The glommio seam: the only module (with `connection`'s stream type) that knows the runtime.
-//! Starts one executor per shard, each with its own SO_REUSEPORT listener, wires the N×N
-//! cross-shard channels, and runs the shard's housekeeping tasks (channel receivers, flushers,
-//! timers, metrics, `$SYS`).
+//! The runtime seam: starts one glommio executor per shard, gives each its own io_uring data
+//! plane ([`uring::Ring`]) and its engine ([`engine::Engine`]), wires the N×N cross-shard
+//! channels, and runs the shard loop ([`data_plane_loop`]) beside a few housekeeping tasks
+//! (channel receivers, metrics, `$SYS`, the Kafka bridge loops, shutdown).
+//!
+//! One loop turn: (1) batches from other shards (route changes first, so a subscription made
+//! there is seen by the publishes read in this turn), (2) the ring's completions (accepts,
+//! received bytes, sends done, closes), (3) due timers, (4) `Engine::process` drives every
+//! connection with work once, (5) its outputs become ring sends/closes/hand-offs, (6) one batch
+//! per destination shard, (7) one `io_uring_enter` for everything. Then it waits on the ring's
+//! eventfd, a kick from another task, or the next deadline.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use engine::message::{ShardId, ShardMsg, SHARDS_MAX};
+use engine::{ConnId, Engine, Output};
 use glommio::channels::shared_channel::{
     self, ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender,
 };
-use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorBuilder, Placement};
 use tracing::{debug, error, info, warn};
+use uring::{ConnKey, Event, Ring, RingConfig};
 
 use crate::config::{Limits, SubscribeRules};
-use crate::message::{ShardId, ShardMsg, SHARDS_MAX};
 use crate::metrics::{Exporter, Gauges};
-use crate::park::{self, ParkSet};
-use crate::session::{CloseReason, InboundAliases, ParkedConn};
-use crate::state::ShardState;
 use crate::ShardError;
 
-/// The socket type connections use.
-pub type Stream = TcpStream;
-
-/// Batches a channel between two shards holds before the sender waits (the outbox, bounded by
-/// `Limits::cross_shard_outbox_len_max`, absorbs bursts meanwhile).
+/// Batches a channel between two shards holds before the sender keeps its outbox for the next
+/// turn (the outbox, bounded by `Limits::cross_shard_outbox_len_max`, absorbs bursts meanwhile).
 pub const CROSS_SHARD_CHANNEL_BATCHES: usize = 1024;
-/// io_uring registered-buffer memory per shard. glommio locks it; with an 8 MiB RLIMIT_MEMLOCK
-/// and up to 3 rings per executor this keeps a 2-shard broker well inside the limit.
-pub const IO_MEMORY_PER_SHARD_BYTES: usize = 512 * 1024;
-/// io_uring submission queue depth per ring. Deeper than glommio's default because the kernel
-/// sizes a ring's poll/cancel hash table from it (64 buckets at depth 1024, 256 from 8192 on):
-/// with tens of thousands of idle sockets polled in one ring, every cancel glommio issues when
-/// the shard parks and wakes walks a bucket. perf showed `io_poll_find` at 24% of a fan-in
-/// run's samples at 1024; 8192 cut the shard's CPU by ~5-10% in an A/B on the same load.
-pub const RING_DEPTH: usize = 8192;
-/// Housekeeping tick: timers, shutdown flag.
+/// io_uring registered-buffer memory glommio locks per shard. The data plane's own ring does not
+/// register buffers (its provided buffer ring is ordinary memory), so glommio's rings only need
+/// a little: with an 8 MiB RLIMIT_MEMLOCK this keeps many shards inside the limit.
+pub const IO_MEMORY_PER_SHARD_BYTES: usize = 256 * 1024;
+/// glommio's own ring depth: it now serves only timers, channels and the data plane's eventfd.
+pub const GLOMMIO_RING_DEPTH: usize = 256;
+/// Receive buffers in the data plane's provided buffer ring, and their size: what one receive
+/// completion carries at most. 512 × 16 KiB = 8 MiB of ordinary memory per shard.
+pub const RECV_BUFFERS: u16 = 512;
+pub const RECV_BUFFER_BYTES: u32 = 16 * 1024;
+/// Housekeeping tick: the shutdown flag.
 const TICK: Duration = Duration::from_millis(100);
+/// How long shutdown waits for connections to be told and outboxes to drain.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(3);
 
 /// Everything a shard needs to start.
 #[derive(Debug, Clone)]
@@ -58,81 +63,76 @@ pub struct RuntimeConfig {
     pub rules: SubscribeRules,
 }
 
+/// A socket on its way to the shard that owns its client id's session.
+#[derive(Debug)]
+pub struct HandOff {
+    pub fd: OwnedFd,
+    /// The bytes received so far, CONNECT first.
+    pub buffered: Bytes,
+}
+
+/// What one shard sends another per loop turn: the engine's messages and handed-off sockets
+/// (the engine holds no descriptor, so sockets travel beside its messages).
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub msgs: Vec<ShardMsg>,
+    pub handoffs: Vec<HandOff>,
+}
+
+/// Which ring connection serves which engine connection.
+#[derive(Default)]
+struct Links {
+    /// By `ConnId::index`: the ring key of that engine connection and its generation.
+    by_conn: Vec<Option<(u32, ConnKey)>>,
+    /// Connections being detached from the ring for a hand-off: destination shard and the
+    /// bytes to pass on (received ones are appended until the ring lets go).
+    detaching: ahash::AHashMap<u64, (ShardId, BytesMut)>,
+    /// Sockets ready to go to each shard with this turn's batch.
+    handoffs: Vec<Vec<HandOff>>,
+}
+
+impl Links {
+    fn insert(&mut self, conn: ConnId, key: ConnKey) {
+        let i = conn.index as usize;
+        if self.by_conn.len() <= i {
+            self.by_conn.resize(i + 1, None);
+        }
+        self.by_conn[i] = Some((conn.generation, key));
+    }
+
+    fn get(&self, conn: ConnId) -> Option<ConnKey> {
+        match self.by_conn.get(conn.index as usize) {
+            Some(Some((generation, key))) if *generation == conn.generation => Some(*key),
+            _ => None,
+        }
+    }
+
+    fn remove(&mut self, conn: ConnId) -> Option<ConnKey> {
+        let key = self.get(conn)?;
+        self.by_conn[conn.index as usize] = None;
+        Some(key)
+    }
+}
+
 /// Per-shard context shared by the shard's tasks (never across threads).
 pub struct ShardCtx {
-    pub state: RefCell<ShardState>,
-    /// Where every connection's read lands first (`READ_CHUNK_BYTES`).
-    pub read_scratch: RefCell<Box<[u8]>>,
-    /// Frames are split off this buffer as `Bytes`; empty between reads.
-    pub read_buf: RefCell<BytesMut>,
-    /// Reused by every connection's writes; empty between writes.
-    pub write_buf: RefCell<BytesMut>,
-    /// This shard's link to the Kafka bridge, when one is configured.
-    pub bridge: Option<crate::bridge::ShardBridge>,
-    /// Where idle connections park; None when parking is off.
-    pub park: Option<ParkSet>,
+    pub engine: RefCell<Engine>,
+    ring: RefCell<Ring>,
+    links: RefCell<Links>,
+    /// Batches received from other shards, applied at the start of the next turn.
+    inbox: RefCell<Vec<Batch>>,
+    /// Set when another task gave the engine work (a batch, a Kafka answer, `$SYS`).
+    kicked: Cell<bool>,
+    loop_waker: Cell<Option<Waker>>,
 }
 
 impl ShardCtx {
-    /// Passes an accepted connection to the shard owning its client id.
-    pub fn hand_off(&self, stream: &TcpStream, home: ShardId, buffered: Bytes) {
-        // SAFETY: dup returns a new descriptor we own; the original closes when the accepting
-        // task drops its stream.
-        let fd = unsafe { libc::dup(stream.as_raw_fd()) };
-        if fd < 0 {
-            warn!(error = %std::io::Error::last_os_error(), "could not duplicate a socket for hand-off");
-            return;
+    /// Wakes the shard loop: the engine has inputs that did not come from the ring.
+    pub fn kick(&self) {
+        self.kicked.set(true);
+        if let Some(w) = self.loop_waker.take() {
+            w.wake();
         }
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let mut state = self.state.borrow_mut();
-        state.counters.handoffs += 1;
-        state.send_to(home, ShardMsg::HandOff { fd, buffered });
-    }
-
-    /// Parks connection (`slot`, `generation`): its socket moves to the shard's epoll set and the
-    /// caller's task may end (dropping `stream` closes only the task's descriptor). On failure
-    /// (parking off, no descriptor left for the duplicate) the caller keeps serving.
-    pub fn park(
-        &self,
-        stream: &Stream,
-        slot: u32,
-        generation: u32,
-        aliases_in: InboundAliases,
-    ) -> Result<(), InboundAliases> {
-        let Some(set) = &self.park else {
-            return Err(aliases_in);
-        };
-        let id = park::conn_id(slot, generation);
-        let fd = match set.park(stream.as_raw_fd(), id) {
-            Ok(fd) => fd,
-            Err(err) => {
-                // Typically EMFILE: the open-files limit, not the code. The connection stays
-                // served (it costs its task) and is asked again next sweep.
-                debug!(error = %err, "could not park an idle connection");
-                return Err(aliases_in);
-            }
-        };
-        let conn = ParkedConn { fd, aliases_in };
-        let mut state = self.state.borrow_mut();
-        match state.set_parked(slot, generation, conn, park::parked_waker(id)) {
-            Ok(()) => Ok(()),
-            Err(conn) => {
-                set.forget(&conn.fd);
-                Err(conn.aliases_in)
-            }
-        }
-    }
-
-    /// Serves parked connection `id` again, if it still is parked.
-    fn unpark(self: &Rc<Self>, id: u64) {
-        let (slot, generation) = park::split_id(id);
-        let Some(unparked) = self.state.borrow_mut().take_parked(slot, generation) else {
-            return;
-        };
-        if let Some(set) = &self.park {
-            set.forget(&unparked.fd);
-        }
-        glommio::spawn_local(crate::connection::resume(self.clone(), unparked)).detach();
     }
 }
 
@@ -185,6 +185,38 @@ fn bind_listener(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::Tc
     Ok(socket.into())
 }
 
+/// Fails if another socket (another broker) already listens on `addr`. SO_REUSEPORT would
+/// otherwise let this process bind beside it silently and the kernel would split new clients
+/// between two brokers with separate sessions. A probe bind without SO_REUSEPORT conflicts with
+/// any listener on the address.
+fn ensure_address_free(addr: SocketAddr) -> Result<(), ShardError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    if addr.port() == 0 {
+        return Ok(()); // the kernel picks a free port
+    }
+    let domain = if addr.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let probe = || -> std::io::Result<()> {
+        let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        // TIME_WAIT leftovers of an earlier run must not count as a listener.
+        socket.set_reuse_address(true)?;
+        socket.bind(&addr.into())
+    };
+    match probe() {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => {
+            Err(ShardError::AddressInUse { addr })
+        }
+        Err(source) => Err(ShardError::Bind { addr, source }),
+    }
+}
+
 /// Starts `config.shards` shards and returns once every one is listening.
 pub fn start(
     config: RuntimeConfig,
@@ -203,6 +235,7 @@ pub fn start(
     let mut listen = Vec::new();
     let mut first_listeners = Vec::new();
     for addr in &config.listen {
+        ensure_address_free(*addr)?;
         let l = bind_listener(*addr, config.listen_backlog).map_err(|source| ShardError::Bind {
             addr: *addr,
             source,
@@ -212,13 +245,13 @@ pub fn start(
             source,
         })?;
         listen.push(bound);
-        first_listeners.push(l);
+        first_listeners.push(Some(l));
     }
     // senders[from][to], receivers[to][from]
-    let mut senders: Vec<Vec<Option<SharedSender<Vec<ShardMsg>>>>> = (0..count)
+    let mut senders: Vec<Vec<Option<SharedSender<Batch>>>> = (0..count)
         .map(|_| (0..count).map(|_| None).collect())
         .collect();
-    let mut receivers: Vec<Vec<Option<SharedReceiver<Vec<ShardMsg>>>>> = (0..count)
+    let mut receivers: Vec<Vec<Option<SharedReceiver<Batch>>>> = (0..count)
         .map(|_| (0..count).map(|_| None).collect())
         .collect();
     for from in 0..count {
@@ -232,11 +265,11 @@ pub fn start(
     }
     let shutdown = Arc::new(AtomicBool::new(false));
     let started = Arc::new(AtomicU16::new(0));
+    let failed: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
     let mut handles = Vec::new();
-    let mut first_listeners = first_listeners.into_iter().map(Some).collect::<Vec<_>>();
     let (mut bridges, inbound) = match bridge {
         Some(link) => (
             link.shards.into_iter().map(Some).collect::<Vec<_>>(),
@@ -252,46 +285,35 @@ pub fn start(
         };
         let mut own_listeners = Vec::new();
         for (i, addr) in listen.iter().enumerate() {
-            let l = match first_listeners.get_mut(i).and_then(Option::take) {
-                Some(l) if id == 0 => l,
-                other => {
-                    if let Some(l) = other {
-                        first_listeners[i] = Some(l);
+            let l = match first_listeners[i].take() {
+                Some(l) => l,
+                None => bind_listener(*addr, config.listen_backlog).map_err(|source| {
+                    ShardError::Bind {
+                        addr: *addr,
+                        source,
                     }
-                    bind_listener(*addr, config.listen_backlog).map_err(|source| {
-                        ShardError::Bind {
-                            addr: *addr,
-                            source,
-                        }
-                    })?
-                }
+                })?,
             };
             own_listeners.push(l);
         }
-        let cfg = config.clone();
-        let shard_bridge = bridges.get_mut(id).and_then(Option::take);
-        let shard_inbound = inbound.clone();
-        let shutdown_flag = shutdown.clone();
-        let started_count = started.clone();
+        let setup = ShardSetup {
+            id: id as ShardId,
+            count: count as u16,
+            config: config.clone(),
+            listeners: own_listeners,
+            tx_row,
+            rx_row,
+            shutdown: shutdown.clone(),
+            started: started.clone(),
+            failed: failed.clone(),
+            bridge: bridges.get_mut(id).and_then(Option::take),
+            inbound: inbound.clone(),
+        };
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("ringmq-shard-{id}"))
             .io_memory(IO_MEMORY_PER_SHARD_BYTES)
-            .ring_depth(RING_DEPTH)
-            .spawn(move || async move {
-                run_shard(
-                    id as ShardId,
-                    count as u16,
-                    cfg,
-                    own_listeners,
-                    tx_row,
-                    rx_row,
-                    shutdown_flag,
-                    started_count,
-                    shard_bridge,
-                    shard_inbound,
-                )
-                .await;
-            })
+            .ring_depth(GLOMMIO_RING_DEPTH)
+            .spawn(move || async move { run_shard(setup).await })
             .map_err(|e| ShardError::Runtime(format!("shard {id} did not start: {e}")))?;
         handles.push(handle);
     }
@@ -299,6 +321,10 @@ pub fn start(
     // died early, so a shard that never reports in is caught by the deadline.
     let deadline = Instant::now() + Duration::from_secs(10);
     while usize::from(started.load(Ordering::Acquire)) < count {
+        if let Some(reason) = failed.lock().ok().and_then(|f| f.clone()) {
+            shutdown.store(true, Ordering::Release);
+            return Err(ShardError::Runtime(reason));
+        }
         if Instant::now() > deadline {
             return Err(ShardError::Runtime(
                 "shards did not start within 10 s".into(),
@@ -313,295 +339,356 @@ pub fn start(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_shard(
+/// What one shard thread starts with.
+struct ShardSetup {
     id: ShardId,
     count: u16,
     config: RuntimeConfig,
     listeners: Vec<std::net::TcpListener>,
-    tx_row: Vec<Option<SharedSender<Vec<ShardMsg>>>>,
-    rx_row: Vec<Option<SharedReceiver<Vec<ShardMsg>>>>,
+    tx_row: Vec<Option<SharedSender<Batch>>>,
+    rx_row: Vec<Option<SharedReceiver<Batch>>>,
     shutdown: Arc<AtomicBool>,
     started: Arc<AtomicU16>,
+    failed: Arc<std::sync::Mutex<Option<String>>>,
     bridge: Option<crate::bridge::ShardBridge>,
     inbound: Option<flume::Receiver<bridge_kafka::InboundMessage>>,
-) {
-    let acks = bridge.as_ref().map(|b| b.acks.clone());
-    let ctx = Rc::new(ShardCtx {
-        state: RefCell::new(ShardState::new(
-            id,
-            count,
-            config.limits.clone(),
-            config.rules.clone(),
-        )),
-        read_scratch: RefCell::new(
-            vec![0u8; crate::connection::READ_CHUNK_BYTES].into_boxed_slice(),
-        ),
-        read_buf: RefCell::new(BytesMut::with_capacity(32 * 1024)),
-        write_buf: RefCell::new(BytesMut::with_capacity(128 * 1024)),
-        bridge,
-        park: if config.limits.park_after_idle_secs > 0 {
-            match ParkSet::new(id) {
-                Ok(set) => Some(set),
-                Err(err) => {
-                    warn!(shard = id, error = %err, "cannot park idle connections (epoll or thread creation failed); each keeps its task");
-                    None
-                }
+}
+
+fn new_ring(id: ShardId) -> Result<Ring, String> {
+    let cfg = RingConfig {
+        buffer_count: RECV_BUFFERS,
+        buffer_size: RECV_BUFFER_BYTES,
+        ..RingConfig::default()
+    };
+    let ring = Ring::new(cfg).map_err(|e| format!("shard {id}: cannot set up its io_uring: {e}"))?;
+    info!(shard = id, features = ?ring.features(), "data plane ring ready");
+    Ok(ring)
+}
+
+async fn run_shard(setup: ShardSetup) {
+    let id = setup.id;
+    let mut ring = match new_ring(id) {
+        Ok(r) => r,
+        Err(reason) => {
+            error!(shard = id, %reason, "shard cannot start");
+            if let Ok(mut f) = setup.failed.lock() {
+                f.get_or_insert(reason);
             }
-        } else {
-            None
-        },
-    });
-    if ctx.park.is_some() {
-        glommio::spawn_local(ready_loop(ctx.clone())).detach();
-        glommio::spawn_local(woken_loop(ctx.clone())).detach();
+            return;
+        }
+    };
+    for l in setup.listeners {
+        if let Err(err) = ring.add_listener(l) {
+            let reason = format!("shard {id}: cannot accept on its listener: {err}");
+            error!(shard = id, %reason, "shard cannot start");
+            if let Ok(mut f) = setup.failed.lock() {
+                f.get_or_insert(reason);
+            }
+            return;
+        }
     }
+    let acks = setup.bridge.as_ref().map(|b| b.acks.clone());
+    let bridge: Option<Box<dyn engine::bridge::Bridge>> = setup.bridge.map(|b| {
+        Box::new(crate::bridge::KafkaBridge {
+            shard: id,
+            sender: b.sender,
+            matcher: b.matcher,
+        }) as Box<dyn engine::bridge::Bridge>
+    });
+    let ctx = Rc::new(ShardCtx {
+        engine: RefCell::new(Engine::new(
+            id,
+            setup.count,
+            setup.config.limits.clone(),
+            Arc::new(setup.config.rules.clone()),
+            bridge,
+        )),
+        ring: RefCell::new(ring),
+        links: RefCell::new(Links {
+            handoffs: (0..setup.count).map(|_| Vec::new()).collect(),
+            ..Links::default()
+        }),
+        inbox: RefCell::new(Vec::new()),
+        kicked: Cell::new(false),
+        loop_waker: Cell::new(None),
+    });
     if let Some(acks) = acks {
         glommio::spawn_local(crate::bridge::ack_loop(ctx.clone(), acks)).detach();
     }
-    if let Some(inbound) = inbound {
+    if let Some(inbound) = setup.inbound {
         glommio::spawn_local(crate::bridge::inbound_loop(ctx.clone(), inbound)).detach();
     }
     // Connect the channel ends (each side awaits its peer).
-    let mut connected_tx: Vec<Option<Rc<ConnectedSender<Vec<ShardMsg>>>>> = Vec::new();
-    let mut pending_rx = Vec::new();
     let connect_rx = async {
         let mut out = Vec::new();
-        for rx in rx_row.into_iter().flatten() {
+        for rx in setup.rx_row.into_iter().flatten() {
             out.push(rx.connect().await);
         }
         out
     };
     let connect_tx = async {
         let mut out = Vec::new();
-        for tx in tx_row {
+        for tx in setup.tx_row {
             match tx {
-                Some(tx) => out.push(Some(Rc::new(tx.connect().await))),
+                Some(tx) => out.push(Some(tx.connect().await)),
                 None => out.push(None),
             }
         }
         out
     };
     let (rx, tx) = futures_lite::future::zip(connect_rx, connect_tx).await;
-    pending_rx.extend(rx);
-    connected_tx.extend(tx);
-
-    // One flusher per destination shard: sends that destination's outbox once per loop turn.
-    for (to, tx) in connected_tx.iter().enumerate() {
-        if let Some(tx) = tx.clone() {
-            glommio::spawn_local(flush_loop(ctx.clone(), to, tx)).detach();
-        }
-    }
-    for rx in pending_rx {
+    for rx in rx {
         glommio::spawn_local(receive_loop(ctx.clone(), rx)).detach();
     }
-    let mut listener_tasks = Vec::new();
-    for l in listeners {
-        let fd = l.into_raw_fd();
-        // SAFETY: the descriptor is a bound, listening, non-blocking socket we own.
-        let listener = unsafe { TcpListener::from_raw_fd(fd) };
-        listener_tasks.push(glommio::spawn_local(accept_loop(ctx.clone(), listener)));
-    }
-    started.fetch_add(1, Ordering::AcqRel);
+    setup.started.fetch_add(1, Ordering::AcqRel);
     info!(shard = id, "shard started");
     glommio::spawn_local(metrics_loop(ctx.clone())).detach();
-    if ctx.state.borrow().limits.sys_interval_secs > 0 {
-        glommio::spawn_local(crate::sys::sys_loop(ctx.clone())).detach();
+    let sys_interval = ctx.engine.borrow().state.limits.sys_interval_secs;
+    if sys_interval > 0 {
+        glommio::spawn_local(sys_loop(ctx.clone(), sys_interval)).detach();
     }
-    // Housekeeping: timers, the idle sweep and the shutdown flag.
-    let mut last_sweep = Instant::now();
-    loop {
-        let wait = {
-            let state = ctx.state.borrow();
-            let now = Instant::now();
-            state
-                .next_deadline()
-                .map(|d| d.saturating_duration_since(now))
-                .unwrap_or(TICK)
-                .min(TICK)
-        };
-        glommio::timer::sleep(wait.max(Duration::from_millis(1))).await;
-        let now = Instant::now();
-        let mut state = ctx.state.borrow_mut();
-        state.run_timers(now);
-        if now.duration_since(last_sweep) >= TICK {
-            state.sweep_idle(now.duration_since(last_sweep));
-            last_sweep = now;
-        }
-        drop(state);
-        if shutdown.load(Ordering::Acquire) {
-            break;
-        }
-    }
-    // Shutdown: stop accepting, close every connection (wills go out per spec), let the last
-    // cross-shard messages flush.
-    for task in listener_tasks {
-        drop(task.cancel());
-    }
-    {
-        let mut state = ctx.state.borrow_mut();
-        state.shutting_down = true;
-        for slot in state.online_slots() {
-            if let Some(session) = state.session_mut(slot) {
-                if let Some(link) = &mut session.link {
-                    link.close.get_or_insert(CloseReason::ServerShuttingDown);
-                }
-                session.wake();
-            }
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < deadline {
-        let busy = {
-            let state = ctx.state.borrow();
-            state.connections > 0 || state.outboxes.iter().any(|o| !o.is_empty())
-        };
-        if !busy {
-            break;
-        }
-        glommio::timer::sleep(Duration::from_millis(10)).await;
-    }
-    // Give other shards a moment to deliver wills we sent them.
-    glommio::timer::sleep(Duration::from_millis(100)).await;
-    if let Some(set) = &ctx.park {
-        set.stop();
-    }
+    let stopping = Rc::new(Cell::new(false));
+    glommio::spawn_local(watch_shutdown(ctx.clone(), setup.shutdown, stopping.clone())).detach();
+    data_plane_loop(&ctx, &tx, &stopping).await;
     info!(shard = id, "shard stopped");
 }
 
-async fn accept_loop(ctx: Rc<ShardCtx>, listener: TcpListener) {
-    let mut last_error_log: Option<Instant> = None;
+/// The shard loop: see the module docs for one turn.
+async fn data_plane_loop(
+    ctx: &Rc<ShardCtx>,
+    tx: &[Option<ConnectedSender<Batch>>],
+    stopping: &Rc<Cell<bool>>,
+) {
+    let mut drain_until: Option<Instant> = None;
     loop {
-        match listener.accept().await {
-            Ok(stream) => {
-                let _ = stream.set_nodelay(true);
-                ctx.state.borrow_mut().counters.connections_accepted += 0;
-                glommio::spawn_local(crate::connection::serve(
-                    ctx.clone(),
-                    stream,
-                    Bytes::new(),
-                    false,
-                ))
-                .detach();
-            }
-            Err(err) => {
-                // EMFILE/ENFILE: a limit, not the code, caps us. Say so at most every 10 s.
-                let now = Instant::now();
-                if last_error_log.is_none_or(|t| now.duration_since(t) > Duration::from_secs(10)) {
-                    let text = err.to_string();
-                    if text.contains("Too many open files") {
-                        error!(error = %err, "accept failed: the open-files limit caps connections; raise LimitNOFILE / ulimit -n (see tuning/README.md)");
-                    } else {
-                        warn!(error = %err, "accept failed");
-                    }
-                    last_error_log = Some(now);
-                }
-                glommio::timer::sleep(Duration::from_millis(50)).await;
+        let now = Instant::now();
+        if stopping.get() && drain_until.is_none() {
+            ctx.engine.borrow_mut().begin_shutdown();
+            drain_until = Some(now + SHUTDOWN_DRAIN);
+        }
+        turn(ctx, tx, now);
+        if let Some(until) = drain_until {
+            let done = {
+                let engine = ctx.engine.borrow();
+                engine.connection_count() == 0 && !engine.has_work()
+            };
+            if done || now >= until {
+                break;
             }
         }
+        wait_for_work(ctx).await;
+    }
+    // Give the last messages (wills sent to other shards) a moment to go out and be delivered.
+    let end = Instant::now() + Duration::from_millis(100);
+    while Instant::now() < end {
+        turn(ctx, tx, Instant::now());
+        glommio::timer::sleep(Duration::from_millis(10)).await;
     }
 }
 
-/// Sends the outbox for shard `to` as one batch per loop turn.
-async fn flush_loop(ctx: Rc<ShardCtx>, to: usize, tx: Rc<ConnectedSender<Vec<ShardMsg>>>) {
-    loop {
-        // Wait until there is something to send.
-        std::future::poll_fn(|cx| {
-            let mut state = ctx.state.borrow_mut();
-            if state.outboxes[to].is_empty() {
-                state.flushers[to] = Some(cx.waker().clone());
-                Poll::Pending
-            } else {
-                Poll::Ready(())
+/// One loop turn.
+fn turn(ctx: &ShardCtx, tx: &[Option<ConnectedSender<Batch>>], now: Instant) {
+    let mut engine = ctx.engine.borrow_mut();
+    let mut ring = ctx.ring.borrow_mut();
+    let mut links = ctx.links.borrow_mut();
+    ctx.kicked.set(false);
+    // 1. Other shards first: their route changes precede this turn's publishes.
+    let inbox = std::mem::take(&mut *ctx.inbox.borrow_mut());
+    for batch in inbox {
+        engine.handle_shard_msgs(batch.msgs, now);
+        for h in batch.handoffs {
+            let conn = engine.open_handed_off(&h.buffered, now);
+            match ring.add_conn(h.fd, conn.to_u64()) {
+                Ok(key) => links.insert(conn, key),
+                Err(err) => {
+                    warn!(error = %err, "cannot serve a handed-off connection");
+                    engine.handle_closed(conn, now);
+                }
             }
-        })
-        .await;
-        // Let the rest of this loop turn add to the batch.
-        glommio::executor().yield_now().await;
-        let batch = std::mem::take(&mut ctx.state.borrow_mut().outboxes[to]);
-        if batch.is_empty() {
+        }
+    }
+    // 2. The ring's completions.
+    let mut accepted: smallvec::SmallVec<[OwnedFd; 8]> = Default::default();
+    ring.poll(|event| match event {
+        Event::Accepted { fd, .. } => accepted.push(fd),
+        Event::Received { user, data } => {
+            if let Some((_, buffered)) = links.detaching.get_mut(&user) {
+                buffered.extend_from_slice(data);
+            } else {
+                engine.handle_input(ConnId::from_u64(user), data, now);
+            }
+        }
+        Event::Sent { user, queued_bytes } => {
+            engine.handle_sent(ConnId::from_u64(user), queued_bytes);
+        }
+        Event::Closed { user, error } => {
+            if let Some(err) = &error {
+                debug!(error = %err, "connection closed by the transport");
+            }
+            links.detaching.remove(&user);
+            let conn = ConnId::from_u64(user);
+            links.remove(conn);
+            engine.handle_closed(conn, now);
+        }
+        Event::Detached { user, fd } => {
+            if let Some((home, buffered)) = links.detaching.remove(&user) {
+                if let Some(out) = links.handoffs.get_mut(usize::from(home)) {
+                    out.push(HandOff {
+                        fd,
+                        buffered: buffered.freeze(),
+                    });
+                }
+            }
+        }
+    });
+    for fd in accepted {
+        let conn = engine.open(now);
+        match ring.add_conn(fd, conn.to_u64()) {
+            Ok(key) => links.insert(conn, key),
+            Err(err) => {
+                warn!(error = %err, "cannot serve an accepted connection");
+                engine.handle_closed(conn, now);
+            }
+        }
+    }
+    // 3. Timers.
+    if engine.poll_timeout().is_some_and(|at| at <= now) {
+        engine.handle_timeout(now);
+    }
+    // 4. Every connection with work, once.
+    engine.process(now);
+    // 5. Its outputs.
+    while let Some(output) = engine.poll_output() {
+        apply_output(&mut ring, &mut links, output);
+    }
+    // 6. One batch per destination shard.
+    for (to, sender) in tx.iter().enumerate() {
+        let Some(sender) = sender else { continue };
+        let msgs = engine.poll_outbox(to as ShardId).unwrap_or_default();
+        let handoffs = std::mem::take(&mut links.handoffs[to]);
+        if msgs.is_empty() && handoffs.is_empty() {
             continue;
         }
-        if let Err(err) = tx.send(batch).await {
-            warn!(to, error = %err, "cross-shard channel closed");
-            return;
+        match sender.try_send(Batch { msgs, handoffs }) {
+            Ok(()) => {}
+            Err(glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(batch))) => {
+                // The channel is full: keep the batch for the next turn.
+                engine.unpoll_outbox(to as ShardId, batch.msgs);
+                links.handoffs[to].extend(batch.handoffs);
+                ctx.kicked.set(true);
+            }
+            Err(err) => debug!(to, error = %err, "cross-shard channel closed; batch dropped"),
+        }
+    }
+    // 7. One io_uring_enter for everything this turn.
+    if let Err(err) = ring.flush() {
+        warn!(error = %err, "io_uring submit failed");
+    }
+}
+
+fn apply_output(ring: &mut Ring, links: &mut Links, output: Output) {
+    match output {
+        Output::Transmit { conn, data } => {
+            let Some(key) = links.get(conn) else { return };
+            if let Err(err) = ring.send(key, data) {
+                // Bounded well above the engine's own transport bound: only a dead socket.
+                debug!(error = %err, "send refused; closing");
+                ring.close_now(key);
+            }
+        }
+        Output::Close { conn } => {
+            if let Some(key) = links.get(conn) {
+                ring.close(key);
+            }
+        }
+        Output::PauseReading { conn } => {
+            if let Some(key) = links.get(conn) {
+                ring.pause_recv(key);
+            }
+        }
+        Output::ResumeReading { conn } => {
+            if let Some(key) = links.get(conn) {
+                ring.resume_recv(key);
+            }
+        }
+        Output::HandOff {
+            conn,
+            home,
+            buffered,
+        } => {
+            if let Some(key) = links.remove(conn) {
+                links
+                    .detaching
+                    .insert(conn.to_u64(), (home, BytesMut::from(&buffered[..])));
+                ring.detach(key);
+            }
         }
     }
 }
 
-/// Applies what another shard sent.
-async fn receive_loop(ctx: Rc<ShardCtx>, rx: ConnectedReceiver<Vec<ShardMsg>>) {
-    while let Some(batch) = rx.recv().await {
-        let now = Instant::now();
-        for msg in batch {
-            match msg {
-                ShardMsg::Publish {
-                    message,
-                    normal,
-                    shared,
-                } => {
-                    ctx.state
-                        .borrow_mut()
-                        .deliver_local(&message, normal, &shared, now);
-                }
-                ShardMsg::Route(change) => ctx.state.borrow_mut().apply_route(&change),
-                ShardMsg::RouteBarrier { from, barrier } => {
-                    ctx.state
-                        .borrow_mut()
-                        .send_to(from, ShardMsg::RouteAck { barrier });
-                }
-                ShardMsg::RouteAck { barrier } => ctx.state.borrow_mut().ack_barrier(barrier),
-                ShardMsg::Retain(message) => ctx.state.borrow_mut().apply_retain(&message),
-                ShardMsg::HandOff { fd, buffered } => {
-                    // SAFETY: the fd is a connected TCP socket handed to us by its accepting shard.
-                    let stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
-                    glommio::spawn_local(crate::connection::serve(
-                        ctx.clone(),
-                        stream,
-                        buffered,
-                        true,
-                    ))
-                    .detach();
-                }
-                ShardMsg::Stats { from, stats } => {
-                    let mut state = ctx.state.borrow_mut();
-                    if let Some(slot) = state.stats_by_shard.get_mut(usize::from(from)) {
-                        *slot = stats;
-                    }
-                }
-                ShardMsg::Shutdown => {}
-            }
+/// Sleeps until the ring has completions, another task kicked the loop, or the next deadline.
+async fn wait_for_work(ctx: &Rc<ShardCtx>) {
+    let busy = ctx.kicked.get()
+        || !ctx.inbox.borrow().is_empty()
+        || ctx.engine.borrow().has_work();
+    if busy {
+        futures_lite::future::yield_now().await;
+        return;
+    }
+    let deadline = ctx.engine.borrow().poll_timeout();
+    let kicked = std::future::poll_fn(|cx| {
+        if ctx.kicked.get() || !ctx.inbox.borrow().is_empty() {
+            Poll::Ready(())
+        } else {
+            ctx.loop_waker.set(Some(cx.waker().clone()));
+            Poll::Pending
         }
+    });
+    let timer = async {
+        match deadline {
+            Some(at) => {
+                let wait = at.saturating_duration_since(Instant::now());
+                glommio::timer::sleep(wait.max(Duration::from_millis(1))).await
+            }
+            // The housekeeping tick bounds the sleep otherwise (shutdown is seen by a kick).
+            None => glommio::timer::sleep(TICK * 10).await,
+        }
+    };
+    let ring = ctx.ring.borrow();
+    futures_lite::future::or(ring.wait(), futures_lite::future::or(kicked, timer)).await;
+}
+
+/// Watches the process-wide shutdown flag and kicks the loop when it is set.
+async fn watch_shutdown(ctx: Rc<ShardCtx>, flag: Arc<AtomicBool>, stopping: Rc<Cell<bool>>) {
+    while !flag.load(Ordering::Acquire) {
+        glommio::timer::sleep(TICK).await;
+    }
+    stopping.set(true);
+    ctx.kick();
+}
+
+/// Applies what another shard sent: queued for the start of the next turn.
+async fn receive_loop(ctx: Rc<ShardCtx>, rx: ConnectedReceiver<Batch>) {
+    while let Some(batch) = rx.recv().await {
+        ctx.inbox.borrow_mut().push(batch);
+        ctx.kick();
     }
     debug!("cross-shard channel closed");
 }
 
-/// Resumes parked connections whose sockets the park thread saw turn readable.
-async fn ready_loop(ctx: Rc<ShardCtx>) {
-    let Some(ready) = ctx.park.as_ref().map(|p| p.ready().clone()) else {
-        return;
-    };
-    while let Ok(batch) = ready.recv_async().await {
-        for id in batch {
-            ctx.unpark(id);
-        }
-    }
-}
-
-/// Resumes parked connections the shard woke (a message for them, keepalive expiry, takeover,
-/// shutdown).
-async fn woken_loop(ctx: Rc<ShardCtx>) {
+/// `$SYS` every `interval_secs`.
+async fn sys_loop(ctx: Rc<ShardCtx>, interval_secs: u32) {
+    let interval = Duration::from_secs(u64::from(interval_secs.max(1)));
     loop {
-        let ids = std::future::poll_fn(park::poll_woken).await;
-        for id in ids {
-            ctx.unpark(id);
-        }
+        glommio::timer::sleep(interval).await;
+        ctx.engine.borrow_mut().sys_tick(Instant::now());
+        ctx.kick();
     }
 }
 
 /// Publishes counter deltas and gauges into the process-wide metrics recorder once a second.
 async fn metrics_loop(ctx: Rc<ShardCtx>) {
-    let id = ctx.state.borrow().id;
+    let id = ctx.engine.borrow().id();
     let mut exporter = Exporter::new(id);
     let mut last_runtime = glommio::executor().executor_stats().total_runtime();
     let mut last_at = Instant::now();
@@ -613,7 +700,9 @@ async fn metrics_loop(ctx: Rc<ShardCtx>) {
             / now.duration_since(last_at).as_secs_f64().max(1e-9);
         last_runtime = runtime;
         last_at = now;
-        let state = ctx.state.borrow();
+        let engine = ctx.engine.borrow();
+        let state = &engine.state;
+        let ring = ctx.ring.try_borrow().ok().map(|r| r.stats());
         let gauges = Gauges {
             connections: u64::from(state.connections),
             sessions_online: u64::from(state.connections),
@@ -625,8 +714,7 @@ async fn metrics_loop(ctx: Rc<ShardCtx>) {
             queued: state.queued_messages(),
             cross_shard_queue_depth: state.outboxes.iter().map(|o| o.len() as u64).sum(),
             busy_ratio: busy.clamp(0.0, 1.0),
-            parked: u64::from(state.parked),
         };
-        exporter.publish(&state.counters, gauges);
+        exporter.publish(&state.counters, gauges, ring);
     }
 }
