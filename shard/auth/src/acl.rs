@@ -391,12 +391,18 @@ impl Acl {
 
     /// SUBSCRIBE of `filter` as sent (a `$share/<group>/` prefix is stripped here).
     pub fn check_subscribe(&self, identity: &Identity, filter: &str) -> Access {
-        match topic::strip_share(filter) {
-            Some(inner) if topic::is_valid_filter(inner) => {
-                self.check(identity, Operation::Subscribe(inner))
-            }
-            _ => Access::Deny,
+        let Some(inner) = topic::strip_share(filter) else {
+            return Access::Deny;
+        };
+        if !topic::is_valid_filter(inner) {
+            return Access::Deny;
         }
+        // The broker's older `[acl] deny` rule also matched the filter as sent, so a rule like
+        // `$share/#` keeps refusing every shared subscription.
+        if inner.len() != filter.len() && self.global_denies(filter) {
+            return Access::Deny;
+        }
+        self.check(identity, Operation::Subscribe(inner))
     }
 
     /// PUBLISH to topic name `topic`.
@@ -413,6 +419,12 @@ impl Acl {
             return Access::Deny;
         }
         self.check(identity, Operation::Receive(topic))
+    }
+
+    fn global_denies(&self, full_filter: &str) -> bool {
+        self.global.iter().any(|rule| {
+            topic::filters_overlap_levels(full_filter, &rule.levels, &Vars::new("", None))
+        })
     }
 
     fn check(&self, identity: &Identity, operation: Operation<'_>) -> Access {

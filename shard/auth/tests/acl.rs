@@ -240,6 +240,11 @@ fn acl_deny_list_is_a_rule_source() {
     assert_eq!(acl.check_receive(&me, "secret/x"), Deny);
     assert_eq!(acl.check_receive(&me, "open/x"), Allow);
     assert_eq!(acl.check_publish(&me, "secret/x"), Allow);
+    // As before, a rule may name the shared form itself.
+    let config: AclConfig = toml::from_str("deny = [\"$share/#\"]\n").unwrap();
+    let no_shared = config.load(std::path::Path::new(".")).unwrap();
+    assert_eq!(no_shared.check_subscribe(&me, "$share/g/a"), Deny);
+    assert_eq!(no_shared.check_subscribe(&me, "a"), Allow);
 
     // With a file as well, both apply.
     let dir = tempfile::tempdir().unwrap();

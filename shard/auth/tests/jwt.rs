@@ -352,3 +352,54 @@ fn short_secret_and_bad_key_files_fail_to_load() {
     assert!(JwtVerifier::load(&config("jwks_file = \"jwks.json\"\n"), dir.path()).is_err());
     assert!(JwtVerifier::load(&config("secret_file = \"missing\"\n"), dir.path()).is_err());
 }
+
+#[test]
+fn password_file_users_first_then_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(passwd) = common::mosquitto_passwd(dir.path(), "sha512-pbkdf2", &[("ops", "pw")])
+    else {
+        return;
+    };
+    common::write(dir.path(), "secret", SECRET);
+    let config: AuthConfig = toml::from_str(&format!(
+        "password_file = {:?}\n[jwt]\nsecret_file = \"secret\"\nclaims = {{ sub = \"%u\" }}\n",
+        passwd.display().to_string()
+    ))
+    .unwrap();
+    let auth = config.load(dir.path(), false).unwrap();
+    let key = EncodingKey::from_secret(SECRET);
+    let attempt = |username: &str, password: Vec<u8>| {
+        auth.authenticate(
+            &Credentials {
+                client_id: "c1".into(),
+                username: Some(username.into()),
+                password: Some(password),
+                username_from_certificate: false,
+            },
+            now(),
+        )
+    };
+    assert!(attempt("ops", b"pw".to_vec()).is_ok());
+    // A user in the password file cannot switch to a token, even a valid one.
+    let ops_token = sign(
+        Algorithm::HS256,
+        &key,
+        &json!({"sub": "ops", "exp": NOW_SECS + 60}),
+        None,
+    );
+    assert_eq!(
+        attempt("ops", ops_token),
+        Err(Refusal::BadCredentials(FailureReason::WrongPassword))
+    );
+    let car_token = sign(
+        Algorithm::HS256,
+        &key,
+        &json!({"sub": "car-1", "exp": NOW_SECS + 60}),
+        None,
+    );
+    assert!(attempt("car-1", car_token).is_ok());
+    assert_eq!(
+        attempt("car-1", b"pw".to_vec()),
+        Err(Refusal::BadCredentials(FailureReason::TokenMalformed))
+    );
+}
