@@ -88,12 +88,16 @@ impl Conn {
                 Some(false) => {
                     // A retransmission awaiting PUBREL: acknowledge again, do not deliver twice
                     // [MQTT-4.3.3-9]. If Kafka has not acknowledged the first copy yet
-                    // (ack = "kafka"), the PUBREC still waits for it.
-                    let awaiting_kafka = sh
-                        .state
-                        .kafka_pending
-                        .values()
-                        .any(|p| p.slot == self.slot && p.packet_id == id);
+                    // (ack = "kafka"), the PUBREC still waits for it — and goes to this
+                    // connection, which may have resumed the session since the first copy.
+                    let mut awaiting_kafka = false;
+                    for p in sh.state.kafka_pending.values_mut() {
+                        if p.slot == self.slot && p.packet_id == id {
+                            p.conn = self.id;
+                            p.generation = self.generation;
+                            awaiting_kafka = true;
+                        }
+                    }
                     if !awaiting_kafka {
                         self.write_packet(&Packet::PubRec(ack_packet(id, ReasonCode::Success)));
                     }
