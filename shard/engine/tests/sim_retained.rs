@@ -293,3 +293,35 @@ fn same_turn_updates_apply_in_order() {
         assert_eq!(retained_on(&mut sim, shard, "y"), None, "shard {shard}");
     }
 }
+
+/// Two shards set one retained topic in the same instant, each before seeing the other's: both
+/// end with the same message (ties between shards break by shard id).
+#[test]
+fn concurrent_sets_converge() {
+    for delay_first in [false, true] {
+        let mut sim = Sim::new(2);
+        let (a, _) = sim.connect(0, v311(&sim.client_id_on(0, "a")));
+        let (b, _) = sim.connect(1, v311(&sim.client_id_on(1, "b")));
+        sim.hold_link(0, 1);
+        sim.hold_link(1, 0);
+        sim.send(
+            a,
+            &publish_retained("cfg", b"from-0", QoS::AtMostOnce, None),
+        );
+        sim.send(
+            b,
+            &publish_retained("cfg", b"from-1", QoS::AtMostOnce, None),
+        );
+        sim.step();
+        if delay_first {
+            sim.release_link(1, 0);
+            sim.run_until_idle();
+        }
+        sim.release_link(0, 1);
+        sim.release_link(1, 0);
+        sim.run_until_idle();
+        let on0 = retained_on(&mut sim, 0, "cfg");
+        let on1 = retained_on(&mut sim, 1, "cfg");
+        assert_eq!(on0, on1, "shards diverged");
+    }
+}

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use ringmq_engine::bridge::Bridge;
 use ringmq_engine::message::{ShardId, ShardMsg};
 use ringmq_engine::state::home_shard;
 use ringmq_engine::{ConnId, Engine, Limits, Output, SubscribeRules};
@@ -172,10 +173,29 @@ impl Sim {
         Sim::build(shards, limits, seed, delay_steps_max)
     }
 
+    /// Like [`Sim::with_limits`], with a Kafka bridge per shard from `bridge`.
+    pub fn with_bridges(
+        shards: u16,
+        limits: Limits,
+        bridge: impl FnMut(ShardId) -> Option<Box<dyn Bridge>>,
+    ) -> Sim {
+        Sim::build_with(shards, limits, 0, 0, bridge)
+    }
+
     fn build(shards: u16, limits: Limits, seed: u64, delay_steps_max: u64) -> Sim {
+        Sim::build_with(shards, limits, seed, delay_steps_max, |_| None)
+    }
+
+    fn build_with(
+        shards: u16,
+        limits: Limits,
+        seed: u64,
+        delay_steps_max: u64,
+        mut bridge: impl FnMut(ShardId) -> Option<Box<dyn Bridge>>,
+    ) -> Sim {
         let rules = Arc::new(SubscribeRules::default());
         let engines = (0..shards)
-            .map(|id| Engine::new(id, shards, limits.clone(), rules.clone(), None))
+            .map(|id| Engine::new(id, shards, limits.clone(), rules.clone(), bridge(id)))
             .collect();
         let n = usize::from(shards);
         Sim {
