@@ -14,6 +14,15 @@
 //! loading fails). Nothing a client or a file controls can panic here, and topic matching loops
 //! over levels without recursion.
 //!
+//! **How the engine uses it**: at start and on SIGHUP, `AuthConfig::load` and `AclConfig::load`
+//! build an [`Authenticator`] and an [`Acl`] (keep the old ones if either fails). On CONNECT a
+//! shard calls [`Authenticator::is_expensive`]; if false it decides inline, otherwise it calls
+//! [`AuthPool::try_submit`] and answers CONNACK "server busy" when the request comes back. The
+//! [`AuthReply`] carries an [`Identity`] (close the connection at `expires_at` if set) or a
+//! [`Refusal`] (`v5_reason_code` / `v311_return_code`). SUBSCRIBE calls
+//! [`Acl::check_subscribe`] with the filter as sent, PUBLISH [`Acl::check_publish`], and each
+//! delivery, retained ones included, [`Acl::check_receive`].
+//!
 //! **Main types**: [`Authenticator`], [`Credentials`], [`Identity`], [`Refusal`],
 //! [`FailureReason`], [`Acl`], [`Access`], [`ClaimAcl`], [`AuthPool`], [`AuthRequest`],
 //! [`AuthReply`], [`PoolStats`].
