@@ -236,18 +236,28 @@ pub fn parse_request<'a>(
     request: &'a [u8],
     config: &HandshakeConfig<'_>,
 ) -> Result<UpgradeRequest<'a>, HandshakeError> {
-    let request = std::str::from_utf8(request).map_err(|_| HandshakeError::Malformed {
-        reason: "request is not utf-8",
-    })?;
-    let head = request
-        .strip_suffix("\r\n\r\n")
-        .ok_or(HandshakeError::Malformed {
+    if !request.ends_with(b"\r\n\r\n") {
+        return Err(HandshakeError::Malformed {
             reason: "request does not end with a blank line",
-        })?;
-    let mut lines = head.split("\r\n");
-    let target = parse_request_line(lines.next().unwrap_or_default())?;
+        });
+    }
+    // Without the final LF, the last line is the blank line's lone CR.
+    let head = &request[..request.len() - 1];
+    // Every line, the last included, ends in CRLF; a bare LF is refused (no smuggling).
+    let mut lines = head.split(|&b| b == b'\n').map(|line| {
+        line.strip_suffix(b"\r").ok_or(HandshakeError::Malformed {
+            reason: "line ends in a bare LF",
+        })
+    });
+    let request_line = lines.next().unwrap_or(Ok(b""))?;
+    let target = parse_request_line(request_line)?;
     let mut headers = Headers::default();
     for (count, line) in lines.enumerate() {
+        let line = line?;
+        // The blank line that ends the head.
+        if line.is_empty() {
+            break;
+        }
         if count >= REQUEST_HEADERS_MAX {
             return Err(HandshakeError::TooManyHeaders {
                 limit: REQUEST_HEADERS_MAX,
@@ -286,7 +296,10 @@ pub fn parse_request<'a>(
 }
 
 /// `GET <target> HTTP/1.1` -> target.
-fn parse_request_line(line: &str) -> Result<&str, HandshakeError> {
+fn parse_request_line(line: &[u8]) -> Result<&str, HandshakeError> {
+    let line = std::str::from_utf8(line).map_err(|_| HandshakeError::Malformed {
+        reason: "request line is not utf-8",
+    })?;
     let mut parts = line.split(' ');
     let (Some(method), Some(target), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -335,26 +348,53 @@ struct Headers<'a> {
 }
 
 impl<'a> Headers<'a> {
-    fn add(&mut self, line: &'a str) -> Result<(), HandshakeError> {
+    /// Takes one header line (without its CRLF). Values may hold any non-control bytes
+    /// (RFC 9110 obs-text, e.g. UTF-8 cookies); only the values used here must be UTF-8.
+    fn add(&mut self, line: &'a [u8]) -> Result<(), HandshakeError> {
         // RFC 9110 5.5: obsolete line folding may be refused; refusing it avoids smuggling.
-        if line.starts_with([' ', '\t']) {
+        if line.starts_with(b" ") || line.starts_with(b"\t") {
             return Err(HandshakeError::Malformed {
                 reason: "obsolete line folding",
             });
         }
-        let (name, value) = line.split_once(':').ok_or(HandshakeError::Malformed {
-            reason: "header line without a colon",
-        })?;
-        if name.is_empty() || !name.bytes().all(is_token_byte) {
+        let colon = line.iter().position(|&b| b == b':');
+        let Some(colon) = colon else {
+            return Err(HandshakeError::Malformed {
+                reason: "header line without a colon",
+            });
+        };
+        let (name, value) = (&line[..colon], &line[colon + 1..]);
+        if name.is_empty() || !name.iter().copied().all(is_token_byte) {
             return Err(HandshakeError::Malformed {
                 reason: "bad header name",
             });
         }
-        if value.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
+        if value
+            .iter()
+            .any(|&b| (b.is_ascii_control() && b != b'\t') || b == 0x7F)
+        {
             return Err(HandshakeError::Malformed {
                 reason: "control character in a header value",
             });
         }
+        // Token characters are ASCII, so the name is UTF-8.
+        let name = std::str::from_utf8(name).unwrap_or_default();
+        const USED: [&str; 8] = [
+            "host",
+            "sec-websocket-key",
+            "sec-websocket-version",
+            "origin",
+            "x-forwarded-for",
+            "upgrade",
+            "connection",
+            "sec-websocket-protocol",
+        ];
+        if !USED.iter().any(|used| name.eq_ignore_ascii_case(used)) {
+            return Ok(());
+        }
+        let value = std::str::from_utf8(value).map_err(|_| HandshakeError::Malformed {
+            reason: "websocket header value is not utf-8",
+        })?;
         let value = value.trim_matches([' ', '\t']);
         let is = |wanted: &str| name.eq_ignore_ascii_case(wanted);
         if is("host") {

@@ -235,7 +235,7 @@ fn bad_requests_are_400() {
             HandshakeError::DuplicateHeader { name: "Host" },
         ),
         (
-            b"GET /mqtt HTTP/1.1\r\nHost: b\nX: y\r\n\r\n",
+            b"GET /mqtt HTTP/1.1\r\nHost: b\x01\r\n\r\n",
             HandshakeError::Malformed {
                 reason: "control character in a header value",
             },
@@ -1058,4 +1058,34 @@ mod mqttjs {
         };
         assert!(status.success(), "node exited with {status}");
     }
+}
+
+#[test]
+fn non_utf8_in_unused_headers_is_accepted() {
+    // RFC 9110 5.5 obs-text: a cookie with raw UTF-8 or Latin-1 bytes must not break the
+    // upgrade; only the headers the handshake reads must be UTF-8.
+    let mut bytes = request("/mqtt", "");
+    let at = bytes.len() - 2;
+    bytes.splice(
+        at..at,
+        b"Cookie: name=caf\xe9; x=\xc3\xa9\r\n".iter().copied(),
+    );
+    assert_eq!(handshake(&bytes).unwrap().subprotocol, None);
+    let mut bytes = request("/mqtt", "");
+    let at = bytes.len() - 2;
+    bytes.splice(at..at, b"Origin: http://caf\xe9\r\n".iter().copied());
+    assert_eq!(
+        handshake(&bytes),
+        Err(HandshakeError::Malformed {
+            reason: "websocket header value is not utf-8"
+        })
+    );
+    // A bare LF as a line end is refused.
+    let bytes = b"GET /mqtt HTTP/1.1\r\nHost: b\nUpgrade: websocket\r\n\r\n";
+    assert_eq!(
+        handshake(bytes),
+        Err(HandshakeError::Malformed {
+            reason: "line ends in a bare LF"
+        })
+    );
 }
