@@ -23,6 +23,39 @@
 //! - [`RingStats`], [`RingFeatures`]: counters and the setup the kernel accepted.
 //! - [`RingError`], [`SendError`]: typed errors.
 //!
+//! # The shard loop
+//! ```ignore
+//! loop {
+//!     ring.flush()?;                       // one io_uring_enter (none if nothing is queued)
+//!     let n = ring.poll(|ev| handle(ev));  // Received slices are valid only in the callback
+//!     act_on_handled_events(&mut ring);    // send / close / detach / pause_recv
+//!     glommio::yield_if_needed().await;    // glommio's timers and channels share the thread
+//!     if n == 0 { ring.wait().await; }     // sleep until the ring (or glommio) has work
+//! }
+//! ```
+//! `wait()` must be awaited inside a glommio executor (it reads the eventfd through glommio's
+//! ring); everything else is plain synchronous code.
+//!
+//! # Memory
+//! An idle connection costs the ring its slot, `size_of` = 32 bytes ([`CONN_SIZE_BYTES`],
+//! checked by a test): fd, generation, caller cookie, flags and an `Option<Box<_>>` send state
+//! that exists only while output is queued (drained states go to a pool of at most 256). The
+//! provided buffer ring is `buffer_count * buffer_size` bytes of anonymous memory (8 MiB with
+//! the defaults, touched only as the kernel fills buffers) plus `16 * buffer_count` bytes of
+//! ring entries pinned by the kernel.
+//!
+//! # Drop
+//! Dropping a [`Ring`] aborts every connection, cancels accepts and timers and waits (at most
+//! 2 s) until the kernel has finished every op, then closes all fds. If the kernel does not
+//! let go in time, the buffers and send queues are leaked rather than freed under it (logged
+//! at error level).
+//!
+//! # Kernel notes
+//! - Accept reads RLIMIT_NOFILE when its SQE is prepared: a raised limit takes effect at the
+//!   next re-arm (after EMFILE, within the 100 ms retry delay).
+//! - With DEFER_TASKRUN, completions become visible only when this thread enters the ring;
+//!   [`Ring::flush`] enters with GETEVENTS whenever the kernel flags pending task work.
+//!
 //! # Connection lifecycle
 //! Every connection given to [`Ring::add_conn`] ends in exactly one [`Event::Closed`] or one
 //! [`Event::Detached`]; after that its [`ConnKey`] is stale. After [`Ring::close`] or
@@ -56,6 +89,8 @@
 //!   [`RingConfig::send_queue_bytes_max`]): every queue is bounded.
 //! - [`Ring::close`] and [`Ring::close_now`] end in an [`Event::Closed`] (error `None`) so every
 //!   connection has exactly one terminal event.
+//! - [`RingConfig::taskrun_preferred`] (new) picks where the setup fallback starts, so the
+//!   COOP_TASKRUN and plain modes can be tested and forced.
 //! - [`Ring::detach`] also drains the send queue before handing the fd back (so bytes queued
 //!   before the hand-off are written first); if that takes longer than
 //!   [`RingConfig::linger_ms`] the connection is closed and reported `Closed` with
@@ -68,7 +103,6 @@ mod ring;
 mod token;
 mod waker;
 
-#[doc(hidden)]
 pub use conn::CONN_SIZE_BYTES;
 pub use error::{RingError, SendError, SendErrorKind};
 pub use ring::{ConnKey, Event, Ring, RingConfig, RingFeatures, RingStats, TaskrunMode};

@@ -60,6 +60,9 @@ pub struct RingConfig {
     pub conns_max: u32,
     /// How long `close`/`detach` wait for queued output to drain before closing hard.
     pub linger_ms: u32,
+    /// The most preferred task-work mode to try; setup falls back from it (DeferTaskrun ->
+    /// CoopTaskrun -> Default). Lower it only to test or work around a kernel problem.
+    pub taskrun_preferred: TaskrunMode,
 }
 
 impl Default for RingConfig {
@@ -73,6 +76,7 @@ impl Default for RingConfig {
             send_queue_bytes_max: 4 * 1024 * 1024,
             conns_max: 65536,
             linger_ms: 5000,
+            taskrun_preferred: TaskrunMode::DeferTaskrun,
         }
     }
 }
@@ -222,7 +226,11 @@ fn build_uring(cfg: &RingConfig) -> Result<(IoUring, TaskrunMode, bool), RingErr
         (TaskrunMode::Default, false),
     ];
     let mut last = io::Error::from_raw_os_error(libc::EINVAL);
-    for (mode, taskrun_flag) in attempts {
+    let preferred = attempts
+        .iter()
+        .position(|(mode, _)| *mode == cfg.taskrun_preferred)
+        .unwrap_or(0);
+    for &(mode, taskrun_flag) in &attempts[preferred..] {
         let mut builder = IoUring::builder();
         builder.setup_cqsize(cfg.cq_entries).setup_submit_all();
         match mode {

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use common::*;
-use ringmq_uring::{ConnKey, Ring};
+use ringmq_uring::{ConnKey, Ring, RingConfig, TaskrunMode};
 
 const CONNS: usize = 64;
 const MESSAGES_PER_CONN: usize = 200;
@@ -23,8 +23,27 @@ fn stream_len() -> usize {
 
 #[test]
 fn echo_many_messages_many_connections() {
+    echo_with(TaskrunMode::DeferTaskrun);
+}
+
+#[test]
+fn echo_with_coop_taskrun() {
+    echo_with(TaskrunMode::CoopTaskrun);
+}
+
+#[test]
+fn echo_with_default_taskrun() {
+    echo_with(TaskrunMode::Default);
+}
+
+fn echo_with(mode: TaskrunMode) {
     let (listener, addr) = listener();
-    let mut ring = Ring::new(small_config()).expect("ring");
+    let cfg = RingConfig {
+        taskrun_preferred: mode,
+        ..small_config()
+    };
+    let mut ring = Ring::new(cfg).expect("ring");
+    assert_eq!(ring.features().taskrun, mode);
     ring.add_listener(listener).expect("listener");
 
     let clients: Vec<_> = (0..CONNS as u64)

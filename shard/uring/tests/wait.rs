@@ -7,17 +7,35 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::*;
 use glommio::LocalExecutorBuilder;
-use ringmq_uring::{Ring, TaskrunMode};
+use ringmq_uring::{Ring, RingConfig, TaskrunMode};
 
 /// Bounds a single wait() so a lost wake-up fails the test instead of hanging it.
 const WAIT_BOUND: Duration = Duration::from_secs(10);
 
 #[test]
 fn wait_wakes_on_data_with_idle_executor() {
+    wakes_with(TaskrunMode::DeferTaskrun);
+}
+
+#[test]
+fn wait_wakes_with_coop_taskrun_fallback() {
+    wakes_with(TaskrunMode::CoopTaskrun);
+}
+
+#[test]
+fn wait_wakes_with_default_taskrun_fallback() {
+    wakes_with(TaskrunMode::Default);
+}
+
+fn wakes_with(mode: TaskrunMode) {
     let handle = LocalExecutorBuilder::default()
-        .spawn(|| async move {
-            let mut ring = Ring::new(small_config()).expect("ring");
-            assert_eq!(ring.features().taskrun, TaskrunMode::DeferTaskrun);
+        .spawn(move || async move {
+            let cfg = RingConfig {
+                taskrun_preferred: mode,
+                ..small_config()
+            };
+            let mut ring = Ring::new(cfg).expect("ring");
+            assert_eq!(ring.features().taskrun, mode);
             let (listener, addr) = listener();
             ring.add_listener(listener).expect("listener");
             // The peer connects and writes only after a delay, while the executor has nothing
