@@ -116,6 +116,9 @@ struct TimerEntry {
     kind: TimerKind,
     slot: u32,
     generation: u32,
+    /// For a keepalive timer, the connection (link generation) it watches: it ends with that
+    /// connection, so takeovers do not pile up timers. 0 for session timers.
+    link: u32,
 }
 
 /// Slab slot: the session (if any) and the slot's generation counter.
@@ -455,11 +458,7 @@ impl ShardState {
         }
         self.connections += 1;
         if keepalive_secs > 0 {
-            self.schedule(
-                TimerKind::KeepAlive,
-                slot,
-                now + keepalive_grace(keepalive_secs),
-            );
+            self.schedule_keepalive(slot, generation, now + keepalive_grace(keepalive_secs));
         }
         Attached {
             slot,

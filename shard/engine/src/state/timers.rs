@@ -4,6 +4,15 @@ impl ShardState {
     // ----- timers ---------------------------------------------------------------------------
 
     pub(super) fn schedule(&mut self, kind: TimerKind, slot: u32, at: Instant) {
+        self.push_timer(kind, slot, 0, at);
+    }
+
+    /// The keepalive timer of connection `link` (its link generation) of session `slot`.
+    pub(super) fn schedule_keepalive(&mut self, slot: u32, link: u32, at: Instant) {
+        self.push_timer(TimerKind::KeepAlive, slot, link, at);
+    }
+
+    fn push_timer(&mut self, kind: TimerKind, slot: u32, link: u32, at: Instant) {
         let generation = self
             .slots
             .get(slot as usize)
@@ -14,7 +23,13 @@ impl ShardState {
             kind,
             slot,
             generation,
+            link,
         }));
+    }
+
+    /// Timers waiting, live or not yet found stale (for tests and metrics).
+    pub fn timer_count(&self) -> usize {
+        self.timers.len()
     }
 
     /// When the next timer is due.
@@ -38,7 +53,10 @@ impl ShardState {
                 TimerKind::KeepAlive => {
                     let mut reschedule = None;
                     if let Some(session) = self.session_mut(entry.slot) {
-                        if let Some(link) = &mut session.link {
+                        // A timer of an earlier connection (taken over) ends here.
+                        if let Some(link) =
+                            session.link.as_mut().filter(|l| l.generation == entry.link)
+                        {
                             if link.keepalive_secs > 0 {
                                 let due = link.last_activity + keepalive_grace(link.keepalive_secs);
                                 if due <= now {
@@ -52,7 +70,7 @@ impl ShardState {
                         }
                     }
                     if let Some(at) = reschedule {
-                        self.schedule(TimerKind::KeepAlive, entry.slot, at);
+                        self.schedule_keepalive(entry.slot, entry.link, at);
                     }
                 }
                 TimerKind::WillDelay => {
@@ -80,5 +98,4 @@ impl ShardState {
             }
         }
     }
-
 }
