@@ -273,3 +273,30 @@ fn keepalive_zero_never_times_out() {
     sim.advance(secs(24 * 3600));
     assert!(!sim.is_closed(s));
 }
+
+/// A client that keeps taking its own session over (a car whose old TCP connection is still
+/// open when it reconnects) must not pile up keepalive timers: each connection's timer ends
+/// with it, so the timer heap stays bounded by the sessions, not by the takeovers.
+#[test]
+fn takeovers_do_not_pile_up_keepalive_timers() {
+    let mut sim = Sim::new(1);
+    let mut c = v5_persistent("flapper", 600);
+    c.keep_alive_secs = 10;
+    let mut last = None;
+    for _ in 0..50 {
+        let (client, ack) = sim.connect(0, c.clone());
+        assert_eq!(ack.reason_code, ReasonCode::Success);
+        last = Some(client);
+        sim.advance(secs(1));
+    }
+    // Past one keepalive period of the last connection: every stale timer has fired once.
+    for _ in 0..3 {
+        if let Some(client) = last {
+            sim.send(client, &Packet::PingReq);
+        }
+        sim.advance(secs(10));
+    }
+    assert!(last.is_some_and(|client| !sim.is_closed(client)));
+    let timers = sim.engine(0).state.timer_count();
+    assert!(timers <= 2, "{timers} timers for one online session");
+}
