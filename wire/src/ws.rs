@@ -8,6 +8,7 @@
 //!   [`write_response`](UpgradeRequest::write_response) writes the `101`; a refusal is a
 //!   [`HandshakeError`] whose [`write_response`](HandshakeError::write_response) writes the
 //!   400/404/426/431;
+//!   clients (the load generator, tests) use [`write_client_request`] and [`parse_response`];
 //! - frames: [`FrameDecoder`] turns the client's masked frames into the MQTT byte stream (the
 //!   payloads of binary frames, concatenated: MQTT packets may span frames or share one
 //!   [MQTT-6.0.0-2]) and reports ping/pong/close; [`encode_binary`] and friends write the
@@ -447,6 +448,90 @@ fn is_token_byte(b: u8) -> bool {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Client side of the opening handshake (load generators, tests)
+// ---------------------------------------------------------------------------------------------
+
+/// Appends an Upgrade request offering the `mqtt` subprotocol. `key` is the base64 of 16 random
+/// bytes (RFC 6455 4.1 item 7), chosen fresh per connection by the caller.
+pub fn write_client_request(host: &str, path: &str, key: &str, out: &mut BytesMut) {
+    for part in [
+        "GET ",
+        path,
+        " HTTP/1.1\r\nHost: ",
+        host,
+        "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n",
+        "Sec-WebSocket-Protocol: mqtt\r\nSec-WebSocket-Key: ",
+        key,
+        "\r\n\r\n",
+    ] {
+        out.extend_from_slice(part.as_bytes());
+    }
+}
+
+/// Why a server's answer to the Upgrade request is not an accepted WebSocket.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum ClientHandshakeError {
+    #[error("response head is longer than {limit} bytes")]
+    ResponseTooLarge { limit: usize },
+    #[error("malformed http response")]
+    Malformed,
+    #[error("server refused the upgrade with status {status}")]
+    Refused { status: u16 },
+    #[error("Sec-WebSocket-Accept missing or not the one for our key")]
+    BadAccept,
+    #[error("server selected no subprotocol or one we did not offer")]
+    BadSubprotocol,
+}
+
+/// Checks the server's response to [`write_client_request`] with `key`. `Ok(None)`: the head
+/// has not fully arrived; `Ok(Some(len))`: a valid `101` of `len` bytes, frames follow.
+pub fn parse_response(buf: &[u8], key: &str) -> Result<Option<usize>, ClientHandshakeError> {
+    let window = &buf[..buf.len().min(REQUEST_LEN_MAX)];
+    let Some(at) = find(window, b"\r\n\r\n") else {
+        if buf.len() >= REQUEST_LEN_MAX {
+            return Err(ClientHandshakeError::ResponseTooLarge {
+                limit: REQUEST_LEN_MAX,
+            });
+        }
+        return Ok(None);
+    };
+    let head = std::str::from_utf8(&buf[..at]).map_err(|_| ClientHandshakeError::Malformed)?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let mut parts = status_line.splitn(3, ' ');
+    let status = match (parts.next(), parts.next()) {
+        (Some("HTTP/1.1"), Some(code)) => code
+            .parse::<u16>()
+            .map_err(|_| ClientHandshakeError::Malformed)?,
+        _ => return Err(ClientHandshakeError::Malformed),
+    };
+    if status != 101 {
+        return Err(ClientHandshakeError::Refused { status });
+    }
+    let expected = accept_key(key.as_bytes());
+    let (mut accept_ok, mut subprotocol_ok) = (false, false);
+    for line in lines {
+        let (name, value) = line
+            .split_once(':')
+            .ok_or(ClientHandshakeError::Malformed)?;
+        let value = value.trim_matches([' ', '\t']);
+        if name.eq_ignore_ascii_case("sec-websocket-accept") {
+            accept_ok = value.as_bytes() == expected;
+        } else if name.eq_ignore_ascii_case("sec-websocket-protocol") {
+            subprotocol_ok = value == Subprotocol::Mqtt.as_str();
+        }
+    }
+    if !accept_ok {
+        return Err(ClientHandshakeError::BadAccept);
+    }
+    // [MQTT-6.0.0-4]: the server selects "mqtt".
+    if !subprotocol_ok {
+        return Err(ClientHandshakeError::BadSubprotocol);
+    }
+    Ok(Some(at + 4))
+}
+
+// ---------------------------------------------------------------------------------------------
 // Frames
 // ---------------------------------------------------------------------------------------------
 
@@ -487,6 +572,8 @@ impl CloseCode {
 pub enum FrameError {
     #[error("client frame is not masked")]
     Unmasked,
+    #[error("server frame is masked")]
+    Masked,
     #[error("reserved bits set ({bits:#x}) without a negotiated extension")]
     ReservedBits { bits: u8 },
     #[error("reserved opcode {opcode:#x}")]
@@ -560,7 +647,7 @@ pub struct FrameDecoder {
     message_len_max: u32,
     /// Mask of the current data frame, rotated so that `mask[0]` applies to the next byte.
     mask: [u8; 4],
-    /// [`IN_MESSAGE`] and [`CLOSED`] bits.
+    /// [`IN_MESSAGE`], [`CLOSED`] and [`CLIENT_SIDE`] bits.
     flags: u8,
 }
 
@@ -568,6 +655,8 @@ pub struct FrameDecoder {
 const IN_MESSAGE: u8 = 1;
 /// Set once the peer's close frame was reported.
 const CLOSED: u8 = 2;
+/// Set for a client's decoder of server frames, which must not be masked (RFC 6455 5.1).
+const CLIENT_SIDE: u8 = 4;
 
 const _: () = assert!(std::mem::size_of::<FrameDecoder>() <= 20);
 
@@ -590,6 +679,14 @@ impl FrameDecoder {
             message_len_max,
             mask: [0; 4],
             flags: 0,
+        }
+    }
+
+    /// A client's decoder of server frames (load generators, tests): frames must be unmasked.
+    pub fn new_client_side(message_len_max: u32) -> Self {
+        FrameDecoder {
+            flags: CLIENT_SIDE,
+            ..FrameDecoder::new(message_len_max)
         }
     }
 
@@ -616,7 +713,7 @@ impl FrameDecoder {
                 self.copy_payload(input, mqtt);
                 continue;
             }
-            let header = match parse_header(input)? {
+            let header = match parse_header(input, self.flags & CLIENT_SIDE == 0)? {
                 Ok(header) => header,
                 Err(needed_at_least) => return Ok(Decoded::NeedMore { needed_at_least }),
             };
@@ -704,7 +801,7 @@ impl FrameDecoder {
 
 /// Parses the header at the front of `input`. `Ok(Err(n))`: `input` must hold `n` bytes first.
 /// Rules that the first two bytes decide are checked before the rest has arrived.
-fn parse_header(input: &[u8]) -> Result<Result<Header, usize>, FrameError> {
+fn parse_header(input: &[u8], masked: bool) -> Result<Result<Header, usize>, FrameError> {
     let Some(&first) = input.first() else {
         return Ok(Err(2));
     };
@@ -724,8 +821,10 @@ fn parse_header(input: &[u8]) -> Result<Result<Header, usize>, FrameError> {
     let Some(&second) = input.get(1) else {
         return Ok(Err(2));
     };
-    if second & 0x80 == 0 {
-        return Err(FrameError::Unmasked);
+    match (second & 0x80 != 0, masked) {
+        (false, true) => return Err(FrameError::Unmasked),
+        (true, false) => return Err(FrameError::Masked),
+        _ => {}
     }
     let length_code = second & 0x7F;
     let length_bytes = match length_code {
@@ -738,7 +837,7 @@ fn parse_header(input: &[u8]) -> Result<Result<Header, usize>, FrameError> {
             len: u64::from(length_code),
         });
     }
-    let header_len = 2 + length_bytes + 4;
+    let header_len = 2 + length_bytes + if masked { 4 } else { 0 };
     let Some(header) = input.get(..header_len) else {
         return Ok(Err(header_len));
     };
@@ -765,7 +864,10 @@ fn parse_header(input: &[u8]) -> Result<Result<Header, usize>, FrameError> {
         _ => u64::from(length_code),
     };
     let mut mask = [0u8; 4];
-    mask.copy_from_slice(&header[header_len - 4..header_len]);
+    // An all-zero mask leaves the payload as it is: that is how unmasked frames are read.
+    if masked {
+        mask.copy_from_slice(&header[header_len - 4..header_len]);
+    }
     Ok(Ok(Header {
         fin,
         opcode,

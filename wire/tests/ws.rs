@@ -1089,3 +1089,59 @@ fn non_utf8_in_unused_headers_is_accepted() {
         })
     );
 }
+
+#[test]
+fn client_request_is_accepted_and_its_response_checked() {
+    // RFC 6455 4.1: the client validates the 101 and Sec-WebSocket-Accept for its own key.
+    let key = "dGhlIHNhbXBsZSBub25jZQ==";
+    let mut request_bytes = BytesMut::new();
+    write_client_request("broker:8080", "/mqtt", key, &mut request_bytes);
+    let upgrade = handshake(&request_bytes).unwrap();
+    assert_eq!(upgrade.subprotocol, Some(Subprotocol::Mqtt));
+    let mut response = BytesMut::new();
+    upgrade.write_response(&mut response);
+    let response_len = response.len();
+    for end in 0..response_len {
+        assert_eq!(parse_response(&response[..end], key), Ok(None), "at {end}");
+    }
+    response.extend_from_slice(&[0x82, 0x02, 0x20, 0x02]);
+    assert_eq!(parse_response(&response, key), Ok(Some(response_len)));
+    // Another key's accept value, a refusal, a missing subprotocol.
+    assert_eq!(
+        parse_response(&response, "AAAAAAAAAAAAAAAAAAAAAA=="),
+        Err(ClientHandshakeError::BadAccept)
+    );
+    let mut refused = BytesMut::new();
+    HandshakeError::PathNotFound.write_response(&mut refused);
+    assert_eq!(
+        parse_response(&refused, key),
+        Err(ClientHandshakeError::Refused { status: 404 })
+    );
+    let without_protocol = String::from_utf8(response[..response_len].to_vec())
+        .unwrap()
+        .replace("Sec-WebSocket-Protocol: mqtt\r\n", "");
+    assert_eq!(
+        parse_response(without_protocol.as_bytes(), key),
+        Err(ClientHandshakeError::BadSubprotocol)
+    );
+}
+
+#[test]
+fn client_side_decoder_reads_server_frames() {
+    // RFC 6455 5.1: "A client MUST close a connection if it detects a masked frame."
+    let mut input = BytesMut::new();
+    encode_binary(&[0x20, 0x02], &mut input);
+    encode_pong(b"p", &mut input);
+    encode_binary(&[0x00, 0x00], &mut input);
+    let mut decoder = FrameDecoder::new_client_side(1024);
+    let mut mqtt = BytesMut::new();
+    let events = decode_events(&mut decoder, &mut input, &mut mqtt).unwrap();
+    assert_eq!(events, vec![Decoded::Pong(bytes::Bytes::from_static(b"p"))]);
+    assert_eq!(&mqtt[..], &[0x20, 0x02, 0x00, 0x00]);
+    let mut masked = BytesMut::from(&client_frame(true, opcode::BINARY, b"x")[..]);
+    assert_eq!(
+        decoder.decode(&mut masked, &mut mqtt),
+        Err(FrameError::Masked)
+    );
+    assert_eq!(FrameError::Masked.close_code(), CloseCode::PROTOCOL_ERROR);
+}
