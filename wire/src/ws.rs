@@ -902,7 +902,7 @@ fn parse_close(payload: Bytes) -> Result<Decoded, FrameError> {
     }
 }
 
-/// XORs `buf` with `mask` (mask[0] applies to buf[0]) and returns the mask rotated for the byte
+/// XORs `buf` with `mask` (`mask[0]` applies to `buf[0]`) and returns the mask rotated for the byte
 /// after `buf`. Masking and unmasking are the same operation (RFC 6455 5.3).
 pub fn apply_mask(buf: &mut [u8], mask: [u8; 4]) -> [u8; 4] {
     let wide = u64::from_ne_bytes([
