@@ -28,7 +28,9 @@ pub enum SecretError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cluster secret is {len} bytes, at least {min} are needed; use e.g. `openssl rand -hex 32`")]
+    #[error(
+        "cluster secret is {len} bytes, at least {min} are needed; use e.g. `openssl rand -hex 32`"
+    )]
     TooShort { len: usize, min: usize },
     #[error("cluster secret is {len} bytes, at most {max} are accepted")]
     TooLong { len: usize, max: usize },

@@ -50,7 +50,11 @@ pub enum CodecError {
     #[error("unknown frame kind {0}")]
     UnknownKind(u8),
     #[error("{what} of {len} is over the limit of {max}")]
-    TooMany { what: &'static str, len: usize, max: usize },
+    TooMany {
+        what: &'static str,
+        len: usize,
+        max: usize,
+    },
     #[error("string is not utf-8")]
     BadUtf8,
     #[error("{0} trailing bytes after the frame body")]
@@ -370,7 +374,12 @@ impl<'a> Reader<'a> {
     }
     /// A list count, refused when even minimal items could not fit in what is left: no
     /// allocation is ever sized by an unchecked count.
-    fn count(&mut self, what: &'static str, item_len_min: usize, max: usize) -> Result<usize, CodecError> {
+    fn count(
+        &mut self,
+        what: &'static str,
+        item_len_min: usize,
+        max: usize,
+    ) -> Result<usize, CodecError> {
         let len = self.u32()? as usize;
         if len > max || len.saturating_mul(item_len_min) > self.buf.len() {
             return Err(CodecError::TooMany {
@@ -543,15 +552,24 @@ mod tests {
     #[test]
     fn oversized_length_is_an_error_before_buffering() {
         let len = (FRAME_LEN_MAX as u32 + 1).to_be_bytes();
-        assert!(matches!(check_frame(&len), Err(CodecError::FrameTooLong { .. })));
-        assert_eq!(check_frame(&[0, 0]), Ok(FrameCheck::Incomplete { needed: 2 }));
+        assert!(matches!(
+            check_frame(&len),
+            Err(CodecError::FrameTooLong { .. })
+        ));
+        assert_eq!(
+            check_frame(&[0, 0]),
+            Ok(FrameCheck::Incomplete { needed: 2 })
+        );
     }
 
     #[test]
     fn huge_counts_do_not_allocate() {
         // An ops frame announcing 2^32-1 ops in a 9-byte body.
         let bytes = [0, 0, 0, 5, KIND_OPS, 0xff, 0xff, 0xff, 0xff];
-        assert!(matches!(decode_frame(&bytes), Err(CodecError::TooMany { .. })));
+        assert!(matches!(
+            decode_frame(&bytes),
+            Err(CodecError::TooMany { .. })
+        ));
     }
 
     #[test]
@@ -577,29 +595,58 @@ mod tests {
     }
 
     fn frame() -> impl Strategy<Value = PeerFrame> {
-        let identity = (any::<u64>(), any::<u64>(), addr(), addr()).prop_map(|(n, g, a, b)| {
-            NodeIdentity { node_id: NodeId(n), generation: Generation(g), gossip_addr: a, peer_addr: b }
-        });
+        let identity =
+            (any::<u64>(), any::<u64>(), addr(), addr()).prop_map(|(n, g, a, b)| NodeIdentity {
+                node_id: NodeId(n),
+                generation: Generation(g),
+                gossip_addr: a,
+                peer_addr: b,
+            });
         let summary = any::<[u64; 4]>().prop_map(|[o, g, s, d]| RouteSummary {
-            origin: NodeId(o), generation: Generation(g), seq: s, digest: d,
-        });
-        let op = (any::<[u64; 3]>(), any::<bool>(), entry()).prop_map(|([o, g, s], add, e)| RouteOp {
             origin: NodeId(o),
             generation: Generation(g),
             seq: s,
-            change: if add { RouteChange::Add(e) } else { RouteChange::Remove(e) },
+            digest: d,
         });
-        let chunk = (any::<[u64; 4]>(), any::<u32>(), any::<bool>(), prop::collection::vec(entry(), 0..5))
+        let op =
+            (any::<[u64; 3]>(), any::<bool>(), entry()).prop_map(|([o, g, s], add, e)| RouteOp {
+                origin: NodeId(o),
+                generation: Generation(g),
+                seq: s,
+                change: if add {
+                    RouteChange::Add(e)
+                } else {
+                    RouteChange::Remove(e)
+                },
+            });
+        let chunk = (
+            any::<[u64; 4]>(),
+            any::<u32>(),
+            any::<bool>(),
+            prop::collection::vec(entry(), 0..5),
+        )
             .prop_map(|([o, g, s, d], index, last, entries)| SnapshotChunk {
-                origin: NodeId(o), generation: Generation(g), seq: s, digest: d, index, last, entries,
+                origin: NodeId(o),
+                generation: Generation(g),
+                seq: s,
+                digest: d,
+                index,
+                last,
+                entries,
             });
         prop_oneof![
-            (identity, any::<u64>()).prop_map(|(identity, nonce)| PeerFrame::Hello { identity, nonce }),
+            (identity, any::<u64>())
+                .prop_map(|(identity, nonce)| PeerFrame::Hello { identity, nonce }),
             any::<[u8; 32]>().prop_map(|tag| PeerFrame::Proof { tag }),
             prop::collection::vec(summary, 0..4).prop_map(PeerFrame::Summary),
             prop::collection::vec(op, 0..6).prop_map(PeerFrame::Ops),
-            (any::<[u64; 3]>(), any::<bool>()).prop_map(|([o, g, h], snapshot)| PeerFrame::SyncRequest {
-                origin: NodeId(o), generation: Generation(g), have_seq: h, snapshot,
+            (any::<[u64; 3]>(), any::<bool>()).prop_map(|([o, g, h], snapshot)| {
+                PeerFrame::SyncRequest {
+                    origin: NodeId(o),
+                    generation: Generation(g),
+                    have_seq: h,
+                    snapshot,
+                }
             }),
             chunk.prop_map(PeerFrame::Snapshot),
             prop::collection::vec(any::<u8>(), 0..64).prop_map(PeerFrame::Forward),

@@ -159,10 +159,16 @@ impl ClusterConfig {
     /// Checks relations between keys; each error names the key to fix.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.node_id == 0 {
-            return Err(invalid("node_id", "must not be 0 (reserved), pick a unique positive id"));
+            return Err(invalid(
+                "node_id",
+                "must not be 0 (reserved), pick a unique positive id",
+            ));
         }
         if self.gossip_listen.port() == 0 {
-            return Err(invalid("gossip_listen", "needs a fixed port, peers dial it"));
+            return Err(invalid(
+                "gossip_listen",
+                "needs a fixed port, peers dial it",
+            ));
         }
         if self.peer_listen.port() == 0 {
             return Err(invalid("peer_listen", "needs a fixed port, peers dial it"));
@@ -204,7 +210,10 @@ impl ClusterConfig {
         if self.link_queue_frames_max == 0 || self.link_queue_frames_max > LINK_QUEUE_FRAMES_LIMIT {
             return Err(invalid(
                 "link_queue_frames_max",
-                format!("{}, must be 1..={LINK_QUEUE_FRAMES_LIMIT}", self.link_queue_frames_max),
+                format!(
+                    "{}, must be 1..={LINK_QUEUE_FRAMES_LIMIT}",
+                    self.link_queue_frames_max
+                ),
             ));
         }
         if self.op_log_len_max == 0 || self.op_log_len_max > OP_LOG_LEN_LIMIT {
@@ -262,7 +271,10 @@ mod tests {
 
     #[test]
     fn no_section_means_alone() {
-        assert_eq!(ClusterConfig::from_broker_toml("[listen]\nmqtt = \"x\"\n").unwrap(), None);
+        assert_eq!(
+            ClusterConfig::from_broker_toml("[listen]\nmqtt = \"x\"\n").unwrap(),
+            None
+        );
     }
 
     #[test]

@@ -31,7 +31,7 @@ impl fmt::Display for Generation {
 }
 
 /// The membership identity gossiped by SWIM (and sent in the peer-link hello).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct NodeIdentity {
     /// Configured, stable id.
     pub node_id: NodeId,

@@ -30,6 +30,8 @@ pub const TIMER_QUEUE_MAX: usize = 65_536;
 pub const EVENT_QUEUE_MAX: usize = 4096;
 /// Seed announce rounds, while alone, before `SeedsUnreachable` is reported (once).
 pub const SEED_ATTEMPTS_BEFORE_REPORT: u32 = 5;
+/// Remembered identities announced to per round while not connected.
+pub const ANNOUNCE_ROUND_MEMBERS_MAX: usize = 64;
 /// Distinct addresses remembered as duplicates of our own id (each reported once).
 pub const SELF_DUPLICATES_MAX: usize = 64;
 
@@ -48,7 +50,10 @@ pub enum MembershipEvent {
     /// The cluster had declared us down; we rejoined with this new identity (next generation).
     Rejoined(NodeIdentity),
     /// No seed answered after several rounds: we run alone until one does.
-    SeedsUnreachable { seeds: Vec<SocketAddr>, attempts: u32 },
+    SeedsUnreachable {
+        seeds: Vec<SocketAddr>,
+        attempts: u32,
+    },
 }
 
 /// Counters for metrics; they only grow.
@@ -102,7 +107,8 @@ impl foca::Runtime<NodeIdentity> for Collector<'_> {
             return;
         }
         *self.timer_seq += 1;
-        self.timers.insert((self.now + after, *self.timer_seq), event);
+        self.timers
+            .insert((self.now + after, *self.timer_seq), event);
     }
 }
 
@@ -157,6 +163,10 @@ pub struct Membership {
     next_reconcile: Instant,
     next_seed_announce: Instant,
     seed_attempts: u32,
+    /// foca's connection state as its notifications tell it (it has no getter): false at start,
+    /// after `Idle`, and after a rejoin, where foca keeps its members but stops its timers
+    /// until some member answers the new identity.
+    connected: bool,
     events: VecDeque<MembershipEvent>,
     stats: MembershipStats,
 }
@@ -195,6 +205,7 @@ impl Membership {
             next_reconcile: now + Duration::from_millis(config.reconcile_period_ms),
             next_seed_announce: now,
             seed_attempts: 0,
+            connected: false,
             events: VecDeque::new(),
             stats: MembershipStats::default(),
         }
@@ -233,10 +244,21 @@ impl Membership {
             match notification {
                 OwnedNotification::Rejoin(identity) => {
                     tracing::info!(identity = %identity, "rejoined the cluster with a new generation");
+                    self.connected = false;
+                    self.next_seed_announce = now;
                     self.push_event(MembershipEvent::Rejoined(identity));
                 }
                 OwnedNotification::Defunct => {
+                    self.connected = false;
                     tracing::warn!("declared down by the cluster and cannot rejoin");
+                }
+                OwnedNotification::Active => {
+                    self.connected = true;
+                    self.seed_attempts = 0;
+                }
+                OwnedNotification::Idle => {
+                    self.connected = false;
+                    self.next_seed_announce = now;
                 }
                 _ => {}
             }
@@ -252,19 +274,33 @@ impl Membership {
         self.events.push_back(event);
     }
 
-    /// Announces to the configured seeds (and again, while alone, every two probe periods).
+    /// Announces to the configured seeds (and again, while not connected, every two probe
+    /// periods).
     pub fn join(&mut self, now: Instant) {
         self.next_seed_announce = now;
-        self.announce_to_seeds(now);
+        self.announce_round(now);
     }
 
-    fn announce_to_seeds(&mut self, now: Instant) {
-        if self.seeds.is_empty() || now < self.next_seed_announce {
+    /// While not connected: announce to the seeds and to every identity foca still remembers
+    /// (an announce is accepted by whoever now holds that address, whatever its generation).
+    /// This is what gets a node out of a rejoin after which everyone it knew changed identity too.
+    fn announce_round(&mut self, now: Instant) {
+        if now < self.next_seed_announce {
+            return;
+        }
+        let known: Vec<NodeIdentity> = self
+            .foca
+            .iter_membership_state()
+            .map(|member| *member.id())
+            .filter(|id| !self.seeds.contains(&id.gossip_addr))
+            .take(ANNOUNCE_ROUND_MEMBERS_MAX)
+            .collect();
+        if self.seeds.is_empty() && known.is_empty() {
             return;
         }
         self.next_seed_announce = now + 2 * self.probe_period;
         self.seed_attempts += 1;
-        if self.seed_attempts == SEED_ATTEMPTS_BEFORE_REPORT {
+        if self.seed_attempts == SEED_ATTEMPTS_BEFORE_REPORT && !self.seeds.is_empty() {
             tracing::warn!(seeds = ?self.seeds, attempts = self.seed_attempts, "no cluster seed answers");
             self.push_event(MembershipEvent::SeedsUnreachable {
                 seeds: self.seeds.clone(),
@@ -272,7 +308,12 @@ impl Membership {
             });
         }
         for seed in self.seeds.clone() {
-            self.with_foca(now, |foca, rt| foca.announce(NodeIdentity::seed_placeholder(seed), rt));
+            self.with_foca(now, |foca, rt| {
+                foca.announce(NodeIdentity::seed_placeholder(seed), rt)
+            });
+        }
+        for member in known {
+            self.with_foca(now, |foca, rt| foca.announce(member, rt));
         }
     }
 
@@ -337,10 +378,8 @@ impl Membership {
             self.next_reconcile = now + self.reconcile_period;
             self.reconcile(now);
         }
-        if self.foca.num_members() == 0 {
-            self.announce_to_seeds(now);
-        } else {
-            self.seed_attempts = 0;
+        if !self.connected {
+            self.announce_round(now);
         }
     }
 
@@ -350,7 +389,7 @@ impl Membership {
         if let Some(((at, _), _)) = self.timers.first_key_value() {
             next = next.min(*at);
         }
-        if self.foca.num_members() == 0 && !self.seeds.is_empty() {
+        if !self.connected {
             next = next.min(self.next_seed_announce);
         }
         Some(next)

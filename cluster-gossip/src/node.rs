@@ -45,11 +45,20 @@ pub enum LinkCommand {
 pub enum ClusterEvent {
     Membership(MembershipEvent),
     /// A peer link finished its handshake.
-    LinkUp { link: LinkId, peer: NodeIdentity },
+    LinkUp {
+        link: LinkId,
+        peer: NodeIdentity,
+    },
     /// A peer link closed (by us, because of `reason`, or by the runtime).
-    LinkDown { link: LinkId, reason: String },
+    LinkDown {
+        link: LinkId,
+        reason: String,
+    },
     /// A forwarded publish arrived from `from`.
-    Forwarded { from: NodeId, payload: Vec<u8> },
+    Forwarded {
+        from: NodeId,
+        payload: Vec<u8>,
+    },
 }
 
 /// Counters for metrics.
@@ -66,6 +75,10 @@ struct Link {
     read_buffer: Vec<u8>,
     /// Set for links we dialed, until the runtime reports them open.
     connecting: bool,
+    /// A link whose handshake has not finished by then is closed (a silent or lossy peer).
+    handshake_deadline: Instant,
+    /// The member we dialed, for links we opened.
+    dialed: Option<NodeId>,
 }
 
 /// One cluster node's protocol state.
@@ -79,6 +92,8 @@ pub struct ClusterNode {
     /// When to dial a member again after its link failed.
     redial_at: BTreeMap<NodeId, Instant>,
     link_retry: Duration,
+    /// How long a link may take to authenticate.
+    handshake_timeout: Duration,
     anti_entropy_period: Duration,
     next_anti_entropy: Instant,
     link_queue_frames_max: usize,
@@ -117,6 +132,7 @@ impl ClusterNode {
             next_link_id: 1,
             redial_at: BTreeMap::new(),
             link_retry: Duration::from_millis(config.link_retry_ms),
+            handshake_timeout: 2 * anti_entropy_period,
             anti_entropy_period,
             next_anti_entropy: now + anti_entropy_period,
             link_queue_frames_max: config.link_queue_frames_max,
@@ -151,6 +167,16 @@ impl ClusterNode {
             for link in self.links.values_mut() {
                 link.sync.anti_entropy(&self.local);
             }
+            self.ensure_links(now);
+        }
+        let stuck: Vec<LinkId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| !l.sync.is_up() && l.handshake_deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for link in stuck {
+            self.close_link(link, "handshake timed out".into());
         }
         let due: Vec<NodeId> = self
             .redial_at
@@ -174,6 +200,15 @@ impl ClusterNode {
         }
         if let Some(at) = self.redial_at.values().min() {
             next = next.min(*at);
+        }
+        if let Some(at) = self
+            .links
+            .values()
+            .filter(|l| !l.sync.is_up())
+            .map(|l| l.handshake_deadline)
+            .min()
+        {
+            next = next.min(at);
         }
         Some(next)
     }
@@ -202,7 +237,8 @@ impl ClusterNode {
                     self.local.renew(identity.generation);
                     self.close_links(|_, _| true, "rejoined with a new generation");
                 }
-                MembershipEvent::DuplicateNodeId { .. } | MembershipEvent::SeedsUnreachable { .. } => {}
+                MembershipEvent::DuplicateNodeId { .. }
+                | MembershipEvent::SeedsUnreachable { .. } => {}
             }
             self.push_event(ClusterEvent::Membership(event));
         }
@@ -217,11 +253,30 @@ impl ClusterNode {
         self.events.push_back(event);
     }
 
+    /// A link to `node_id` that is up or being dialed.
     fn has_link_to(&self, node_id: NodeId) -> bool {
-        self.links.values().any(|link| link_peer_id(link) == Some(node_id))
+        self.links
+            .values()
+            .any(|link| link_peer_id(link) == Some(node_id) || link.dialed == Some(node_id))
     }
 
-    fn new_link(&mut self, connecting: bool) -> LinkId {
+    /// Links are reconciled like members: every member we should dial has a link, a dial in
+    /// flight or a redial scheduled, whatever edges or failures happened before.
+    fn ensure_links(&mut self, now: Instant) {
+        let me = self.identity().node_id;
+        let missing: Vec<NodeIdentity> = self
+            .membership
+            .members()
+            .filter(|m| me < m.node_id)
+            .filter(|m| !self.has_link_to(m.node_id) && !self.redial_at.contains_key(&m.node_id))
+            .copied()
+            .collect();
+        for peer in missing {
+            self.dial(peer, now);
+        }
+    }
+
+    fn new_link(&mut self, dialed: Option<NodeId>, now: Instant) -> LinkId {
         let id = LinkId(self.next_link_id);
         self.next_link_id += 1;
         let nonce: u64 = self.nonces.random();
@@ -236,7 +291,9 @@ impl ClusterNode {
             Link {
                 sync,
                 read_buffer: Vec::new(),
-                connecting,
+                connecting: dialed.is_some(),
+                dialed,
+                handshake_deadline: now + self.handshake_timeout,
             },
         );
         id
@@ -246,15 +303,14 @@ impl ClusterNode {
         if self.commands.len() >= LINK_COMMAND_QUEUE_MAX {
             return;
         }
-        let link = self.new_link(true);
+        let link = self.new_link(Some(peer.node_id), _now);
         self.commands.push_back(LinkCommand::Connect { link, peer });
     }
 
     /// The runtime accepted an inbound connection.
     pub fn accept_link(&mut self, now: Instant) -> LinkId {
-        let link = self.new_link(false);
+        let link = self.new_link(None, now);
         self.flush_link(link);
-        let _ = now;
         link
     }
 
@@ -271,13 +327,13 @@ impl ClusterNode {
         let Some(removed) = self.links.remove(&link) else {
             return;
         };
-        let peer = removed.sync.peer().copied();
+        let peer = removed.sync.peer().map(|p| p.node_id).or(removed.dialed);
         self.push_event(ClusterEvent::LinkDown {
             link,
             reason: "closed by the runtime".into(),
         });
-        if let Some(peer) = peer {
-            self.schedule_redial(peer.node_id, now);
+        if let Some(node_id) = peer {
+            self.schedule_redial(node_id, now);
         }
     }
 
@@ -335,9 +391,9 @@ impl ClusterNode {
                 Ok(Some((frame, used))) => {
                     l.read_buffer.drain(..used);
                     let was_up = l.sync.is_up();
-                    let result = l
-                        .sync
-                        .handle_frame(frame, &self.secret, &self.local, &mut self.table, now);
+                    let result =
+                        l.sync
+                            .handle_frame(frame, &self.secret, &self.local, &mut self.table, now);
                     let became_up = !was_up && l.sync.is_up();
                     match result {
                         Ok(Some(payload)) => {

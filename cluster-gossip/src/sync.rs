@@ -59,7 +59,9 @@ impl RemoteTable {
 
     fn apply_op(&mut self, op: &RouteOp) -> Result<ApplyOutcome, RemoteRoutesError> {
         let mut changes = std::mem::take(&mut self.changes);
-        let outcome = self.origin_mut(op.origin, op.generation).apply_op(op, &mut changes);
+        let outcome = self
+            .origin_mut(op.origin, op.generation)
+            .apply_op(op, &mut changes);
         self.changes = changes;
         self.follow(op.origin);
         outcome
@@ -135,8 +137,12 @@ enum Handshake {
     /// Waiting for the peer's hello (and then its proof).
     AwaitingHello,
     /// We know who the peer says it is; waiting for its proof.
-    AwaitingProof { peer: NodeIdentity },
-    Up { peer: NodeIdentity },
+    AwaitingProof {
+        peer: NodeIdentity,
+    },
+    Up {
+        peer: NodeIdentity,
+    },
 }
 
 /// The route-sync state machine of one peer link.
@@ -156,7 +162,12 @@ pub struct RouteSync {
 
 impl RouteSync {
     /// A new link; `my_nonce` must be fresh and unpredictable in production.
-    pub fn new(me: NodeIdentity, my_nonce: u64, outbox_max: usize, repair_timeout: Duration) -> Self {
+    pub fn new(
+        me: NodeIdentity,
+        my_nonce: u64,
+        outbox_max: usize,
+        repair_timeout: Duration,
+    ) -> Self {
         let mut link = Self {
             me,
             my_nonce,
@@ -255,7 +266,10 @@ impl RouteSync {
                 if identity.node_id == self.me.node_id {
                     return Err(SyncError::OwnNodeId(identity.node_id));
                 }
-                let tag = secret.tag(DOMAIN_LINK, &[&nonce.to_be_bytes(), &identity_bytes(&self.me)]);
+                let tag = secret.tag(
+                    DOMAIN_LINK,
+                    &[&nonce.to_be_bytes(), &identity_bytes(&self.me)],
+                );
                 self.queue(PeerFrame::Proof { tag });
                 self.handshake = Handshake::AwaitingProof { peer: identity };
                 return Ok(None);
@@ -370,7 +384,13 @@ impl RouteSync {
         }
     }
 
-    fn request_repair(&mut self, peer: &NodeIdentity, table: &RemoteTable, snapshot: bool, now: Instant) {
+    fn request_repair(
+        &mut self,
+        peer: &NodeIdentity,
+        table: &RemoteTable,
+        snapshot: bool,
+        now: Instant,
+    ) {
         let ours = table.summary(peer.node_id);
         let generation = ours.map_or(peer.generation, |s| s.generation);
         self.send_repair(peer.node_id, generation, ours, snapshot, now);
@@ -405,7 +425,13 @@ impl RouteSync {
 
     /// Answers a request for our own set: a delta from the log when it reaches back far enough,
     /// else a snapshot.
-    fn serve(&mut self, local: &LocalRoutes, generation: Generation, have_seq: u64, snapshot: bool) {
+    fn serve(
+        &mut self,
+        local: &LocalRoutes,
+        generation: Generation,
+        have_seq: u64,
+        snapshot: bool,
+    ) {
         if !snapshot && generation == local.generation() {
             if let Some(ops) = local.ops_after(have_seq) {
                 let mut batch = Vec::new();

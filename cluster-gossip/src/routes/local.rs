@@ -181,7 +181,10 @@ mod tests {
         assert_eq!(op.seq, 2);
         assert_eq!(op.change, RouteChange::Remove(filter("a/+")));
         assert_eq!(local.summary().digest, 0);
-        assert_eq!(local.unsubscribe(&filter("a/+")), Err(LocalRoutesError::NotExported));
+        assert_eq!(
+            local.unsubscribe(&filter("a/+")),
+            Err(LocalRoutesError::NotExported)
+        );
     }
 
     #[test]
@@ -221,7 +224,10 @@ mod tests {
         let digest = local.summary().digest;
         local.renew(Generation(2));
         let summary = local.summary();
-        assert_eq!((summary.generation, summary.seq, summary.digest), (Generation(2), 1, digest));
+        assert_eq!(
+            (summary.generation, summary.seq, summary.digest),
+            (Generation(2), 1, digest)
+        );
         assert_eq!(local.ops_after(0).unwrap().count(), 1);
     }
 }

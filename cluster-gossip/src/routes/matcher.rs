@@ -247,7 +247,10 @@ mod tests {
         m.insert(NodeId(2), &f("a/+/c"));
         m.insert(NodeId(3), &f("a/#"));
         m.insert(NodeId(4), &f("#"));
-        assert_eq!(m.interested_nodes("a/b/c").as_slice(), &[NodeId(2), NodeId(3), NodeId(4)]);
+        assert_eq!(
+            m.interested_nodes("a/b/c").as_slice(),
+            &[NodeId(2), NodeId(3), NodeId(4)]
+        );
         // [MQTT-4.7.1-2] the multi-level wildcard matches the parent level too.
         assert_eq!(m.interested_nodes("a").as_slice(), &[NodeId(3), NodeId(4)]);
         // [MQTT-4.7.2-1] no wildcard at the first level matches a '$' topic.
@@ -258,7 +261,10 @@ mod tests {
     fn remove_prunes() {
         let mut m = RouteMatcher::new();
         m.insert(NodeId(2), &f("a/b/c"));
-        let shared = RouteEntry::Shared { group: "g".into(), filter: "a/b/c".into() };
+        let shared = RouteEntry::Shared {
+            group: "g".into(),
+            filter: "a/b/c".into(),
+        };
         m.insert(NodeId(3), &shared);
         assert_eq!(m.shared_groups("a/b/c")[0].nodes, vec![NodeId(3)]);
         m.remove(NodeId(2), &f("a/b/c"));
@@ -269,7 +275,12 @@ mod tests {
     }
 
     fn level() -> impl Strategy<Value = String> {
-        prop_oneof![Just("a".to_string()), Just("b".to_string()), Just("$s".to_string()), Just(String::new())]
+        prop_oneof![
+            Just("a".to_string()),
+            Just("b".to_string()),
+            Just("$s".to_string()),
+            Just(String::new())
+        ]
     }
 
     fn filter_level() -> impl Strategy<Value = String> {
@@ -277,12 +288,14 @@ mod tests {
     }
 
     fn filter() -> impl Strategy<Value = String> {
-        (prop::collection::vec(filter_level(), 1..4), any::<bool>()).prop_map(|(mut levels, hash)| {
-            if hash {
-                levels.push("#".into());
-            }
-            levels.join("/")
-        })
+        (prop::collection::vec(filter_level(), 1..4), any::<bool>()).prop_map(
+            |(mut levels, hash)| {
+                if hash {
+                    levels.push("#".into());
+                }
+                levels.join("/")
+            },
+        )
     }
 
     fn topic() -> impl Strategy<Value = String> {

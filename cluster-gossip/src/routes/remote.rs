@@ -141,7 +141,8 @@ impl RemoteRoutes {
         self.seq = op.seq;
         let changed = match &op.change {
             RouteChange::Add(entry) => {
-                if self.entries.len() >= ROUTE_ENTRIES_PER_ORIGIN_MAX && !self.entries.contains(entry)
+                if self.entries.len() >= ROUTE_ENTRIES_PER_ORIGIN_MAX
+                    && !self.entries.contains(entry)
                 {
                     return Err(RemoteRoutesError::TooManyEntries {
                         origin: self.origin,
@@ -283,18 +284,36 @@ mod tests {
     fn ordering_rules() {
         let mut remote = RemoteRoutes::new(NodeId(2), Generation(5));
         let mut changes = Vec::new();
-        assert_eq!(remote.apply_op(&op(5, 1, add("a")), &mut changes), Ok(ApplyOutcome::Applied));
-        assert_eq!(remote.apply_op(&op(5, 1, add("a")), &mut changes), Ok(ApplyOutcome::Duplicate));
+        assert_eq!(
+            remote.apply_op(&op(5, 1, add("a")), &mut changes),
+            Ok(ApplyOutcome::Applied)
+        );
+        assert_eq!(
+            remote.apply_op(&op(5, 1, add("a")), &mut changes),
+            Ok(ApplyOutcome::Duplicate)
+        );
         assert_eq!(
             remote.apply_op(&op(5, 3, add("c")), &mut changes),
             Ok(ApplyOutcome::Gap { have_seq: 1 })
         );
-        assert_eq!(remote.apply_op(&op(4, 9, add("z")), &mut changes), Ok(ApplyOutcome::Stale));
+        assert_eq!(
+            remote.apply_op(&op(4, 9, add("z")), &mut changes),
+            Ok(ApplyOutcome::Stale)
+        );
         assert_eq!(changes.len(), 1);
         // A newer generation drops the old set before anything else.
         changes.clear();
-        assert_eq!(remote.apply_op(&op(6, 1, add("b")), &mut changes), Ok(ApplyOutcome::Applied));
-        assert_eq!(changes, vec![RouteChange::Remove(RouteEntry::Filter("a".into())), add("b")]);
+        assert_eq!(
+            remote.apply_op(&op(6, 1, add("b")), &mut changes),
+            Ok(ApplyOutcome::Applied)
+        );
+        assert_eq!(
+            changes,
+            vec![
+                RouteChange::Remove(RouteEntry::Filter("a".into())),
+                add("b")
+            ]
+        );
         assert!(!remote.contains(&RouteEntry::Filter("a".into())));
     }
 
@@ -302,8 +321,13 @@ mod tests {
     fn snapshot_replaces_after_verifying() {
         let mut remote = RemoteRoutes::new(NodeId(2), Generation(1));
         let mut changes = Vec::new();
-        remote.apply_op(&op(1, 1, add("old")), &mut changes).unwrap();
-        let entries = vec![RouteEntry::Filter("x".into()), RouteEntry::Filter("y".into())];
+        remote
+            .apply_op(&op(1, 1, add("old")), &mut changes)
+            .unwrap();
+        let entries = vec![
+            RouteEntry::Filter("x".into()),
+            RouteEntry::Filter("y".into()),
+        ];
         let digest = entries.iter().fold(0, |a, e| a ^ e.digest_hash());
         let chunk = |index, last, entries: Vec<RouteEntry>, digest| SnapshotChunk {
             origin: NodeId(2),
@@ -321,14 +345,20 @@ mod tests {
         );
         assert!(remote.contains(&RouteEntry::Filter("old".into())));
         // A skipped chunk is refused.
-        remote.apply_snapshot_chunk(chunk(0, false, entries[..1].to_vec(), digest), &mut changes).unwrap();
+        remote
+            .apply_snapshot_chunk(chunk(0, false, entries[..1].to_vec(), digest), &mut changes)
+            .unwrap();
         assert_eq!(
-            remote.apply_snapshot_chunk(chunk(2, true, entries[1..].to_vec(), digest), &mut changes),
+            remote
+                .apply_snapshot_chunk(chunk(2, true, entries[1..].to_vec(), digest), &mut changes),
             Ok(SnapshotOutcome::Broken)
         );
-        remote.apply_snapshot_chunk(chunk(0, false, entries[..1].to_vec(), digest), &mut changes).unwrap();
+        remote
+            .apply_snapshot_chunk(chunk(0, false, entries[..1].to_vec(), digest), &mut changes)
+            .unwrap();
         assert_eq!(
-            remote.apply_snapshot_chunk(chunk(1, true, entries[1..].to_vec(), digest), &mut changes),
+            remote
+                .apply_snapshot_chunk(chunk(1, true, entries[1..].to_vec(), digest), &mut changes),
             Ok(SnapshotOutcome::Installed)
         );
         assert_eq!(remote.summary().seq, 9);
