@@ -305,3 +305,184 @@ fn random_runs() {
         run(seed);
     }
 }
+
+/// A client's QoS 2 receiver state: packet ids received and not yet released. It survives
+/// reconnects (it is session state on the client side too).
+#[derive(Default)]
+struct Qos2Receiver {
+    awaiting_release: std::collections::HashSet<u16>,
+    delivered: Vec<(u32, u32)>,
+}
+
+impl Qos2Receiver {
+    /// Reads what `c` received and answers it as a correct client: a QoS 2 PUBLISH whose id
+    /// awaits PUBREL is a duplicate (it must carry DUP) and is answered, not delivered.
+    fn read(&mut self, sim: &mut Sim, c: Client) {
+        for packet in sim.recv_all(c) {
+            match packet {
+                Packet::Publish(p) => {
+                    assert_eq!(p.qos, QoS::ExactlyOnce, "{p:?}");
+                    let id = packet_id_of(&p);
+                    if self.awaiting_release.insert(id) {
+                        self.delivered.push(parse(&p.payload));
+                    } else {
+                        assert!(p.dup, "a resent QoS 2 PUBLISH without DUP: {p:?}");
+                    }
+                    sim.send(c, &pubrec(id));
+                }
+                Packet::PubRel(a) => {
+                    self.awaiting_release.remove(&a.packet_id.get());
+                    sim.send(c, &pubcomp(a.packet_id.get()));
+                }
+                Packet::ConnAck(a) => assert!(a.session_present, "session lost: {a:?}"),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+}
+
+/// QoS 2 end to end while subscribers keep losing their connections (unread bytes are lost
+/// with them) and resume their sessions through random shards: every message a publisher got
+/// PUBREC for is delivered exactly once to every subscriber [MQTT-4.3.3], [MQTT-4.4.0-1].
+fn run_qos2_reconnecting(seed: u64) {
+    let limits = Limits {
+        session_queue_len_max: 10_000,
+        ..Limits::default()
+    };
+    let mut sim = Sim::seeded(SHARDS, limits, seed, 3);
+    let subscribers = 3;
+    let mut subs: Vec<(Client, Qos2Receiver)> = Vec::new();
+    for i in 0..subscribers {
+        let accept = (sim.rng().next_u64() % u64::from(SHARDS)) as u16;
+        let (c, _) = sim.connect(accept, v5_persistent(&format!("q2sub-{i}"), 3600));
+        assert_eq!(
+            sim.subscribe(c, "q/#", QoS::ExactlyOnce).reason_codes,
+            [ReasonCode::GrantedQoS2]
+        );
+        subs.push((c, Qos2Receiver::default()));
+    }
+    let publishers: Vec<Client> = (0..2)
+        .map(|i| {
+            let accept = (sim.rng().next_u64() % u64::from(SHARDS)) as u16;
+            sim.connect(accept, v5(&format!("q2pub-{i}"))).0
+        })
+        .collect();
+    let mut next_seq = [0u32; 2];
+    let mut sent: Vec<HashMap<u16, u32>> = vec![HashMap::new(); 2];
+    let mut accepted: Vec<(u32, u32)> = Vec::new();
+
+    for _ in 0..400 {
+        match sim.rng().upto(9) {
+            0..=3 => {
+                let who = (sim.rng().next_u64() % 2) as usize;
+                if sent[who].len() < 50 {
+                    let seq = next_seq[who];
+                    next_seq[who] += 1;
+                    let packet_id = (seq % 60_000 + 1) as u16;
+                    sent[who].insert(packet_id, seq);
+                    let body = payload(who as u32, seq);
+                    sim.send(
+                        publishers[who],
+                        &publish("q/x", &body, QoS::ExactlyOnce, Some(packet_id)),
+                    );
+                }
+            }
+            4 => {
+                // A subscriber loses its connection; what it had not read is lost.
+                let i = (sim.rng().next_u64() % subscribers as u64) as usize;
+                let (c, _) = subs[i];
+                if !sim.is_closed(c) {
+                    sim.drop_connection(c);
+                    sim.run_until_idle();
+                    sim.take_bytes(c);
+                }
+            }
+            5 => {
+                // It comes back, through any shard.
+                let i = (sim.rng().next_u64() % subscribers as u64) as usize;
+                if sim.is_closed(subs[i].0) {
+                    let accept = (sim.rng().next_u64() % u64::from(SHARDS)) as u16;
+                    let c = sim.open(accept);
+                    let connect = v5_persistent(&format!("q2sub-{i}"), 3600);
+                    sim.send(c, &Packet::Connect(Box::new(connect)));
+                    subs[i].0 = c;
+                }
+            }
+            6..=7 => {
+                for _ in 0..sim.rng().upto(3) {
+                    sim.step();
+                }
+            }
+            _ => {
+                for (c, receiver) in subs.iter_mut() {
+                    if !sim.is_closed(*c) {
+                        receiver.read(&mut sim, *c);
+                    }
+                }
+                publisher_acks(&mut sim, &publishers, &mut sent, &mut accepted);
+            }
+        }
+    }
+    // Everyone back online, then settle.
+    for (i, (c, _)) in subs.iter_mut().enumerate() {
+        if sim.is_closed(*c) {
+            let (back, _) = sim.connect(0, v5_persistent(&format!("q2sub-{i}"), 3600));
+            *c = back;
+        }
+    }
+    for _ in 0..100 {
+        sim.run_until_idle();
+        for (c, receiver) in subs.iter_mut() {
+            receiver.read(&mut sim, *c);
+        }
+        publisher_acks(&mut sim, &publishers, &mut sent, &mut accepted);
+        if sim.is_idle() && subs.iter().all(|(c, _)| sim.take_bytes(*c).is_empty()) {
+            break;
+        }
+    }
+    accepted.sort_unstable();
+    for (i, (_, receiver)) in subs.iter().enumerate() {
+        let mut got = receiver.delivered.clone();
+        got.sort_unstable();
+        let before = got.len();
+        got.dedup();
+        assert_eq!(before, got.len(), "q2sub-{i}: a message delivered twice");
+        for m in &accepted {
+            assert!(
+                got.binary_search(m).is_ok(),
+                "q2sub-{i}: accepted {m:?} never delivered"
+            );
+        }
+    }
+    assert_eq!(sim.barriers_pending(), 0);
+}
+
+/// Publishers answer PUBREC with PUBREL; a PUBREC marks the message accepted.
+fn publisher_acks(
+    sim: &mut Sim,
+    publishers: &[Client],
+    sent: &mut [HashMap<u16, u32>],
+    accepted: &mut Vec<(u32, u32)>,
+) {
+    for (who, &p) in publishers.iter().enumerate() {
+        for packet in sim.recv_all(p) {
+            match packet {
+                Packet::PubRec(a) => {
+                    if let Some(seq) = sent[who].remove(&a.packet_id.get()) {
+                        accepted.push((who as u32, seq));
+                    }
+                    sim.send(p, &pubrel(a.packet_id.get()));
+                }
+                Packet::PubComp(_) => {}
+                other => panic!("publisher got {other:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn qos2_exactly_once_with_reconnecting_subscribers() {
+    for seed in seeds(24) {
+        run_qos2_reconnecting(seed);
+    }
+}

@@ -165,3 +165,35 @@ fn resume_sends_pubrel_then_queued() {
     assert_eq!(&queued.payload[..], b"b");
     assert!(!queued.dup);
 }
+
+/// The peer sends CONNECT and closes before the accepting shard handled it: the engine still
+/// hands the connection off (it has a whole CONNECT) and the home shard, whose read of the same
+/// socket sees the EOF too, connects and at once disconnects it: the will goes out, a clean
+/// session ends.
+#[test]
+fn peer_closed_before_handoff() {
+    let mut sim = Sim::new(2);
+    let (w, _) = sim.connect(0, v311(&sim.client_id_on(0, "watch")));
+    sim.subscribe(w, "status", QoS::AtMostOnce);
+    let id = sim.client_id_on(1, "brief");
+    let mut connect = v311(&id);
+    connect.will = Some(wire::LastWill {
+        topic: "status".into(),
+        payload: bytes::Bytes::from_static(b"gone"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: Default::default(),
+    });
+    let c = sim.open(0);
+    sim.send(c, &Packet::Connect(Box::new(connect)));
+    sim.drop_connection(c);
+    sim.run_until_idle();
+    assert!(sim.is_closed(c));
+    assert_eq!(
+        sim.events(c).first(),
+        Some(&Event::HandOff { from: 0, to: 1 })
+    );
+    assert_eq!(&sim.expect_publish(w).payload[..], b"gone");
+    assert_eq!(sim.engine(1).state.sessions_total(), 0);
+    assert_eq!(sim.engine(1).connection_count(), 0);
+}

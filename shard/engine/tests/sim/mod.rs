@@ -97,8 +97,10 @@ struct ClientState {
     /// The engine paused reading: the client's sends wait in `unread`.
     paused: bool,
     unread: Vec<u8>,
-    /// The peer closed while its connection was on its way to another shard.
-    eof_pending: bool,
+    /// The peer closed its side. A socket at EOF stays at EOF: if the engine hands the
+    /// connection to another shard afterwards (it had a whole CONNECT), that shard sees the EOF
+    /// too.
+    peer_closed: bool,
     /// Set while the transport does not report progress (a slow consumer).
     stalled: bool,
     /// Every output of the engine about this connection, for assertions on the order.
@@ -256,7 +258,7 @@ impl Sim {
             closed: false,
             paused: false,
             unread: Vec::new(),
-            eof_pending: false,
+            peer_closed: false,
             stalled: false,
             events: Vec::new(),
         });
@@ -312,13 +314,10 @@ impl Sim {
     pub fn drop_connection(&mut self, client: Client) {
         let now = self.now();
         let c = &mut self.clients[client.0];
-        match c.conn {
-            Some(conn) => {
-                let shard = c.shard;
-                self.engines[usize::from(shard)].handle_closed(conn, now);
-            }
-            None if !c.closed => c.eof_pending = true,
-            None => {}
+        c.peer_closed = true;
+        if let Some(conn) = c.conn {
+            let shard = c.shard;
+            self.engines[usize::from(shard)].handle_closed(conn, now);
         }
     }
 
@@ -473,7 +472,7 @@ impl Sim {
             c.conn = Some(conn);
             let unread = std::mem::take(&mut c.unread);
             self.by_conn.insert((h.home, conn), h.client);
-            let eof = std::mem::take(&mut c.eof_pending);
+            let eof = c.peer_closed;
             if !unread.is_empty() {
                 self.engines[usize::from(h.home)].handle_input(conn, &unread, now);
             }
