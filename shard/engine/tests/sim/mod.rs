@@ -188,6 +188,16 @@ impl Sim {
         Sim::build_with(shards, limits, seed, delay_steps_max, |_| None)
     }
 
+    /// Like [`Sim::with_limits`], with subscription rules other than the default (allow all).
+    pub fn with_rules(shards: u16, limits: Limits, rules: SubscribeRules) -> Sim {
+        let mut sim = Sim::build(shards, limits.clone(), 0, 0);
+        let rules = Arc::new(rules);
+        sim.engines = (0..shards)
+            .map(|id| Engine::new(id, shards, limits.clone(), rules.clone(), None))
+            .collect();
+        sim
+    }
+
     fn build_with(
         shards: u16,
         limits: Limits,
