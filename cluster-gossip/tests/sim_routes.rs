@@ -63,7 +63,12 @@ impl Truth {
 
 #[test]
 fn routes_converge_under_twenty_percent_loss() {
-    let seed = sim::seed(0x1055);
+    for seed in sim::seeds(0x1055) {
+        routes_converge_under_twenty_percent_loss_seeded(seed);
+    }
+}
+
+fn routes_converge_under_twenty_percent_loss_seeded(seed: u64) {
     let mut rng = SmallRng::seed_from_u64(seed ^ 1);
     let mut sim = Sim::new(5, seed);
     let all = sim.alive();
@@ -99,7 +104,12 @@ fn routes_converge_under_twenty_percent_loss() {
 
 #[test]
 fn partition_then_heal_converges_and_removed_routes_stay_removed() {
-    let seed = sim::seed(0x9a27);
+    for seed in sim::seeds(0x9a27) {
+        partition_then_heal_converges_and_removed_routes_stay_removed_seeded(seed);
+    }
+}
+
+fn partition_then_heal_converges_and_removed_routes_stay_removed_seeded(seed: u64) {
     let mut sim = Sim::new(5, seed);
     let all = sim.alive();
     for &slot in &all {
@@ -164,7 +174,12 @@ fn partition_then_heal_converges_and_removed_routes_stay_removed() {
 
 #[test]
 fn shared_groups_are_seen_across_nodes() {
-    let seed = sim::seed(0x54a);
+    for seed in sim::seeds(0x54a) {
+        shared_groups_are_seen_across_nodes_seeded(seed);
+    }
+}
+
+fn shared_groups_are_seen_across_nodes_seeded(seed: u64) {
     let mut sim = Sim::new(3, seed);
     let all = sim.alive();
     let shared = |g: &str| RouteEntry::Shared {

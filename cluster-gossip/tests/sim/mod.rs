@@ -18,12 +18,21 @@ use ringmq_cluster_gossip::{
 pub const SECRET: &[u8] = b"sim-cluster-secret-0123456789abcdef";
 pub const WRONG_SECRET: &[u8] = b"not-the-cluster-secret-at-all-000000";
 
-/// The seed: `SIM_SEED` if set, else the test's default. Printed so a failure can be replayed.
-pub fn seed(default: u64) -> u64 {
-    let seed = std::env::var("SIM_SEED")
+/// Seeds a scenario runs with: `SIM_SEED` alone if set, else `SIM_SEEDS` (default 8) seeds
+/// from the test's default. A run is milliseconds, so several seeds are cheap.
+pub fn seeds(default: u64) -> Vec<u64> {
+    if let Some(seed) = std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()) {
+        return vec![seed];
+    }
+    let count: u64 = std::env::var("SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(default);
+        .unwrap_or(8);
+    (default..default + count).collect()
+}
+
+/// Announces the seed so a failure can be replayed.
+fn announce_seed(seed: u64) {
     eprintln!("sim seed = {seed} (replay with SIM_SEED={seed})");
     // SIM_TRACE=foca=debug (any env-filter) shows the protocol's own logs of a replay.
     if let Ok(filter) = std::env::var("SIM_TRACE") {
@@ -33,7 +42,6 @@ pub fn seed(default: u64) -> u64 {
             .without_time()
             .try_init();
     }
-    seed
 }
 
 pub fn gossip_addr(slot: usize) -> SocketAddr {
@@ -100,6 +108,7 @@ pub struct Sim {
 impl Sim {
     /// `n` nodes with ids 1..=n, each seeded with node 0's and node 1's gossip addresses.
     pub fn new(n: usize, seed: u64) -> Self {
+        announce_seed(seed);
         let mut sim = Self {
             seed,
             rng: SmallRng::seed_from_u64(seed),
