@@ -3,7 +3,8 @@
 #   mosquitto + mosquitto-clients (independent MQTT clients, and the comparison broker),
 #   cmake (librdkafka's build), kafka-python and paho-mqtt (independent Kafka / MQTT clients),
 #   tansu (a real Kafka-protocol broker; ~11 minutes to build the first time, then reused).
-# Then: unit, property and end-to-end tests for every crate, and the tuning scripts' self-test.
+# Then: rustfmt and clippy (warnings are errors), unit, property, simulation and end-to-end tests
+# for every crate, and the tuning scripts' self-test.
 #
 # Environment: RINGMQ_SKIP_INSTALL=1 skips the install steps (for a machine already set up).
 set -euo pipefail
@@ -32,6 +33,9 @@ if [[ "${RINGMQ_SKIP_INSTALL:-0}" != 1 ]]; then
     fi
 fi
 
+say "format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
 say "build (broker binary first: the end-to-end tests run it)"
 cargo build --workspace --bins
 say "tests"

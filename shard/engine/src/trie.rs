@@ -252,121 +252,91 @@ impl<V> TopicTrie<V> {
     }
 
     /// Calls `f` with every value whose key is a *filter* matching the topic *name* `topic`.
+    ///
+    /// Iterative (an explicit stack, no recursion per level): the number of levels is the
+    /// client's to choose, the shard's stack is not.
     pub fn for_each_match<'a>(&'a self, topic: &str, mut f: impl FnMut(&'a V)) {
         let dollar = topic.starts_with('$');
-        self.match_levels(ROOT, topic, dollar, true, &mut f);
-    }
-
-    fn match_levels<'a>(
-        &'a self,
-        node: NodeId,
-        rest: &str,
-        dollar: bool,
-        at_root: bool,
-        f: &mut impl FnMut(&'a V),
-    ) {
-        let n = &self.nodes[node as usize];
-        let wildcards_allowed = !(at_root && dollar);
-        // `#` matches the parent level too ("a/#" matches "a"), and everything below.
-        if wildcards_allowed {
-            if let Some(h) = n.hash {
-                if let Some(v) = &self.nodes[h as usize].value {
+        let mut stack: SmallVec<[(NodeId, &str, bool); 8]> = SmallVec::new();
+        stack.push((ROOT, topic, true));
+        while let Some((node, rest, at_root)) = stack.pop() {
+            let n = &self.nodes[node as usize];
+            // `$` topics are not matched by wildcards at the first level [MQTT-4.7.2-1].
+            let wildcards_allowed = !(at_root && dollar);
+            // `#` matches the parent level too ("a/#" matches "a"), and everything below.
+            if wildcards_allowed {
+                if let Some(v) = n.hash.and_then(|h| self.nodes[h as usize].value.as_ref()) {
                     f(v);
                 }
             }
-        }
-        let (level, next) = match rest.find('/') {
-            Some(i) => (&rest[..i], Some(&rest[i + 1..])),
-            None => (rest, None),
-        };
-        let mut visit = |child: NodeId| match next {
-            Some(tail) => self.match_levels(child, tail, dollar, false, f),
-            None => {
-                let c = &self.nodes[child as usize];
-                if let Some(v) = &c.value {
-                    f(v);
-                }
-                // "a/#" also matches "a": the `#` child of the last level.
-                if let Some(h) = c.hash {
-                    if let Some(v) = &self.nodes[h as usize].value {
-                        f(v);
+            let (level, next) = match rest.find('/') {
+                Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+                None => (rest, None),
+            };
+            let plus = if wildcards_allowed { n.plus } else { None };
+            for child in [n.children.get(level), plus].into_iter().flatten() {
+                match next {
+                    Some(tail) => stack.push((child, tail, false)),
+                    None => {
+                        let c = &self.nodes[child as usize];
+                        if let Some(v) = &c.value {
+                            f(v);
+                        }
+                        // "a/#" also matches "a": the `#` child of the last level.
+                        if let Some(v) = c.hash.and_then(|h| self.nodes[h as usize].value.as_ref())
+                        {
+                            f(v);
+                        }
                     }
                 }
-            }
-        };
-        if let Some(c) = n.children.get(level) {
-            visit(c);
-        }
-        if wildcards_allowed {
-            if let Some(p) = n.plus {
-                visit(p);
             }
         }
     }
 
     /// Calls `f` with every value whose key is a topic *name* matched by the *filter* `filter`.
+    /// Iterative, like [`TopicTrie::for_each_match`].
     pub fn for_each_name_matching<'a>(&'a self, filter: &str, mut f: impl FnMut(&'a str, &'a V))
     where
         V: HasName,
     {
-        self.names_under(ROOT, filter, true, &mut f);
-    }
-
-    fn names_under<'a>(
-        &'a self,
-        node: NodeId,
-        rest: &str,
-        at_root: bool,
-        f: &mut impl FnMut(&'a str, &'a V),
-    ) where
-        V: HasName,
-    {
-        let (level, next) = match rest.find('/') {
-            Some(i) => (&rest[..i], Some(&rest[i + 1..])),
-            None => (rest, None),
-        };
-        let n = &self.nodes[node as usize];
-        match level {
-            "#" => {
-                // The parent level itself ("a/#" matches "a"), unless this is the root.
-                if !at_root {
-                    if let Some(v) = &n.value {
+        let mut stack: Vec<(NodeId, &str, bool)> = vec![(ROOT, filter, true)];
+        while let Some((node, rest, at_root)) = stack.pop() {
+            let (level, next) = match rest.find('/') {
+                Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+                None => (rest, None),
+            };
+            let n = &self.nodes[node as usize];
+            let mut step = |child: NodeId, f: &mut dyn FnMut(&'a str, &'a V)| match next {
+                Some(tail) => stack.push((child, tail, false)),
+                None => {
+                    if let Some(v) = &self.nodes[child as usize].value {
                         f(v.name(), v);
                     }
                 }
-                n.children.for_each(|k, c| {
-                    if !(at_root && k.starts_with('$')) {
-                        self.all_below(c, f);
+            };
+            match level {
+                "#" => {
+                    // The parent level itself ("a/#" matches "a"), unless this is the root.
+                    if !at_root {
+                        if let Some(v) = &n.value {
+                            f(v.name(), v);
+                        }
                     }
-                });
-            }
-            "+" => n.children.for_each(|k, c| {
-                if at_root && k.starts_with('$') {
-                    return;
+                    n.children.for_each(|k, c| {
+                        if !(at_root && k.starts_with('$')) {
+                            self.all_below(c, &mut f);
+                        }
+                    });
                 }
-                self.filter_step(c, next, f);
-            }),
-            _ => {
-                if let Some(c) = n.children.get(level) {
-                    self.filter_step(c, next, f);
-                }
-            }
-        }
-    }
-
-    fn filter_step<'a>(
-        &'a self,
-        child: NodeId,
-        next: Option<&str>,
-        f: &mut impl FnMut(&'a str, &'a V),
-    ) where
-        V: HasName,
-    {
-        match next {
-            Some(tail) => self.names_under(child, tail, false, f),
-            None => {
-                if let Some(v) = &self.nodes[child as usize].value {
-                    f(v.name(), v);
+                "+" => n.children.for_each(|k, c| {
+                    if !(at_root && k.starts_with('$')) {
+                        step(c, &mut f);
+                    }
+                }),
+                _ => {
+                    if let Some(c) = n.children.get(level) {
+                        step(c, &mut f);
+                    }
                 }
             }
         }
