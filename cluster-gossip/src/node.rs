@@ -17,7 +17,7 @@ use crate::config::ClusterConfig;
 use crate::identity::{Generation, NodeId, NodeIdentity};
 use crate::membership::{Membership, MembershipEvent, MembershipStats};
 use crate::routes::{LocalRoutes, LocalRoutesError, RouteEntry, RouteSummary, SharedGroupNodes};
-use crate::sync::{RemoteTable, RouteSync, SyncError};
+use crate::sync::{LinkStats, RemoteTable, RouteSync, SyncError};
 
 /// Bytes buffered per link while a frame is incomplete: one maximal frame and its header.
 pub const LINK_READ_BUFFER_MAX: usize = FRAME_LEN_MAX + 4;
@@ -435,9 +435,17 @@ impl ClusterNode {
 
     /// A handshake finished: refuse a stale incarnation, and replace an older link to the peer.
     fn link_up(&mut self, link: LinkId) {
-        let Some(peer) = self.links.get(&link).and_then(|l| l.sync.peer().copied()) else {
+        let Some((peer, dialed)) = self
+            .links
+            .get(&link)
+            .and_then(|l| l.sync.peer().map(|peer| (*peer, l.dialed)))
+        else {
             return;
         };
+        if dialed.is_some_and(|dialed| dialed != peer.node_id) {
+            self.close_link(link, format!("dialed another node, {peer} answered"));
+            return;
+        }
         if let Some(known) = self.membership.member(peer.node_id) {
             if known.generation > peer.generation {
                 self.close_link(link, format!("stale incarnation {peer}, member is {known}"));
@@ -494,6 +502,35 @@ impl ClusterNode {
             self.flush_links();
         }
         Ok(())
+    }
+
+    /// Queues a publish (opaque bytes) for peer `to`. Hands the payload back when there is no
+    /// link up to `to` or its queue is full; the caller applies the QoS policy (drop and count a
+    /// QoS 0 message, hold a QoS 1/2 one).
+    pub fn forward(&mut self, to: NodeId, payload: Vec<u8>) -> Result<(), Vec<u8>> {
+        let Some(id) = self
+            .links
+            .iter()
+            .find(|(_, l)| link_peer_id(l) == Some(to))
+            .map(|(id, _)| *id)
+        else {
+            return Err(payload);
+        };
+        let result = match self.links.get_mut(&id) {
+            Some(link) => link.sync.queue_forward(payload),
+            None => Err(payload),
+        };
+        self.flush_link(id);
+        result
+    }
+
+    /// Counters and queue depth of every authenticated link.
+    pub fn link_stats(&self) -> impl Iterator<Item = (NodeId, &LinkStats, usize)> {
+        self.links.values().filter_map(|l| {
+            l.sync
+                .peer()
+                .map(|peer| (peer.node_id, l.sync.stats(), l.sync.queue_len()))
+        })
     }
 
     pub fn poll_datagram(&mut self) -> Option<(SocketAddr, Vec<u8>)> {

@@ -221,3 +221,45 @@ fn shared_groups_are_seen_across_nodes_seeded(seed: u64) {
         vec![NodeId(2)]
     );
 }
+
+#[test]
+fn forwarded_publishes_reach_the_peer_once() {
+    for seed in sim::seeds(0xf0d) {
+        forwarded_publishes_reach_the_peer_once_seeded(seed);
+    }
+}
+
+fn forwarded_publishes_reach_the_peer_once_seeded(seed: u64) {
+    let mut sim = Sim::new(3, seed);
+    let all = sim.alive();
+    assert!(sim.run_until(30 * SECOND, SECOND / 4, |s| s.all_up(&all)
+        && s.routes_converged(&all)));
+    assert!(
+        sim.run_until(10 * SECOND, SECOND / 4, |s| s.node(0).links_up().count()
+            == 2)
+    );
+    sim.forward(0, NodeId(3), b"publish 1".to_vec());
+    sim.forward(0, NodeId(3), b"publish 2".to_vec());
+    // No link to an unknown node: the payload comes back.
+    assert_eq!(
+        sim.node_mut(0).forward(NodeId(42), b"x".to_vec()),
+        Err(b"x".to_vec())
+    );
+    sim.run_for(SECOND);
+    let got: Vec<Vec<u8>> = sim
+        .events(2)
+        .iter()
+        .filter_map(|(_, e)| match e {
+            ringmq_cluster_gossip::ClusterEvent::Forwarded {
+                from: NodeId(1),
+                payload,
+            } => Some(payload.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![b"publish 1".to_vec(), b"publish 2".to_vec()],
+        "seed {seed}"
+    );
+}

@@ -484,6 +484,13 @@ impl Sim {
         self.pump(slot);
     }
 
+    pub fn forward(&mut self, slot: usize, to: NodeId, payload: Vec<u8>) {
+        self.node_mut(slot)
+            .forward(to, payload)
+            .expect("link is up and has room");
+        self.pump(slot);
+    }
+
     pub fn unsubscribe(&mut self, slot: usize, entry: &RouteEntry) {
         self.node_mut(slot)
             .unsubscribe(entry)
