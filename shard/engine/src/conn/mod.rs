@@ -182,9 +182,11 @@ impl Conn {
                 self.write_packet(&pending.1);
             }
         }
-        // 3. Frames already received.
+        // 3. Frames already received. Once the peer is gone they are handled even while its
+        // reading is paused: a DISCONNECT or PUBLISH it sent still counts, and its replies go
+        // nowhere, so the transport bound no longer matters.
         let mut step = Step::Idle;
-        if !self.partial.is_empty() && !self.reading_paused {
+        if !self.partial.is_empty() && (!self.reading_paused || self.eof) {
             match self.handle_frames(sh, now) {
                 Ok(more) => {
                     if more {
@@ -273,8 +275,9 @@ impl Conn {
         let mut handled = 0;
         let mut result = Ok(false);
         while !data.is_empty() {
-            if handled >= FRAMES_PER_DRIVE_MAX || self.write_blocked() {
-                result = Ok(!self.write_blocked());
+            let blocked = self.write_blocked() && !self.eof;
+            if handled >= FRAMES_PER_DRIVE_MAX || blocked {
+                result = Ok(!blocked);
                 break;
             }
             let frame_len = match wire::check(&data, max) {
