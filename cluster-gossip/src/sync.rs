@@ -368,6 +368,8 @@ impl RouteSync {
     fn compare_summary(&mut self, theirs: &RouteSummary, table: &RemoteTable, now: Instant) {
         let ours = table.summary(theirs.origin);
         let need = match ours {
+            // An owner with nothing yet: there is nothing to fetch.
+            None if theirs.seq == 0 => None,
             None => Some(false),
             Some(ours) if theirs.generation > ours.generation => Some(false),
             Some(ours) if theirs.generation < ours.generation => None,
