@@ -224,3 +224,46 @@ fn unreported_transmits_fill_the_transport_bound() {
         "nothing held back: {written}"
     );
 }
+
+/// Frames the engine already received stay received when the peer closes while its reading is
+/// paused (a slow consumer): a DISCONNECT among them still discards the will [MQTT-3.1.2-10]
+/// and a PUBLISH among them is still routed, as they would be without the pause.
+#[test]
+fn frames_received_before_eof_are_handled_while_paused() {
+    let mut sim = Sim::new(1);
+    let (watcher, _) = sim.connect(0, v311("w"));
+    sim.subscribe(watcher, "status/#", QoS::AtMostOnce);
+    let mut connect = v311("slow");
+    connect.will = Some(wire::LastWill {
+        topic: "status/slow".into(),
+        payload: bytes::Bytes::from_static(b"lost"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: Default::default(),
+    });
+    let (slow, _) = sim.connect(0, connect);
+    sim.stall(slow);
+    sim.report_sent(slow, TRANSPORT_QUEUED_MAX_BYTES + 1);
+    let read = encode_all(
+        ProtocolVersion::V3_1_1,
+        &[
+            publish("status/last", b"words", QoS::AtMostOnce, None),
+            disconnect(ReasonCode::Success),
+        ],
+    );
+    sim.send_bytes(slow, &read);
+    sim.run_until_idle();
+    assert!(sim.is_paused(slow));
+    sim.drop_connection(slow);
+    sim.run_until_idle();
+    assert!(sim.is_closed(slow));
+    let got: Vec<Vec<u8>> = sim
+        .recv_all(watcher)
+        .into_iter()
+        .map(|p| match p {
+            Packet::Publish(p) => p.payload.to_vec(),
+            other => panic!("expected PUBLISH, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(got, [b"words".to_vec()], "will published or publish lost");
+}
