@@ -197,3 +197,68 @@ fn peer_closed_before_handoff() {
     assert_eq!(sim.engine(1).state.sessions_total(), 0);
     assert_eq!(sim.engine(1).connection_count(), 0);
 }
+
+/// Inbound QoS 2 state is session state: the client PUBREC'd on one connection, reconnects and
+/// resends the PUBLISH (DUP) because it never saw the PUBREC — it is acknowledged, not delivered
+/// again [MQTT-4.3.3-9] [MQTT-4.4.0-1]; PUBREL on the new connection completes it.
+#[test]
+fn inbound_qos2_survives_reconnect() {
+    let mut sim = Sim::new(2);
+    let (sub, _) = sim.connect(0, v5(&sim.client_id_on(0, "s")));
+    sim.subscribe(sub, "q", QoS::AtMostOnce);
+    let id = sim.client_id_on(1, "pub");
+    let (first, _) = sim.connect(0, v5_persistent(&id, 300));
+    sim.send(first, &publish("q", b"once", QoS::ExactlyOnce, Some(3)));
+    sim.drop_connection(first);
+    sim.run_until_idle();
+    assert_eq!(&sim.expect_publish(sub).payload[..], b"once");
+
+    let (second, ack) = sim.connect(0, v5_persistent(&id, 300));
+    assert!(ack.session_present);
+    let resend = match publish("q", b"once", QoS::ExactlyOnce, Some(3)) {
+        Packet::Publish(mut p) => {
+            p.dup = true;
+            Packet::Publish(p)
+        }
+        other => other,
+    };
+    sim.send(second, &resend);
+    sim.run_until_idle();
+    assert!(matches!(sim.expect(second), Packet::PubRec(a) if a.packet_id == pid(3)));
+    sim.expect_nothing(sub);
+    sim.send(second, &pubrel(3));
+    sim.run_until_idle();
+    assert!(matches!(
+        sim.expect(second),
+        Packet::PubComp(a) if a.reason_code == ReasonCode::Success
+    ));
+}
+
+/// A clean-start connection ends the session it takes over: the old connection's will goes out
+/// at once even with a will delay, since the session it belonged to ended (3.1.2.5, 3.1.3.2.2).
+#[test]
+fn clean_start_takeover_publishes_delayed_will() {
+    let mut sim = Sim::new(2);
+    let (w, _) = sim.connect(0, v5(&sim.client_id_on(0, "w")));
+    sim.subscribe(w, "status", QoS::AtMostOnce);
+    let id = sim.client_id_on(1, "car");
+    let mut connect = v5_persistent(&id, 300);
+    connect.will = Some(wire::LastWill {
+        topic: "status".into(),
+        payload: bytes::Bytes::from_static(b"ended"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: wire::WillProperties {
+            will_delay_interval: Some(60),
+            ..Default::default()
+        },
+    });
+    let (first, _) = sim.connect(1, connect);
+    let (_second, ack) = sim.connect(1, v5(&id));
+    assert!(!ack.session_present);
+    assert_eq!(
+        sim.expect_disconnect(first).reason_code,
+        ReasonCode::SessionTakenOver
+    );
+    assert_eq!(&sim.expect_publish(w).payload[..], b"ended");
+}
