@@ -267,3 +267,54 @@ fn frames_received_before_eof_are_handled_while_paused() {
         .collect();
     assert_eq!(got, [b"words".to_vec()], "will published or publish lost");
 }
+
+/// [MQTT-3.3.4-9] more unacknowledged QoS 2 publishes than our Receive Maximum: DISCONNECT
+/// 0x93 Receive Maximum exceeded.
+#[test]
+fn v5_receive_maximum_exceeded() {
+    let limits = Limits {
+        receive_maximum: 3,
+        ..Limits::default()
+    };
+    let mut sim = Sim::with_limits(1, limits);
+    let (c, ack) = sim.connect(0, v5("eager"));
+    assert_eq!(ack.properties.receive_maximum, Some(3));
+    for id in 1..=3 {
+        sim.send(c, &publish("t", b"x", QoS::ExactlyOnce, Some(id)));
+    }
+    sim.run_until_idle();
+    assert_eq!(sim.recv_all(c).len(), 3);
+    sim.send(c, &publish("t", b"x", QoS::ExactlyOnce, Some(4)));
+    sim.run_until_idle();
+    assert_eq!(
+        sim.expect_disconnect(c).reason_code,
+        ReasonCode::ReceiveMaximumExceeded
+    );
+    assert!(sim.is_closed(c));
+}
+
+/// [MQTT-3.1.2-25] a message bigger than the client's Maximum Packet Size is not sent to it
+/// (dropped as if delivered, counted `packet_too_large`); smaller ones are.
+#[test]
+fn v5_client_maximum_packet_size() {
+    let mut sim = Sim::new(1);
+    let mut connect = v5("small");
+    connect.properties.maximum_packet_size = Some(64);
+    let (c, _) = sim.connect(0, connect);
+    sim.subscribe(c, "t", QoS::AtLeastOnce);
+    let (p, _) = sim.connect(0, v5("p"));
+    sim.send(p, &publish("t", &[1u8; 100], QoS::AtMostOnce, None));
+    sim.send(p, &publish("t", &[2u8; 100], QoS::AtLeastOnce, Some(1)));
+    sim.send(p, &publish("t", b"fits", QoS::AtLeastOnce, Some(2)));
+    sim.run_until_idle();
+    let got = sim.expect_publish(c);
+    assert_eq!(&got.payload[..], b"fits");
+    sim.expect_nothing(c);
+    let too_large = DROP_REASONS
+        .iter()
+        .position(|r| *r == DropReason::PacketTooLarge)
+        .unwrap_or(usize::MAX);
+    let counters = &sim.engine(0).state.counters;
+    assert_eq!(counters.messages_dropped[0][too_large], 1);
+    assert_eq!(counters.messages_dropped[1][too_large], 1);
+}
