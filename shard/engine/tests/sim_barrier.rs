@@ -210,3 +210,21 @@ fn frames_after_waiting_subscribe_keep_their_order() {
     assert!(matches!(sim.expect(sub), Packet::SubAck(_)));
     assert_eq!(sim.expect(sub), Packet::PingResp);
 }
+
+/// Paho's `test_subscribe_options` shape: a publish read on another shard one turn after the
+/// SUBSCRIBE was read (the subscriber has no SUBACK yet) already reaches the subscriber, because
+/// a shard applies the batch that carries the route change before the client input of the same
+/// turn (with links that deliver on the next turn).
+#[test]
+fn publish_one_turn_after_subscribe_reaches_subscriber() {
+    let mut sim = Sim::new(2);
+    let (sub, _) = sim.connect(0, v5(&sim.client_id_on(0, "s")));
+    let (publisher, _) = sim.connect(1, v5(&sim.client_id_on(1, "p")));
+    sim.send(sub, &subscribe(1, &[("opts", QoS::AtMostOnce)]));
+    sim.step();
+    sim.expect_nothing(sub);
+    sim.send(publisher, &publish("opts", b"early", QoS::AtMostOnce, None));
+    sim.run_until_idle();
+    assert!(matches!(sim.expect(sub), Packet::SubAck(_)));
+    assert_eq!(&sim.expect_publish(sub).payload[..], b"early");
+}
