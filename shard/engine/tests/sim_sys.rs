@@ -45,5 +45,7 @@ fn wildcard_does_not_match_sys() {
     sim.subscribe(sys, "$SYS/#", QoS::AtMostOnce);
     let got = sim.recv_all(sys);
     assert!(got.len() >= 10, "{got:?}");
-    assert!(got.iter().all(|p| matches!(p, Packet::Publish(p) if p.retain)));
+    assert!(got
+        .iter()
+        .all(|p| matches!(p, Packet::Publish(p) if p.retain)));
 }
