@@ -21,19 +21,18 @@ use wire::{
     Publish, QoS, ReasonCode, SubAck, Subscribe, SubscriptionOptions, Utf8Bytes,
 };
 
+use crate::failover::{mix64, pick_broker};
 use crate::header::{realtime_ns, PayloadHeader, HEADER_LEN};
 use crate::plan::{self, MqttVersion, Role, Schedule};
 use crate::runner::{Phase, ThreadCtx};
 use crate::seq::SeqTracker;
-use crate::stats::{record_us, LiveCounters};
+use crate::stats::{record_count, record_us, LiveCounters};
 
 /// Largest inbound frame accepted from the broker.
 pub const INBOUND_FRAME_MAX: u32 = 32 * 1024 * 1024;
 /// Read sizes adapt between these: idle clients keep tiny buffers, busy subscribers big ones.
 const READ_CHUNK_MIN: usize = 256;
 const READ_CHUNK_MAX: usize = 64 * 1024;
-/// Publishes encoded into one write when catching up or running at max rate.
-const PUBLISH_BATCH_MAX: usize = 64;
 /// Bytes encoded before a write is issued regardless of the batch count.
 const WRITE_BATCH_BYTES_MAX: usize = 256 * 1024;
 /// Max-rate publishers yield to the executor after this many writes so others get a turn.
@@ -143,6 +142,8 @@ pub struct ClientSpec {
     pub global_index: u64,
     pub client_id: String,
     pub source: Option<IpAddr>,
+    /// Position in the run (all groups, in order): the round-robin broker pick.
+    pub position: u64,
 }
 
 fn version_of(version: MqttVersion) -> ProtocolVersion {
@@ -166,6 +167,7 @@ async fn read_packet(
     buf: &mut BytesMut,
     chunk: &mut usize,
     version: ProtocolVersion,
+    reads: &mut u64,
 ) -> Result<Packet, ClientError> {
     loop {
         match wire::check(buf, INBOUND_FRAME_MAX)? {
@@ -189,6 +191,7 @@ async fn read_packet(
                 if read == 0 {
                     return Err(ClientError::Closed);
                 }
+                *reads += 1;
                 *chunk = if read == want {
                     (*chunk * 2).min(READ_CHUNK_MAX)
                 } else {
@@ -223,6 +226,7 @@ async fn handshake(
     target: SocketAddr,
     filter: Option<&str>,
     started: Instant,
+    first: bool,
 ) -> Result<Handshake, ClientError> {
     let settings = &ctx.shared.scenario.connection;
     let group = &ctx.shared.scenario.groups[spec.group];
@@ -248,7 +252,8 @@ async fn handshake(
     writer.write_all(&out).await?;
     let mut buf = BytesMut::new();
     let mut chunk = READ_CHUNK_MIN;
-    match read_packet(&mut reader, &mut buf, &mut chunk, version).await? {
+    let mut reads = 0;
+    match read_packet(&mut reader, &mut buf, &mut chunk, version, &mut reads).await? {
         Packet::ConnAck(ConnAck { reason_code, .. }) => {
             if reason_code != ReasonCode::Success {
                 return Err(ClientError::Refused(reason_code));
@@ -259,14 +264,22 @@ async fn handshake(
     let connected_at = Instant::now();
     {
         let mut report = ctx.report.borrow_mut();
-        record_us(
-            &mut report.connect_latency_us,
-            (connected_at - started).as_micros() as u64,
-        );
-        let offset = connected_at.saturating_duration_since(ctx.shared.run_start);
-        report.note_connack(offset.as_nanos() as u64);
+        *report
+            .connects_per_broker
+            .entry(target.to_string())
+            .or_default() += 1;
+        if first {
+            record_us(
+                &mut report.connect_latency_us,
+                (connected_at - started).as_micros() as u64,
+            );
+            let offset = connected_at.saturating_duration_since(ctx.shared.run_start);
+            report.note_connack(offset.as_nanos() as u64);
+        }
     }
-    LiveCounters::add(&ctx.live().connected, 1);
+    if first {
+        LiveCounters::add(&ctx.live().connected, 1);
+    }
     if let Some(filter) = filter {
         let qos = QoS::try_from(group.qos).map_err(|_| ClientError::Protocol("bad qos"))?;
         let subscribe = Packet::Subscribe(Subscribe {
@@ -284,7 +297,7 @@ async fn handshake(
         encode(&subscribe, version, &mut out)?;
         writer.write_all(&out).await?;
         loop {
-            match read_packet(&mut reader, &mut buf, &mut chunk, version).await? {
+            match read_packet(&mut reader, &mut buf, &mut chunk, version, &mut reads).await? {
                 Packet::SubAck(SubAck { reason_codes, .. }) => {
                     if let Some(&code) = reason_codes.iter().find(|code| code.code() >= 0x80) {
                         return Err(ClientError::SubscribeRefused(code));
@@ -356,13 +369,28 @@ async fn reader_loop(
     mut chunk: usize,
     version: ProtocolVersion,
 ) {
+    // PUBLISH frames completed by the latest read, recorded when the next read happens.
+    let mut reads: u64 = 0;
+    let mut reads_counted: u64 = 0;
+    let mut publishes_in_read: u64 = 0;
+    let record_read = |count: u64| {
+        if count > 0 {
+            record_count(&mut ctx.report.borrow_mut().publishes_per_read, count);
+        }
+    };
     let reason = loop {
-        let packet = match read_packet(&mut reader, &mut buf, &mut chunk, version).await {
+        let packet = read_packet(&mut reader, &mut buf, &mut chunk, version, &mut reads).await;
+        if reads != reads_counted {
+            reads_counted = reads;
+            record_read(std::mem::take(&mut publishes_in_read));
+        }
+        let packet = match packet {
             Ok(packet) => packet,
             Err(err) => break err.reason(),
         };
         match packet {
             Packet::Publish(publish) => {
+                publishes_in_read += 1;
                 on_publish(&ctx, &state, &publish);
                 match (publish.qos, publish.packet_id) {
                     (QoS::AtLeastOnce, Some(id)) => {
@@ -393,6 +421,7 @@ async fn reader_loop(
             _ => {}
         }
     };
+    record_read(publishes_in_read);
     *state.closed.borrow_mut() = Some(reason);
     state.notify.notify();
 }
@@ -405,6 +434,8 @@ struct Publisher {
     retain: bool,
     inflight_max: usize,
     payload_size: usize,
+    /// Publishes encoded into one write at most (1 = one write per message).
+    per_write_max: usize,
     publisher_index: u32,
     sent: u64,
     /// Deliveries each publish should produce: (fixed, per-member per group).
@@ -489,6 +520,120 @@ impl Publisher {
     }
 }
 
+/// How one connection of a client ended.
+enum Ending {
+    /// The run is stopping (or the broker closed while it did): close politely.
+    Finished,
+    /// Lost before the run stopped, with the reason for the failure table.
+    Lost(String),
+}
+
+/// TCP connect plus MQTT handshake to broker `target_index`, bounded by the connect timeout.
+/// `first` = the client's first connection (its latency is a connection figure; a
+/// reconnect's is measured from the loss instead).
+async fn connect(
+    ctx: &ThreadCtx,
+    spec: &ClientSpec,
+    target_index: usize,
+    filter: Option<&str>,
+    first: bool,
+) -> Result<Handshake, ClientError> {
+    let settings = &ctx.shared.scenario.connection;
+    let target = ctx.shared.targets[target_index % ctx.shared.targets.len()];
+    let timeout = Duration::from_millis(settings.connect_timeout_ms.max(1));
+    let started = Instant::now();
+    futures_lite::future::or(
+        handshake(ctx, spec, target, filter, started, first),
+        async {
+            glommio::timer::sleep(timeout).await;
+            Err(ClientError::Timeout)
+        },
+    )
+    .await
+}
+
+/// Sleeps for `delay` unless the run stops first (phase changes wake `notify`). False when the
+/// run is stopping.
+async fn sleep_unless_stopping(ctx: &ThreadCtx, notify: &Notify, delay: Duration) -> bool {
+    let deadline = Instant::now() + delay;
+    loop {
+        if ctx.phase.get() >= Phase::Stopping {
+            return false;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return true;
+        }
+        futures_lite::future::or(notify.notified(), async {
+            glommio::timer::sleep(deadline - now).await;
+        })
+        .await;
+    }
+}
+
+/// Dials again after a loss, with backoff, on the broker the pick policy names for each
+/// attempt, until connected or the run stops (the run's end bounds the retries).
+async fn reconnect(
+    ctx: &ThreadCtx,
+    state: &ClientState,
+    spec: &ClientSpec,
+    filter: Option<&str>,
+    dialled: &mut u64,
+) -> Option<Handshake> {
+    let settings = &ctx.shared.scenario.connection;
+    let backoff = settings.reconnect_backoff();
+    let mut failures: u32 = 0;
+    loop {
+        let seed = mix64(spec.global_index) ^ *dialled;
+        if !sleep_unless_stopping(ctx, &state.notify, backoff.delay(failures, seed)).await {
+            return None;
+        }
+        let permit = ctx.connect_slots.acquire_permit(1).await;
+        if ctx.phase.get() >= Phase::Stopping {
+            return None;
+        }
+        let index = pick_broker(
+            settings.broker_pick,
+            spec.position,
+            *dialled,
+            ctx.shared.targets.len(),
+        );
+        *dialled += 1;
+        let attempt = connect(ctx, spec, index, filter, false).await;
+        drop(permit);
+        match attempt {
+            Ok(handshake) => return Some(handshake),
+            Err(err) => {
+                *ctx.report
+                    .borrow_mut()
+                    .reconnect_failures
+                    .entry(err.reason())
+                    .or_default() += 1;
+                failures = failures.saturating_add(1);
+            }
+        }
+    }
+}
+
+impl ClientState {
+    /// Forgets what belonged to a lost connection: queued acks and the inflight window (its
+    /// acks can never come; they are counted as abandoned so the drain does not wait for them).
+    fn forget_connection(&self, ctx: &ThreadCtx) {
+        self.outbox.borrow_mut().clear();
+        *self.closed.borrow_mut() = None;
+        let abandoned = {
+            let mut inflight = self.inflight.borrow_mut();
+            let count = inflight.len() as u64;
+            inflight.clear();
+            count
+        };
+        if abandoned > 0 {
+            ctx.report.borrow_mut().inflight_abandoned += abandoned;
+            LiveCounters::add(&ctx.live().abandoned, abandoned);
+        }
+    }
+}
+
 /// Everything one client does, start to finish. Never panics on broker behaviour; failures
 /// are counted by reason.
 pub async fn run_client(ctx: Rc<ThreadCtx>, spec: ClientSpec, connect_at: Duration) {
@@ -496,9 +641,6 @@ pub async fn run_client(ctx: Rc<ThreadCtx>, spec: ClientSpec, connect_at: Durati
     let group = &shared.scenario.groups[spec.group];
     let settings = &shared.scenario.connection;
     let is_publisher = group.role == Role::Pub;
-    let done = |ctx: &ThreadCtx| {
-        LiveCounters::add(&ctx.live().clients_done, 1);
-    };
     let fail = |ctx: &ThreadCtx, reason: String| {
         *ctx.report
             .borrow_mut()
@@ -525,23 +667,10 @@ pub async fn run_client(ctx: Rc<ThreadCtx>, spec: ClientSpec, connect_at: Durati
     let filter = group.filter.as_deref().map(|template| {
         plan::expand_template(template, spec.global_index, &spec.client_id, spec.member)
     });
-    let started = Instant::now();
-    let timeout = Duration::from_millis(settings.connect_timeout_ms.max(1));
-    let attempt = futures_lite::future::or(
-        handshake(&ctx, &spec, shared.target, filter.as_deref(), started),
-        async {
-            glommio::timer::sleep(timeout).await;
-            Err(ClientError::Timeout)
-        },
-    )
-    .await;
+    let first_target = pick_broker(settings.broker_pick, spec.position, 0, shared.targets.len());
+    let attempt = connect(&ctx, &spec, first_target, filter.as_deref(), true).await;
     drop(permit);
-    let Handshake {
-        reader,
-        mut writer,
-        buf,
-        chunk,
-    } = match attempt {
+    let mut connection = match attempt {
         Ok(handshake) => handshake,
         Err(err) => {
             if matches!(err, ClientError::SubscribeRefused(_)) {
@@ -551,6 +680,8 @@ pub async fn run_client(ctx: Rc<ThreadCtx>, spec: ClientSpec, connect_at: Durati
             return;
         }
     };
+    // Connections dialled so far (the broker pick's attempt number).
+    let mut dialled: u64 = 1;
     LiveCounters::add(&ctx.live().ready, 1);
     if group.role == Role::Sub {
         ctx.report.borrow_mut().ready_per_group[spec.group] += 1;
@@ -574,96 +705,207 @@ pub async fn run_client(ctx: Rc<ThreadCtx>, spec: ClientSpec, connect_at: Durati
         closed: RefCell::new(None),
         tracker,
     });
-    let reader_task = glommio::spawn_local(reader_loop(
-        ctx.clone(),
-        state.clone(),
-        reader,
-        buf,
-        chunk,
+    let mut publisher = is_publisher.then(|| new_publisher(&ctx, &spec));
+
+    loop {
+        let Handshake {
+            reader,
+            mut writer,
+            buf,
+            chunk,
+        } = connection;
+        let reader_task = glommio::spawn_local(reader_loop(
+            ctx.clone(),
+            state.clone(),
+            reader,
+            buf,
+            chunk,
+            version,
+        ));
+        match drive(&ctx, &state, &mut writer, publisher.as_mut(), version).await {
+            Ending::Finished => {
+                close_politely(&state, &mut writer, version).await;
+                // Dropping the task cancels the reader if the broker never closed its side.
+                drop(reader_task);
+                break;
+            }
+            Ending::Lost(reason) => {
+                drop(reader_task);
+                drop(writer);
+                *ctx.report
+                    .borrow_mut()
+                    .disconnects
+                    .entry(reason)
+                    .or_default() += 1;
+                LiveCounters::add(&ctx.live().dropped, 1);
+                state.forget_connection(&ctx);
+                if !settings.reconnect {
+                    break;
+                }
+                let lost_at = Instant::now();
+                let Some(again) =
+                    reconnect(&ctx, &state, &spec, filter.as_deref(), &mut dialled).await
+                else {
+                    break;
+                };
+                let mut report = ctx.report.borrow_mut();
+                record_us(
+                    &mut report.reconnect_us,
+                    lost_at.elapsed().as_micros() as u64,
+                );
+                report.reconnects += 1;
+                LiveCounters::add(&ctx.live().reconnects, 1);
+                connection = again;
+            }
+        }
+    }
+
+    if let Some(publisher) = publisher.as_mut() {
+        publisher.finish(&ctx);
+    }
+    if let Tracker::Own(tracker) = &state.tracker {
+        ctx.report.borrow_mut().seq.add(&tracker.borrow().counts());
+    }
+    LiveCounters::add(&ctx.live().clients_done, 1);
+}
+
+fn new_publisher(ctx: &ThreadCtx, spec: &ClientSpec) -> Publisher {
+    let shared = &ctx.shared;
+    let group = &shared.scenario.groups[spec.group];
+    let topic = plan::expand_template(
+        group.topic.as_deref().unwrap_or_default(),
+        spec.global_index,
+        &spec.client_id,
+        spec.member,
+    );
+    let fanout = shared.matcher.fanout(&topic);
+    let fanout_total = fanout.iter().map(|f| f.deliveries).sum();
+    Publisher {
+        schedule: group.schedule(spec.member),
+        topic: Utf8Bytes::from(topic),
+        qos: QoS::try_from(group.qos).unwrap_or(QoS::AtMostOnce),
+        retain: group.retain,
+        inflight_max: usize::from(group.inflight),
+        payload_size: group.payload_size,
+        per_write_max: group.publishes_per_write() as usize,
+        publisher_index: spec.global_index as u32,
+        sent: 0,
+        fanout,
+        fanout_total,
+        start: None,
+        next_packet_id: 0,
+        done: false,
+    }
+}
+
+/// DISCONNECT, close our side, and give the reader a moment to see the broker close, so the
+/// socket ends cleanly.
+async fn close_politely(
+    state: &ClientState,
+    writer: &mut WriteHalf<TcpStream>,
+    version: ProtocolVersion,
+) {
+    let mut out = BytesMut::new();
+    if wire::encode(
+        &Packet::Disconnect(Disconnect {
+            reason_code: ReasonCode::Success,
+            properties: Default::default(),
+        }),
         version,
-    ));
+        &mut out,
+    )
+    .is_ok()
+    {
+        let _ = writer.write_all(&out).await;
+    }
+    let _ = writer.close().await;
+    let _ = futures_lite::future::or(
+        async {
+            while state.closed.borrow().is_none() {
+                state.notify.notified().await;
+            }
+        },
+        glommio::timer::sleep(CLOSE_WAIT),
+    )
+    .await;
+}
 
-    let mut publisher = if is_publisher {
-        let topic = plan::expand_template(
-            group.topic.as_deref().unwrap_or_default(),
-            spec.global_index,
-            &spec.client_id,
-            spec.member,
-        );
-        let fanout = shared.matcher.fanout(&topic);
-        let fanout_total = fanout.iter().map(|f| f.deliveries).sum();
-        Some(Publisher {
-            schedule: group.schedule(spec.member),
-            topic: Utf8Bytes::from(topic),
-            qos: QoS::try_from(group.qos).unwrap_or(QoS::AtMostOnce),
-            retain: group.retain,
-            inflight_max: usize::from(group.inflight),
-            payload_size: group.payload_size,
-            publisher_index: spec.global_index as u32,
-            sent: 0,
-            fanout,
-            fanout_total,
-            start: None,
-            next_packet_id: 0,
-            done: false,
-        })
-    } else {
-        None
-    };
+impl Publisher {
+    /// Encodes what is due now into `out` (at most `per_write_max` publishes); returns when the
+    /// next one is due, if that is what stopped it.
+    fn encode_due(
+        &mut self,
+        ctx: &ThreadCtx,
+        state: &ClientState,
+        version: ProtocolVersion,
+        now: Instant,
+        out: &mut BytesMut,
+    ) -> Result<Option<Instant>, ClientError> {
+        let start = *self.start.get_or_insert(ctx.publish_start());
+        let mut wake_at = None;
+        let mut batch = 0;
+        while batch < self.per_write_max
+            && out.len() < WRITE_BATCH_BYTES_MAX
+            && self.sent < self.schedule.limit
+        {
+            if self.qos != QoS::AtMostOnce && state.inflight.borrow().len() >= self.inflight_max {
+                break;
+            }
+            if let Some(due) = self.due_at(start) {
+                if due > now {
+                    wake_at = Some(due);
+                    break;
+                }
+                record_us(
+                    &mut ctx.report.borrow_mut().send_lag_us,
+                    (now - due).as_micros() as u64,
+                );
+            } else if now < start {
+                wake_at = Some(start);
+                break;
+            }
+            self.encode_one(ctx, state, version, out)?;
+            batch += 1;
+        }
+        if self.sent >= self.schedule.limit {
+            self.finish(ctx);
+        }
+        Ok(wake_at)
+    }
+}
 
-    let keepalive = Duration::from_secs(u64::from(settings.keepalive_s));
+/// The writer side of one connection: publishes on schedule, acks the reader queued, pings.
+/// Returns when the run stops or the connection is lost.
+async fn drive(
+    ctx: &ThreadCtx,
+    state: &ClientState,
+    writer: &mut WriteHalf<TcpStream>,
+    mut publisher: Option<&mut Publisher>,
+    version: ProtocolVersion,
+) -> Ending {
+    let keepalive = Duration::from_secs(u64::from(ctx.shared.scenario.connection.keepalive_s));
     let mut last_write = Instant::now();
     let mut out = BytesMut::new();
     let mut writes_since_yield = 0u32;
-    let mut write_error: Option<String> = None;
     loop {
         let phase = ctx.phase.get();
-        if phase >= Phase::Stopping || state.closed.borrow().is_some() {
-            break;
+        if phase >= Phase::Stopping {
+            return Ending::Finished;
+        }
+        if let Some(reason) = state.closed.borrow().clone() {
+            return Ending::Lost(reason);
         }
         let now = Instant::now();
         let mut wake_at: Option<Instant> = None;
-        if let Some(publisher) = publisher.as_mut().filter(|p| !p.done) {
+        if let Some(publisher) = publisher.as_deref_mut().filter(|p| !p.done) {
             if phase >= Phase::Draining {
-                publisher.finish(&ctx);
+                publisher.finish(ctx);
             } else if phase == Phase::Publishing {
-                let start = *publisher.start.get_or_insert(ctx.publish_start());
-                let mut batch = 0;
-                while batch < PUBLISH_BATCH_MAX
-                    && out.len() < WRITE_BATCH_BYTES_MAX
-                    && publisher.sent < publisher.schedule.limit
-                {
-                    if publisher.qos != QoS::AtMostOnce
-                        && state.inflight.borrow().len() >= publisher.inflight_max
-                    {
-                        break;
-                    }
-                    if let Some(due) = publisher.due_at(start) {
-                        if due > now {
-                            wake_at = Some(due);
-                            break;
-                        }
-                        record_us(
-                            &mut ctx.report.borrow_mut().send_lag_us,
-                            (now - due).as_micros() as u64,
-                        );
-                    } else if now < start {
-                        wake_at = Some(start);
-                        break;
-                    }
-                    if let Err(err) = publisher.encode_one(&ctx, &state, version, &mut out) {
-                        write_error = Some(err.reason());
-                        break;
-                    }
-                    batch += 1;
-                }
-                if publisher.sent >= publisher.schedule.limit {
-                    publisher.finish(&ctx);
+                match publisher.encode_due(ctx, state, version, now, &mut out) {
+                    Ok(at) => wake_at = at,
+                    Err(err) => return Ending::Lost(err.reason()),
                 }
             }
-        }
-        if write_error.is_some() {
-            break;
         }
         {
             let mut outbox = state.outbox.borrow_mut();
@@ -677,8 +919,7 @@ pub async fn run_client(ctx: Rc<ThreadCtx>, spec: ClientSpec, connect_at: Durati
         }
         if !out.is_empty() {
             if let Err(err) = writer.write_all(&out).await {
-                write_error = Some(crate::net::io_reason(&err));
-                break;
+                return Ending::Lost(crate::net::io_reason(&err));
             }
             out.clear();
             if out.capacity() > WRITE_BATCH_BYTES_MAX * 2 {
@@ -700,63 +941,14 @@ pub async fn run_client(ctx: Rc<ThreadCtx>, spec: ClientSpec, connect_at: Durati
         match wake_at {
             Some(at) => {
                 let sleep_for = at.saturating_duration_since(Instant::now());
-                futures_lite::future::or(notify.notified(), async {
+                futures_lite::future::or(state.notify.notified(), async {
                     glommio::timer::sleep(sleep_for).await;
                 })
                 .await
             }
-            None => notify.notified().await,
+            None => state.notify.notified().await,
         }
     }
-
-    if let Some(publisher) = publisher.as_mut() {
-        publisher.finish(&ctx);
-    }
-    let closed_by_peer = state.closed.borrow().clone();
-    let unexpected = match (write_error, closed_by_peer) {
-        (Some(reason), _) => Some(reason),
-        (None, Some(reason)) if ctx.phase.get() < Phase::Stopping => Some(reason),
-        _ => None,
-    };
-    if let Some(reason) = unexpected {
-        *ctx.report
-            .borrow_mut()
-            .disconnects
-            .entry(reason)
-            .or_default() += 1;
-        LiveCounters::add(&ctx.live().dropped, 1);
-    } else {
-        out.clear();
-        if wire::encode(
-            &Packet::Disconnect(Disconnect {
-                reason_code: ReasonCode::Success,
-                properties: Default::default(),
-            }),
-            version,
-            &mut out,
-        )
-        .is_ok()
-        {
-            let _ = writer.write_all(&out).await;
-        }
-        let _ = writer.close().await;
-        // Give the reader a moment to see the broker close, so the socket ends cleanly.
-        let _ = futures_lite::future::or(
-            async {
-                while state.closed.borrow().is_none() {
-                    notify.notified().await;
-                }
-            },
-            glommio::timer::sleep(CLOSE_WAIT),
-        )
-        .await;
-    }
-    if let Tracker::Own(tracker) = &state.tracker {
-        ctx.report.borrow_mut().seq.add(&tracker.borrow().counts());
-    }
-    // Dropping the task cancels the reader if the broker never closed its side.
-    drop(reader_task);
-    done(&ctx);
 }
 
 /// Zero bytes shared by every payload of an executor (the header is written over the start).

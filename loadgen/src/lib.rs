@@ -11,9 +11,14 @@
 //! Must not touch: MQTT encoding/decoding (that is `wire`'s; this crate only calls it) or
 //! anything of the broker. No TLS yet (left for the TLS issue).
 //!
+//! Several brokers and reconnecting ([`failover`]: [`failover::BrokerPick`] round robin or
+//! random per client, [`failover::Backoff`] exponential with jitter) let a run drive and
+//! measure failover across cluster nodes.
+//!
 //! Main types: [`plan::Scenario`], [`runner::RunOptions`], [`stats::Summary`].
 
 pub mod client;
+pub mod failover;
 pub mod header;
 pub mod monitor;
 pub mod net;

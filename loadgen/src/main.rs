@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use ringmq_loadgen::failover::BrokerPick;
 use ringmq_loadgen::plan::{
     ConnectionSettings, GroupSpec, MqttVersion, Role, RunSettings, Scenario,
 };
@@ -25,12 +26,28 @@ struct Cli {
 
 #[derive(Args, Debug)]
 struct Common {
-    /// Broker host.
+    /// Broker host, or a comma list of host[:port] (several brokers, e.g. cluster nodes).
     #[arg(long, global = true)]
     host: Option<String>,
-    /// Broker port.
+    /// Broker port (the default for every broker address without one).
     #[arg(long, short = 'p', global = true)]
     port: Option<u16>,
+    /// A broker host:port; repeat for several (added after those of --host).
+    #[arg(long = "broker", global = true)]
+    brokers: Vec<String>,
+    /// How each client chooses among several brokers: round-robin or random.
+    #[arg(long, global = true)]
+    broker_pick: Option<BrokerPick>,
+    /// Reconnect after an unexpected loss, with exponential backoff and jitter.
+    #[arg(long, global = true)]
+    reconnect: bool,
+    /// Reconnect backoff bounds: MIN,MAX in ms (attempt k waits within [d/2, d],
+    /// d = min(MIN * 2^k, MAX)).
+    #[arg(long, global = true, value_delimiter = ',', value_name = "MIN,MAX")]
+    reconnect_backoff_ms: Vec<u64>,
+    /// Most publishes per write for every publishing group (1 = one write per message).
+    #[arg(long, global = true)]
+    publishes_per_write: Option<u32>,
     /// Executors (one per core); default: every CPU this process may use.
     #[arg(long, global = true)]
     threads: Option<usize>,
@@ -168,6 +185,7 @@ fn group(name: &str, count: u64, role: Role) -> GroupSpec {
         limit: None,
         inflight: 64,
         retain: false,
+        publishes_per_write_max: None,
     }
 }
 
@@ -180,9 +198,39 @@ fn default_filter(topic: &str) -> String {
         .join("/")
 }
 
-fn apply_common(common: &Common, connection: &mut ConnectionSettings, run: &mut RunSettings) {
+fn apply_common(
+    common: &Common,
+    connection: &mut ConnectionSettings,
+    run: &mut RunSettings,
+) -> anyhow::Result<()> {
+    // One plain host keeps the single-broker settings; a list (or --broker) names them all.
+    let mut brokers: Vec<String> = Vec::new();
     if let Some(host) = &common.host {
-        connection.host = host.clone();
+        if host.contains(',') {
+            brokers.extend(host.split(',').map(str::to_string));
+        } else if common.brokers.is_empty() {
+            connection.host = host.clone();
+        } else {
+            brokers.push(host.clone());
+        }
+    }
+    brokers.extend(common.brokers.iter().cloned());
+    if !brokers.is_empty() {
+        connection.brokers = brokers;
+    }
+    if let Some(pick) = common.broker_pick {
+        connection.broker_pick = pick;
+    }
+    if common.reconnect {
+        connection.reconnect = true;
+    }
+    match common.reconnect_backoff_ms.as_slice() {
+        [] => {}
+        &[min, max] => {
+            connection.reconnect_backoff_min_ms = min;
+            connection.reconnect_backoff_max_ms = max;
+        }
+        other => anyhow::bail!("--reconnect-backoff-ms takes MIN,MAX (got {other:?})"),
     }
     if let Some(port) = common.port {
         connection.port = port;
@@ -226,6 +274,7 @@ fn apply_common(common: &Common, connection: &mut ConnectionSettings, run: &mut 
     if let Some(value) = common.drain_ms {
         run.drain_ms = value;
     }
+    Ok(())
 }
 
 fn build(cli: &Cli) -> anyhow::Result<(Scenario, String)> {
@@ -303,7 +352,12 @@ fn build(cli: &Cli) -> anyhow::Result<(Scenario, String)> {
             }
         }
     };
-    apply_common(&cli.common, &mut scenario.connection, &mut scenario.run);
+    apply_common(&cli.common, &mut scenario.connection, &mut scenario.run)?;
+    if let Some(per_write) = cli.common.publishes_per_write {
+        for group in &mut scenario.groups {
+            group.publishes_per_write_max = Some(per_write);
+        }
+    }
     scenario.validate()?;
     let mode = match cli.mode {
         Mode::Conn(_) => "conn",

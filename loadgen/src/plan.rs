@@ -9,10 +9,18 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::failover::{Backoff, BrokerEndpoint, BrokerPick, EndpointError};
+
 /// Largest payload the loadgen will build; keeps a per-thread zero buffer bounded.
 pub const PAYLOAD_SIZE_MAX: usize = 16 * 1024 * 1024;
 /// QoS 1/2 inflight window upper bound (packet identifiers are u16).
 pub const INFLIGHT_MAX: u16 = 65_000;
+/// Publishes a publisher encodes into one write when it is behind schedule or runs at max
+/// rate, unless its group says fewer (`publishes_per_write_max = 1`: one write per message,
+/// the way a vehicle sends).
+pub const PUBLISHES_PER_WRITE_MAX: u32 = 64;
+/// Longest reconnect backoff a scenario may ask for (one hour).
+pub const RECONNECT_BACKOFF_MAX_MS: u64 = 3_600_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
@@ -27,6 +35,8 @@ pub enum PlanError {
     Group { group: String, problem: String },
     #[error("scenario: {0}")]
     Invalid(String),
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -82,6 +92,18 @@ pub struct ConnectionSettings {
     pub index_start: u64,
     /// Source addresses, bound before connect in round robin (past the ephemeral-port limit).
     pub ifaddr: Vec<IpAddr>,
+    /// Several brokers (`host`, `host:port`, `[v6]:port`; `port` is the default port). Empty:
+    /// the one broker `host`:`port`.
+    pub brokers: Vec<String>,
+    /// How each client chooses among `brokers` (first connection and every reconnect).
+    pub broker_pick: BrokerPick,
+    /// Reconnect after an unexpected loss (broker closed, reset, write error) until the run
+    /// stops, instead of counting the client as dropped for the rest of the run. A failed
+    /// first connection is not retried: it is a connection figure.
+    pub reconnect: bool,
+    /// Backoff before reconnect attempt k: jittered within [d/2, d], d = min(min·2^k, max).
+    pub reconnect_backoff_min_ms: u64,
+    pub reconnect_backoff_max_ms: u64,
 }
 
 impl Default for ConnectionSettings {
@@ -100,6 +122,31 @@ impl Default for ConnectionSettings {
             client_id_prefix: "lg".into(),
             index_start: 0,
             ifaddr: Vec::new(),
+            brokers: Vec::new(),
+            broker_pick: BrokerPick::RoundRobin,
+            reconnect: false,
+            reconnect_backoff_min_ms: 100,
+            reconnect_backoff_max_ms: 5_000,
+        }
+    }
+}
+
+impl ConnectionSettings {
+    /// Every broker of the run, in order (one entry when `brokers` is empty).
+    pub fn broker_endpoints(&self) -> Result<Vec<BrokerEndpoint>, EndpointError> {
+        if self.brokers.is_empty() {
+            return Ok(vec![BrokerEndpoint {
+                host: self.host.clone(),
+                port: self.port,
+            }]);
+        }
+        BrokerEndpoint::parse_list(self.brokers.iter().map(String::as_str), self.port)
+    }
+
+    pub fn reconnect_backoff(&self) -> Backoff {
+        Backoff {
+            min: Duration::from_millis(self.reconnect_backoff_min_ms),
+            max: Duration::from_millis(self.reconnect_backoff_max_ms),
         }
     }
 }
@@ -157,6 +204,10 @@ pub struct GroupSpec {
     pub inflight: u16,
     #[serde(default)]
     pub retain: bool,
+    /// Most publishes encoded into one write (1..=[`PUBLISHES_PER_WRITE_MAX`]); `None` = the
+    /// maximum. 1 = one write syscall per message even when catching up.
+    #[serde(default)]
+    pub publishes_per_write_max: Option<u32>,
 }
 
 fn default_payload_size() -> usize {
@@ -206,6 +257,17 @@ impl Scenario {
         if matches!(self.connection.conn_rate, Some(rate) if !is_positive(rate)) {
             return Err(PlanError::Invalid("conn_rate must be > 0".into()));
         }
+        let connection = &self.connection;
+        if connection.reconnect_backoff_min_ms == 0
+            || connection.reconnect_backoff_min_ms > connection.reconnect_backoff_max_ms
+            || connection.reconnect_backoff_max_ms > RECONNECT_BACKOFF_MAX_MS
+        {
+            return Err(PlanError::Invalid(format!(
+                "reconnect backoff must satisfy 0 < min <= max <= {RECONNECT_BACKOFF_MAX_MS} ms (got {},{})",
+                connection.reconnect_backoff_min_ms, connection.reconnect_backoff_max_ms
+            )));
+        }
+        connection.broker_endpoints()?;
         for group in &self.groups {
             let bad = |problem: &str| PlanError::Group {
                 group: group.name.clone(),
@@ -234,6 +296,10 @@ impl Scenario {
                     }
                     if matches!(group.interval_ms, Some(ms) if !is_positive(ms)) {
                         return Err(bad("interval_ms must be > 0"));
+                    }
+                    if matches!(group.publishes_per_write_max, Some(n) if n == 0 || n > PUBLISHES_PER_WRITE_MAX)
+                    {
+                        return Err(bad("publishes_per_write_max must be 1..=64"));
                     }
                 }
                 Role::Sub => {
@@ -311,6 +377,13 @@ pub struct Schedule {
 }
 
 impl GroupSpec {
+    /// Publishes encoded into one write at most.
+    pub fn publishes_per_write(&self) -> u32 {
+        self.publishes_per_write_max
+            .unwrap_or(PUBLISHES_PER_WRITE_MAX)
+            .clamp(1, PUBLISHES_PER_WRITE_MAX)
+    }
+
     pub fn member_interval(&self) -> Option<Duration> {
         if let Some(rate) = self.rate {
             let count = self.count.max(1) as f64;
@@ -530,6 +603,70 @@ mod tests {
     }
 
     #[test]
+    fn brokers_reconnect_and_per_write_settings_parse_and_validate() {
+        let scenario = Scenario::from_toml(
+            r#"
+            [connection]
+            port = 1900
+            brokers = ["10.0.0.1", "10.0.0.2:1884", "[::1]:1885"]
+            broker_pick = "random"
+            reconnect = true
+            reconnect_backoff_min_ms = 50
+            reconnect_backoff_max_ms = 2000
+            [[group]]
+            name = "v"
+            count = 2
+            role = "pub"
+            topic = "t/%i"
+            publishes_per_write_max = 1
+            "#,
+        )
+        .expect("valid");
+        let endpoints = scenario.connection.broker_endpoints().expect("endpoints");
+        let ports: Vec<u16> = endpoints.iter().map(|e| e.port).collect();
+        assert_eq!(ports, vec![1900, 1884, 1885]);
+        assert_eq!(scenario.connection.broker_pick, BrokerPick::Random);
+        assert!(scenario.connection.reconnect);
+        assert_eq!(
+            scenario.connection.reconnect_backoff().max,
+            Duration::from_secs(2)
+        );
+        assert_eq!(scenario.groups[0].publishes_per_write(), 1);
+
+        // Defaults: one broker from host/port, the full batch, no reconnects.
+        let plain = Scenario::from_toml(TELEMETRY).expect("valid");
+        assert_eq!(
+            plain.connection.broker_endpoints().expect("one"),
+            vec![BrokerEndpoint {
+                host: "127.0.0.1".into(),
+                port: 18830
+            }]
+        );
+        assert_eq!(
+            plain.groups[1].publishes_per_write(),
+            PUBLISHES_PER_WRITE_MAX
+        );
+        assert!(!plain.connection.reconnect);
+
+        let group = "[[group]]\nname='x'\ncount=1\nrole='pub'\ntopic='t'\n";
+        for bad in [
+            "[connection]\nreconnect_backoff_min_ms = 0\n",
+            "[connection]\nreconnect_backoff_min_ms = 500\nreconnect_backoff_max_ms = 100\n",
+            "[connection]\nbrokers = ['host:notaport']\n",
+            "[connection]\nbroker_pick = 'sideways'\n",
+        ] {
+            assert!(
+                Scenario::from_toml(&format!("{bad}{group}")).is_err(),
+                "{bad}"
+            );
+        }
+        for per_write in [0, PUBLISHES_PER_WRITE_MAX + 1] {
+            let text = format!("{group}publishes_per_write_max = {per_write}\n");
+            assert!(Scenario::from_toml(&text).is_err(), "{per_write}");
+        }
+    }
+
+    #[test]
     fn templates_expand() {
         assert_eq!(expand_template("v/%i/t", 42, "lg-42", 2), "v/42/t");
         assert_eq!(expand_template("c/%c/%g/%x%", 1, "id", 0), "c/id/0/%x%");
@@ -550,6 +687,7 @@ mod tests {
             limit: Some(10),
             inflight: 1,
             retain: false,
+            publishes_per_write_max: None,
         };
         let limits: Vec<u64> = (0..3).map(|m| group.schedule(m).limit).collect();
         assert_eq!(limits, vec![4, 3, 3]);

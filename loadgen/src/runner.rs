@@ -19,8 +19,8 @@ use crate::client::{self, ClientSpec, Notify};
 use crate::monitor::{BacklogWatch, CpuSampler};
 use crate::plan::{self, Matcher, Role, Scenario, Schedule};
 use crate::stats::{
-    self, ConnectionSummary, LiveCounters, LoadgenHealth, MessageSummary, Percentiles, Summary,
-    ThreadReport,
+    self, ConnectionSummary, CountPercentiles, LiveCounters, LoadgenHealth, MessageSummary,
+    Percentiles, Summary, ThreadReport,
 };
 
 /// glommio's io_uring registered memory per executor; memlock is only 8 MiB.
@@ -58,7 +58,8 @@ impl Phase {
 pub struct Shared {
     pub scenario: Scenario,
     pub matcher: Matcher,
-    pub target: SocketAddr,
+    /// Every broker of the run, resolved once; clients pick among them.
+    pub targets: Vec<SocketAddr>,
     pub run_start: Instant,
     pub live: Vec<LiveCounters>,
     pub phase: AtomicU8,
@@ -136,11 +137,7 @@ fn jitter(index: u64, max_ms: u64) -> Duration {
     if max_ms == 0 {
         return Duration::ZERO;
     }
-    let mut x = index.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^= x >> 31;
-    Duration::from_micros(x % (max_ms * 1000))
+    Duration::from_micros(crate::failover::mix64(index) % (max_ms * 1000))
 }
 
 async fn thread_main(shared: Arc<Shared>, thread: usize) -> ThreadReport {
@@ -209,6 +206,7 @@ async fn thread_main(shared: Arc<Shared>, thread: usize) -> ThreadReport {
                 global_index,
                 client_id: plan::client_id(&settings.client_id_prefix, global_index),
                 source,
+                position,
             };
             tasks.push(glommio::spawn_local(client::run_client(
                 ctx.clone(),
@@ -268,11 +266,15 @@ pub fn run(options: RunOptions) -> anyhow::Result<Summary> {
     }
     let cpus = crate::net::allowed_cpus();
     let threads = options.threads.unwrap_or(cpus.len()).max(1);
-    let target = (scenario.connection.host.as_str(), scenario.connection.port)
-        .to_socket_addrs()
-        .context("resolving broker address")?
-        .next()
-        .context("broker address resolves to nothing")?;
+    let mut targets = Vec::new();
+    for endpoint in scenario.connection.broker_endpoints()? {
+        let target = (endpoint.host.as_str(), endpoint.port)
+            .to_socket_addrs()
+            .with_context(|| format!("resolving broker address {}", endpoint.host))?
+            .next()
+            .with_context(|| format!("broker address {} resolves to nothing", endpoint.host))?;
+        targets.push(target);
+    }
 
     let matcher = Matcher::new(&scenario);
     let mut shared_trackers = HashMap::new();
@@ -321,7 +323,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<Summary> {
     let shared = Arc::new(Shared {
         scenario,
         matcher,
-        target,
+        targets,
         run_start: Instant::now(),
         live: (0..threads).map(|_| LiveCounters::default()).collect(),
         phase: AtomicU8::new(Phase::Connecting as u8),
@@ -373,6 +375,10 @@ pub fn run(options: RunOptions) -> anyhow::Result<Summary> {
         shared.phase.store(next as u8, Ordering::Release);
     };
     let mut broker = options.broker_pid.map(BrokerSampler::new);
+    // Our own CPU from publishing start to the end of the drain (ticks of the whole process).
+    let own_pid = std::process::id();
+    let mut own_ticks_ready: Option<u64> = None;
+    let mut own_ticks_drained: Option<u64> = None;
     loop {
         std::thread::sleep(MONITOR_TICK);
         let now = Instant::now();
@@ -406,6 +412,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<Summary> {
                     if let Some(broker) = broker.as_mut() {
                         broker.mark_ready();
                     }
+                    own_ticks_ready = crate::monitor::process_cpu_ticks(own_pid);
                 }
             }
             Phase::Publishing => {
@@ -421,8 +428,8 @@ pub fn run(options: RunOptions) -> anyhow::Result<Summary> {
             }
             Phase::Draining => {
                 let since = draining_since.unwrap_or(now);
-                let caught_up =
-                    totals.received >= totals.expected && totals.acked >= totals.sent_needing_ack;
+                let caught_up = totals.received >= totals.expected
+                    && totals.acked + totals.abandoned >= totals.sent_needing_ack;
                 let idle = now - last_received_change >= DRAIN_IDLE && now - since >= DRAIN_IDLE;
                 if (caught_up && totals.publishers_done >= planned_publishers)
                     || idle
@@ -432,6 +439,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<Summary> {
                     if let Some(broker) = broker.as_mut() {
                         broker.mark_drained();
                     }
+                    own_ticks_drained = crate::monitor::process_cpu_ticks(own_pid);
                 }
             }
             Phase::Stopping => {
@@ -545,11 +553,12 @@ pub fn run(options: RunOptions) -> anyhow::Result<Summary> {
                     .map(|(busy, wait)| format!("{busy:.0}% (wait {wait:.0}%)"))
                     .collect();
                 eprintln!(
-                    "[{secs:>4}s] {phase:?} conn {}/{} fail {} drop {} | sent {} ({:.0}/s) recv {} ({:.0}/s) acked {} backlog {} | cpu {}",
+                    "[{secs:>4}s] {phase:?} conn {}/{} fail {} drop {} reconn {} | sent {} ({:.0}/s) recv {} ({:.0}/s) acked {} backlog {} | cpu {}",
                     totals.connected,
                     total,
                     totals.connect_failed,
                     totals.dropped,
+                    totals.reconnects,
                     totals.sent,
                     sent_rate,
                     totals.received,
@@ -574,6 +583,14 @@ pub fn run(options: RunOptions) -> anyhow::Result<Summary> {
     health.backlog_growing_seconds = backlog_watch.growing_seconds;
     health.delivery_backlog_max = delivery_watch.max;
     health.delivery_backlog_growing_seconds = delivery_watch.growing_seconds;
+    if let (Some(from), Some(to)) = (own_ticks_ready, own_ticks_drained) {
+        let seconds = to.saturating_sub(from) as f64 / crate::monitor::clock_ticks_per_second();
+        health.cpu_s_publishing = Some(seconds);
+        let messages = merged.sent + stats::totals(&shared.live).received;
+        if messages > 0 {
+            health.cpu_us_per_message = Some(seconds * 1e6 / messages as f64);
+        }
+    }
     health.saturated = health.cpu_saturated_seconds > 0
         || (planned_publishers == 0 && health.cpu_saturated_seconds_connecting > 0)
         || health.backlog_growing_seconds > 0
@@ -620,6 +637,8 @@ pub fn run(options: RunOptions) -> anyhow::Result<Summary> {
         },
         spread_untracked: merged.spread_untracked,
         send_lag_ms: Percentiles::from_us(&merged.send_lag_us),
+        publishes_per_read: CountPercentiles::from_histogram(&merged.publishes_per_read),
+        inflight_abandoned: merged.inflight_abandoned,
     };
     let failed: u64 = merged.connect_failures.values().sum();
     let time_to_last = merged.last_connack_ns.map(|ns| ns as f64 / 1e6);
@@ -635,6 +654,10 @@ pub fn run(options: RunOptions) -> anyhow::Result<Summary> {
         connect_rate_per_s: time_to_last
             .filter(|&ms| ms > 0.0)
             .map(|ms| totals.connected as f64 / (ms / 1000.0)),
+        reconnects: merged.reconnects,
+        reconnect_failures: merged.reconnect_failures.clone(),
+        reconnect_time_ms: Percentiles::from_us(&merged.reconnect_us),
+        connects_per_broker: merged.connects_per_broker.clone(),
     };
     let version = match shared.scenario.connection.mqtt_version {
         plan::MqttVersion::V311 => "3.1.1",
@@ -643,7 +666,12 @@ pub fn run(options: RunOptions) -> anyhow::Result<Summary> {
     Ok(Summary {
         mode: options.mode,
         scenario: shared.scenario.name.clone(),
-        broker: format!("{}", shared.target),
+        broker: shared
+            .targets
+            .iter()
+            .map(|target| target.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
         mqtt_version: version.into(),
         connections,
         messages,

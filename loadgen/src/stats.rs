@@ -15,6 +15,9 @@ pub const LATENCY_MAX_US: u64 = 3_600_000_000;
 /// Messages per executor whose "last subscriber got it" time is tracked for fan-out runs;
 /// beyond this, messages are counted in `spread_untracked` instead (bounded memory).
 pub const SPREAD_TRACKED_MAX: usize = 400_000;
+/// Largest count the per-read histogram records (a 64 KiB read holds at most ~2,700
+/// minimal PUBLISH frames).
+pub const PUBLISHES_PER_READ_MAX: u64 = 1_000_000;
 
 /// Counters one executor updates and the monitor reads. Padded to its own cache lines.
 #[repr(align(128))]
@@ -35,6 +38,10 @@ pub struct LiveCounters {
     pub publishers_done: AtomicU64,
     pub clients_done: AtomicU64,
     pub dropped: AtomicU64,
+    /// Connections re-established after a loss (`--reconnect`).
+    pub reconnects: AtomicU64,
+    /// QoS 1/2 publishes whose ack can no longer come: their connection was lost.
+    pub abandoned: AtomicU64,
     /// Kernel thread id, for the CPU monitor.
     pub tid: AtomicU64,
 }
@@ -58,6 +65,8 @@ pub struct LiveTotals {
     pub publishers_done: u64,
     pub clients_done: u64,
     pub dropped: u64,
+    pub reconnects: u64,
+    pub abandoned: u64,
 }
 
 pub fn totals(slots: &[LiveCounters]) -> LiveTotals {
@@ -75,6 +84,8 @@ pub fn totals(slots: &[LiveCounters]) -> LiveTotals {
         out.publishers_done += get(&slot.publishers_done);
         out.clients_done += get(&slot.clients_done);
         out.dropped += get(&slot.dropped);
+        out.reconnects += get(&slot.reconnects);
+        out.abandoned += get(&slot.abandoned);
     }
     out
 }
@@ -82,6 +93,16 @@ pub fn totals(slots: &[LiveCounters]) -> LiveTotals {
 pub fn new_histogram() -> Histogram<u64> {
     // 3 significant figures over 1 µs .. 1 h: a few hundred KiB per histogram.
     Histogram::new_with_bounds(1, LATENCY_MAX_US, 3).expect("constant histogram bounds are valid")
+}
+
+/// Histogram of small counts (1 ..= [`PUBLISHES_PER_READ_MAX`]).
+pub fn new_count_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, PUBLISHES_PER_READ_MAX, 3)
+        .expect("constant histogram bounds are valid")
+}
+
+pub fn record_count(histogram: &mut Histogram<u64>, count: u64) {
+    histogram.saturating_record(count.clamp(1, PUBLISHES_PER_READ_MAX));
 }
 
 pub fn record_us(histogram: &mut Histogram<u64>, micros: u64) {
@@ -115,6 +136,17 @@ pub struct ThreadReport {
     /// Earliest/latest CONNACK, ns after the run started.
     pub first_connack_ns: Option<u64>,
     pub last_connack_ns: Option<u64>,
+    /// From the loss of a connection until it was connected (and subscribed) again.
+    pub reconnect_us: Histogram<u64>,
+    pub reconnects: u64,
+    /// Failed reconnect attempts by reason.
+    pub reconnect_failures: BTreeMap<String, u64>,
+    /// Successful CONNACKs per broker address (first connections and reconnects).
+    pub connects_per_broker: BTreeMap<String, u64>,
+    /// PUBLISH frames completed by each read of a subscriber socket that carried any.
+    pub publishes_per_read: Histogram<u64>,
+    /// QoS 1/2 publishes left unacknowledged by a lost connection.
+    pub inflight_abandoned: u64,
 }
 
 impl ThreadReport {
@@ -137,6 +169,12 @@ impl ThreadReport {
             acked: 0,
             first_connack_ns: None,
             last_connack_ns: None,
+            reconnect_us: new_histogram(),
+            reconnects: 0,
+            reconnect_failures: BTreeMap::new(),
+            connects_per_broker: BTreeMap::new(),
+            publishes_per_read: new_count_histogram(),
+            inflight_abandoned: 0,
         }
     }
 
@@ -193,6 +231,41 @@ impl ThreadReport {
         if let Some(at) = other.last_connack_ns {
             self.last_connack_ns = Some(self.last_connack_ns.map_or(at, |v| v.max(at)));
         }
+        let _ = self.reconnect_us.add(&other.reconnect_us);
+        self.reconnects += other.reconnects;
+        for (reason, count) in other.reconnect_failures {
+            *self.reconnect_failures.entry(reason).or_default() += count;
+        }
+        for (broker, count) in other.connects_per_broker {
+            *self.connects_per_broker.entry(broker).or_default() += count;
+        }
+        let _ = self.publishes_per_read.add(&other.publishes_per_read);
+        self.inflight_abandoned += other.inflight_abandoned;
+    }
+}
+
+/// Distribution of a count (not a time): how many reads, and messages per read.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CountPercentiles {
+    /// Samples (reads).
+    pub count: u64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub max: u64,
+    pub mean: f64,
+}
+
+impl CountPercentiles {
+    pub fn from_histogram(histogram: &Histogram<u64>) -> Self {
+        Self {
+            count: histogram.len(),
+            p50: histogram.value_at_quantile(0.50),
+            p90: histogram.value_at_quantile(0.90),
+            p99: histogram.value_at_quantile(0.99),
+            max: histogram.max(),
+            mean: histogram.mean(),
+        }
     }
 }
 
@@ -236,6 +309,14 @@ pub struct ConnectionSummary {
     /// From the first connection attempt to the last CONNACK.
     pub time_to_last_connack_ms: Option<f64>,
     pub connect_rate_per_s: Option<f64>,
+    /// Connections re-established after a loss (`--reconnect`).
+    pub reconnects: u64,
+    /// Failed reconnect attempts by reason.
+    pub reconnect_failures: BTreeMap<String, u64>,
+    /// Loss of a connection to connected (and subscribed) again.
+    pub reconnect_time_ms: Percentiles,
+    /// Successful CONNACKs per broker address.
+    pub connects_per_broker: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -260,6 +341,12 @@ pub struct MessageSummary {
     pub last_delivery_ms: Option<Percentiles>,
     pub spread_untracked: u64,
     pub send_lag_ms: Percentiles,
+    /// Subscribers: PUBLISH frames completed per socket read (reads that carried any). Many
+    /// per read means deliveries reach the socket in bursts (or the loadgen reads late: see
+    /// `loadgen.cpu_max_thread_percent`).
+    pub publishes_per_read: CountPercentiles,
+    /// QoS 1/2 publishes whose connection was lost before their ack came.
+    pub inflight_abandoned: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -282,6 +369,11 @@ pub struct LoadgenHealth {
     pub delivery_backlog_growing_seconds: u64,
     pub saturated: bool,
     pub warnings: Vec<String>,
+    /// This process's CPU seconds (all threads) from publishing start to the end of the drain.
+    pub cpu_s_publishing: Option<f64>,
+    /// `cpu_s_publishing` per message sent or received, µs: what the loadgen pays per message,
+    /// to compare with the broker's figure at the same fixed rate.
+    pub cpu_us_per_message: Option<f64>,
 }
 
 /// Broker process figures sampled by the loadgen (`--broker-pid`).
@@ -356,6 +448,32 @@ impl Summary {
             println!(
                 "last-subscriber delivery ms: p50 {:.3} p99 {:.3} max {:.3} (messages={})",
                 s.p50, s.p99, s.max, s.count
+            );
+        }
+        if c.reconnects > 0 || !c.reconnect_failures.is_empty() {
+            println!(
+                "reconnects {} (failed attempts {:?}); loss to reconnected ms: p50 {:.1} p99 {:.1} max {:.1}",
+                c.reconnects,
+                c.reconnect_failures,
+                c.reconnect_time_ms.p50,
+                c.reconnect_time_ms.p99,
+                c.reconnect_time_ms.max
+            );
+        }
+        if c.connects_per_broker.len() > 1 {
+            println!("connects per broker: {:?}", c.connects_per_broker);
+        }
+        let reads = &m.publishes_per_read;
+        if reads.count > 0 {
+            println!(
+                "publishes per subscriber read: mean {:.1} p50 {} p99 {} max {} (reads={})",
+                reads.mean, reads.p50, reads.p99, reads.max, reads.count
+            );
+        }
+        if let Some(per_message) = self.loadgen.cpu_us_per_message {
+            println!(
+                "loadgen cpu while publishing: {:.2} s, {per_message:.2} us per message sent or received",
+                self.loadgen.cpu_s_publishing.unwrap_or_default()
             );
         }
         println!(

@@ -384,3 +384,146 @@ fn shipped_scenarios_parse_via_cli() {
     assert!(dir.join("one-to-one.toml").exists());
     assert!(dir.join("idle.toml").exists());
 }
+
+/// Runs the loadgen with `args` (no --port: the test names every broker) and returns its JSON.
+fn run_loadgen_free(dir: &Path, name: &str, args: &[&str]) -> Value {
+    let json = dir.join(format!("{name}.json"));
+    let child = Command::new(LOADGEN)
+        .args(["--quiet", "--threads", "2", "--json"])
+        .arg(&json)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start loadgen");
+    let output = wait_with_timeout(child, name);
+    assert!(
+        output.status.success(),
+        "loadgen {name} failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(&std::fs::read_to_string(&json).expect("summary written"))
+        .expect("summary is JSON")
+}
+
+fn broker_connects(summary: &Value, port: u16) -> u64 {
+    summary["connections"]["connects_per_broker"][format!("127.0.0.1:{port}")]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[test]
+fn host_list_spreads_clients_round_robin_and_broker_flag_adds_more() {
+    let (Some(a), Some(b)) = (start_mosquitto("rr-a"), start_mosquitto("rr-b")) else {
+        return;
+    };
+    let hosts = format!("127.0.0.1:{},127.0.0.1:{}", a.port, b.port);
+    let summary = run_loadgen_free(
+        &a.dir,
+        "rr",
+        &["--host", &hosts, "--duration", "0.3", "conn", "-c", "10"],
+    );
+    assert_eq!(field(&summary, "connections.connected"), 10);
+    assert_eq!(broker_connects(&summary, a.port), 5);
+    assert_eq!(broker_connects(&summary, b.port), 5);
+    assert_eq!(summary["broker"], hosts.as_str());
+
+    // The repeated --broker form with a random pick: every client lands on one of the two.
+    let summary = run_loadgen_free(
+        &a.dir,
+        "random",
+        &[
+            "--broker",
+            &format!("127.0.0.1:{}", a.port),
+            "--broker",
+            &format!("127.0.0.1:{}", b.port),
+            "--broker-pick",
+            "random",
+            "--duration",
+            "0.3",
+            "conn",
+            "-c",
+            "40",
+        ],
+    );
+    assert_eq!(field(&summary, "connections.connected"), 40);
+    let on_a = broker_connects(&summary, a.port);
+    let on_b = broker_connects(&summary, b.port);
+    assert_eq!(on_a + on_b, 40);
+    assert!(on_a > 0 && on_b > 0, "random pick used one broker only");
+}
+
+#[test]
+fn one_write_per_message_still_delivers_everything_and_counts_reads() {
+    let Some(broker) = start_mosquitto("perwrite") else {
+        return;
+    };
+    let summary = run_loadgen(
+        &broker,
+        "perwrite",
+        &[
+            "--publishes-per-write",
+            "1",
+            "pub",
+            "-c",
+            "10",
+            "--limit",
+            "500",
+            "--subscribers",
+            "2",
+        ],
+    );
+    assert_eq!(field(&summary, "messages.sent"), 500);
+    assert_eq!(field(&summary, "messages.received"), 1000);
+    assert_eq!(field(&summary, "messages.lost"), 0);
+    // Every delivery came through some read of a subscriber socket.
+    let reads = field(&summary, "messages.publishes_per_read.count");
+    assert!(reads > 0 && reads <= 1000, "reads {reads}");
+    assert!(summary["loadgen"]["cpu_us_per_message"].as_f64().is_some());
+}
+
+#[test]
+fn reconnects_to_the_next_broker_after_one_dies() {
+    let (Some(a), Some(b)) = (start_mosquitto("fail-a"), start_mosquitto("fail-b")) else {
+        return;
+    };
+    let (port_a, port_b) = (a.port, b.port);
+    let dir = b.dir.clone();
+    let json = dir.join("failover.json");
+    let hosts = format!("127.0.0.1:{port_a},127.0.0.1:{port_b}");
+    let child = Command::new(LOADGEN)
+        .args(["--quiet", "--threads", "2", "--host", &hosts])
+        .args(["--reconnect", "--reconnect-backoff-ms", "20,200"])
+        .args(["--duration", "4", "--json"])
+        .arg(&json)
+        .args(["conn", "-c", "20"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start loadgen");
+    // Let every client connect, then kill the first broker under its 10 clients.
+    std::thread::sleep(Duration::from_millis(1500));
+    drop(a);
+    let output = wait_with_timeout(child, "failover");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("json");
+    assert_eq!(field(&summary, "connections.connected"), 20);
+    assert_eq!(field(&summary, "connections.reconnects"), 10);
+    assert_eq!(field(&summary, "connections.reconnect_time_ms.count"), 10);
+    let lost: u64 = summary["connections"]["unexpected_disconnects"]
+        .as_object()
+        .expect("map")
+        .values()
+        .filter_map(Value::as_u64)
+        .sum();
+    assert_eq!(lost, 10);
+    // Round robin: the 10 clients of the dead broker went to the next one.
+    assert_eq!(broker_connects(&summary, port_a), 10);
+    assert_eq!(broker_connects(&summary, port_b), 20);
+}
