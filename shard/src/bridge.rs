@@ -97,7 +97,9 @@ impl Bridge for KafkaBridge {
 pub async fn ack_loop(ctx: Rc<ShardCtx>, acks: flume::Receiver<BridgeAck>) {
     while let Ok(ack) = acks.recv_async().await {
         let outcome = ack.outcome.map_err(|e| e.to_string());
-        ctx.engine.borrow_mut().handle_bridge_ack(ack.token, outcome);
+        ctx.engine
+            .borrow_mut()
+            .handle_bridge_ack(ack.token, outcome);
         ctx.kick();
     }
 }

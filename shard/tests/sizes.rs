@@ -7,10 +7,7 @@ fn print_sizes() {
     let session = std::mem::size_of::<engine::session::Session>();
     println!("engine Conn: {conn} bytes (boxed, one per connection)");
     println!("Session: {session} bytes (boxed, one per session)");
-    println!(
-        "ring connection record: {} bytes",
-        uring::CONN_SIZE_BYTES
-    );
+    println!("ring connection record: {} bytes", uring::CONN_SIZE_BYTES);
     println!(
         "FilterEntry: {} bytes",
         std::mem::size_of::<engine::state::FilterEntry>()

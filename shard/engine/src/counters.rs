@@ -66,4 +66,3 @@ impl Counters {
         self.messages_dropped.iter().flatten().sum()
     }
 }
-

@@ -16,8 +16,8 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use tracing::{debug, warn};
 use wire::{
-    AckProperties, Disconnect, DisconnectProperties, Framing, Packet, ProtocolVersion, PubAck,
-    QoS, ReasonCode,
+    AckProperties, Disconnect, DisconnectProperties, Framing, Packet, ProtocolVersion, PubAck, QoS,
+    ReasonCode,
 };
 
 use crate::bridge::Bridge;

@@ -3,9 +3,7 @@
 
 use std::time::Instant;
 
-use wire::{
-    AckProperties, Packet, ProtocolVersion, QoS, ReasonCode, SubAck, Subscribe, UnsubAck,
-};
+use wire::{AckProperties, Packet, ProtocolVersion, QoS, ReasonCode, SubAck, Subscribe, UnsubAck};
 
 use super::{ack_packet, Conn, Flow, Shared};
 use crate::session::{CloseReason, InflightState};
@@ -127,7 +125,12 @@ impl Conn {
         }
     }
 
-    fn handle_subscribe(&mut self, sh: &mut Shared<'_>, subscribe: Subscribe, now: Instant) -> Flow {
+    fn handle_subscribe(
+        &mut self,
+        sh: &mut Shared<'_>,
+        subscribe: Subscribe,
+        now: Instant,
+    ) -> Flow {
         let id = subscribe.properties.subscription_identifier;
         let mut codes = Vec::with_capacity(subscribe.filters.len());
         let mut route_changed = false;

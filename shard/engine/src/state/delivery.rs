@@ -1,5 +1,5 @@
-use super::*;
 use super::routes::pick_shard;
+use super::*;
 
 /// Several overlapping subscriptions of one session merged into one delivery: the highest QoS,
 /// retain-as-published if any asked, every subscription identifier, no-local only if all asked.
@@ -261,7 +261,6 @@ impl ShardState {
         let _ = now;
         1
     }
-
 }
 
 fn merge_into(merge: &mut AHashMap<u32, Merged>, entry: &FilterEntry) {
@@ -296,7 +295,12 @@ impl FrameCache {
             .clone()
     }
 
-    pub(super) fn get(&mut self, message: &Message, version: ProtocolVersion, retain: bool) -> Option<Bytes> {
+    pub(super) fn get(
+        &mut self,
+        message: &Message,
+        version: ProtocolVersion,
+        retain: bool,
+    ) -> Option<Bytes> {
         let index = usize::from(version == ProtocolVersion::V5) * 2 + usize::from(retain);
         if let Some(f) = &self.frames[index] {
             return Some(f.clone());
@@ -315,4 +319,3 @@ impl FrameCache {
         Some(frame)
     }
 }
-

@@ -30,11 +30,11 @@ use smallvec::SmallVec;
 use wire::{ProtocolVersion, QoS, ReasonCode, RetainHandling, SubscriptionOptions, Utf8Bytes};
 
 use crate::config::{Limits, SubscribeAuthorizer};
+use crate::counters::Counters;
+use crate::ids::{BarrierId, ConnId, ReadyQueue};
 use crate::message::{
     Message, RouteChange, SessionKey, ShardId, ShardMsg, ShardStats, SharedPick, SHARDS_MAX,
 };
-use crate::counters::Counters;
-use crate::ids::{BarrierId, ConnId, ReadyQueue};
 use crate::session::{
     CloseReason, ConnectionLink, Delivery, DropReason, Outbound, PeerLimits, Session,
     SessionSubscription, Will,
@@ -50,7 +50,6 @@ pub const RETAINED_TOMBSTONE_KEEP: Duration = Duration::from_secs(60);
 /// One bit per shard.
 pub type ShardMask = u64;
 const _: () = assert!(SHARDS_MAX <= ShardMask::BITS as usize);
-
 
 /// A subscriber as the trie stores it.
 #[derive(Debug, Clone, Copy)]
@@ -615,4 +614,3 @@ impl ShardState {
 pub fn keepalive_grace(keepalive_secs: u16) -> Duration {
     Duration::from_millis(u64::from(keepalive_secs) * 1500)
 }
-

@@ -91,5 +91,4 @@ impl ShardState {
             bytes_sent: self.counters.bytes_sent,
         }
     }
-
 }

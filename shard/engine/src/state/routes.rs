@@ -4,7 +4,12 @@ impl ShardState {
     // ----- the route table ------------------------------------------------------------------
 
     /// Applies a 0↔1 transition of this shard locally and tells every other shard.
-    pub(super) fn change_route(&mut self, filter: Arc<str>, group: Option<Arc<str>>, present: bool) {
+    pub(super) fn change_route(
+        &mut self,
+        filter: Arc<str>,
+        group: Option<Arc<str>>,
+        present: bool,
+    ) {
         let change = RouteChange {
             shard: self.id,
             filter,
@@ -77,7 +82,8 @@ impl ShardState {
         }
         let barrier = BarrierId(self.next_barrier);
         self.next_barrier += 1;
-        self.barriers.insert(barrier, (self.shard_count - 1, waiting));
+        self.barriers
+            .insert(barrier, (self.shard_count - 1, waiting));
         for shard in 0..self.shard_count {
             if shard != self.id {
                 self.send_to(
@@ -142,7 +148,6 @@ impl ShardState {
         self.counters.cross_shard_sent += 1;
         true
     }
-
 }
 
 pub(super) fn pick_shard(mask: ShardMask, cursor: &Cell<u32>) -> Option<ShardId> {
@@ -163,4 +168,3 @@ pub(super) fn pick_shard(mask: ShardMask, cursor: &Cell<u32>) -> Option<ShardId>
         m &= m - 1;
     }
 }
-

@@ -216,5 +216,4 @@ impl ShardState {
             self.change_route(Arc::from(topic_filter), group, false);
         }
     }
-
 }
