@@ -37,6 +37,7 @@ pub struct Exporter {
     handoffs: Counter,
     sessions_refused: Counter,
     subscriptions_over_limit: Counter,
+    publishes_replayed: Counter,
     /// The data plane ring's counters, and their values last published.
     ring_last: uring::RingStats,
     ring_enters: Counter,
@@ -98,6 +99,10 @@ impl Exporter {
                 "ringmq_subscriptions_over_limit_total",
                 "shard" => s.clone()
             ),
+            publishes_replayed: counter!(
+                "ringmq_cross_shard_replayed_total",
+                "shard" => s.clone()
+            ),
             ring_last: uring::RingStats::default(),
             ring_enters: counter!("ringmq_ring_enters_total", "shard" => s.clone()),
             ring_cqes: counter!("ringmq_ring_completions_total", "shard" => s.clone()),
@@ -150,6 +155,8 @@ impl Exporter {
             .increment(now.sessions_refused - last.sessions_refused);
         self.subscriptions_over_limit
             .increment(now.subscriptions_over_limit - last.subscriptions_over_limit);
+        self.publishes_replayed
+            .increment(now.publishes_replayed - last.publishes_replayed);
         self.g_connections.set(gauges.connections as f64);
         self.g_online.set(gauges.sessions_online as f64);
         self.g_offline.set(gauges.sessions_offline as f64);

@@ -48,6 +48,9 @@ pub const RECV_BUFFERS: u16 = 512;
 pub const RECV_BUFFER_BYTES: u32 = 16 * 1024;
 /// Housekeeping tick: the shutdown flag.
 const TICK: Duration = Duration::from_millis(100);
+/// How late the loop may notice what woke it (eventfd and executor latency): input read after a
+/// sleep is taken to have arrived at most this long before the wake-up.
+const WAKE_SLACK: Duration = Duration::from_millis(2);
 /// How long shutdown waits for connections to be told and outboxes to drain.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(3);
 
@@ -482,7 +485,11 @@ async fn data_plane_loop(
                 break;
             }
         }
-        wait_for_work(ctx).await;
+        if wait_for_work(ctx).await {
+            ctx.engine
+                .borrow_mut()
+                .note_wake(Instant::now(), WAKE_SLACK);
+        }
     }
     // Give the last messages (wills sent to other shards) a moment to go out and be delivered.
     let end = Instant::now() + Duration::from_millis(100);
@@ -557,6 +564,9 @@ fn turn(ctx: &ShardCtx, tx: &[Option<ConnectedSender<Batch>>], now: Instant) {
             }
         }
     }
+    // Read after the poll: what this turn handles arrived before it (the engine orders
+    // cross-shard replays by it, see `RouteChange::since`).
+    let now = Instant::now();
     // 3. Timers.
     if engine.poll_timeout().is_some_and(|at| at <= now) {
         engine.handle_timeout(now);
@@ -633,14 +643,15 @@ fn apply_output(ring: &mut Ring, links: &mut Links, output: Output) {
 }
 
 /// Sleeps until the ring has completions, another task kicked the loop, or the next deadline.
+/// True if it slept (rather than only yielding).
 // The ring stays borrowed while this task sleeps in `Ring::wait`: the only mutable borrow is
 // `turn`'s, on this same task, which is suspended here; the metrics task only `try_borrow`s.
 #[allow(clippy::await_holding_refcell_ref)]
-async fn wait_for_work(ctx: &Rc<ShardCtx>) {
+async fn wait_for_work(ctx: &Rc<ShardCtx>) -> bool {
     let busy = ctx.kicked.get() || !ctx.inbox.borrow().is_empty() || ctx.engine.borrow().has_work();
     if busy {
         futures_lite::future::yield_now().await;
-        return;
+        return false;
     }
     let deadline = ctx.engine.borrow().poll_timeout();
     let kicked = std::future::poll_fn(|cx| {
@@ -663,6 +674,7 @@ async fn wait_for_work(ctx: &Rc<ShardCtx>) {
     };
     let ring = ctx.ring.borrow();
     futures_lite::future::or(ring.wait(), futures_lite::future::or(kicked, timer)).await;
+    true
 }
 
 /// Watches the process-wide shutdown flag and kicks the loop when it is set.

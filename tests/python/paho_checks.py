@@ -155,9 +155,75 @@ def will_on_abnormal_close():
     watcher.loop_stop()
 
 
+def publish_right_after_subscribe():
+    """Another client publishes right after one subscribes, without waiting for its SUBACK (as
+    the Paho interop tests test_subscribe_options and test_request_response do). On a broker with
+    several shards the two clients may sit on different shards."""
+    for _ in range(20):
+        topic = f"paho/race/{uuid.uuid4().hex}"
+        inbox = Inbox()
+        sub = client(mqtt.MQTTv5)
+        sub.on_message = inbox.on_message
+        assert sub.connect(HOST, PORT, keepalive=30) == 0
+        pub = client(mqtt.MQTTv5)
+        connect(pub)
+        # Write SUBSCRIBE from this thread (the Paho interop clients write synchronously), then
+        # publish at once: no wait for SUBACK.
+        sub.subscribe(topic, 1)
+        while sub.want_write():
+            sub.loop_write()
+        pub.publish(topic, b"right after", qos=1).wait_for_publish(WAIT)
+        sub.loop_start()
+        got = inbox.wait_for(1)
+        assert got[0].payload == b"right after", got
+        for c in (sub, pub):
+            c.disconnect()
+            c.loop_stop()
+
+
+def request_response():
+    """v5 request/response: the responder subscribes, the requester subscribes to its response
+    topic and publishes a request at once (no wait for either SUBACK); the responder answers on
+    Response Topic with the Correlation Data [MQTT-4.10]."""
+    requests = f"paho/req/{uuid.uuid4().hex}"
+    responses = f"paho/resp/{uuid.uuid4().hex}"
+    responder = client(mqtt.MQTTv5)
+
+    def answer(c, _userdata, message):
+        props = Properties(PacketTypes.PUBLISH)
+        props.CorrelationData = message.properties.CorrelationData
+        c.publish(message.properties.ResponseTopic, b"response", qos=1, properties=props)
+
+    responder.on_message = answer
+    assert responder.connect(HOST, PORT, keepalive=30) == 0
+    inbox = Inbox()
+    requester = client(mqtt.MQTTv5)
+    requester.on_message = inbox.on_message
+    assert requester.connect(HOST, PORT, keepalive=30) == 0
+    # Both SUBSCRIBEs written from this thread, then the request at once.
+    for c, topic in ((responder, requests), (requester, responses)):
+        c.subscribe(topic, 1)
+        while c.want_write():
+            c.loop_write()
+    for c in (responder, requester):
+        c.loop_start()
+    props = Properties(PacketTypes.PUBLISH)
+    props.ResponseTopic = responses
+    props.CorrelationData = b"req-1"
+    requester.publish(requests, b"request", qos=1, properties=props)
+    got = inbox.wait_for(1)
+    assert got[0].payload == b"response", got
+    assert got[0].properties.CorrelationData == b"req-1", got
+    for c in (responder, requester):
+        c.disconnect()
+        c.loop_stop()
+
+
 check("qos 0/1/2 with MQTT 3.1.1", qos_levels(mqtt.MQTTv311))
 check("qos 0/1/2 with MQTT 5", qos_levels(mqtt.MQTTv5))
 check("retained set and clear", retained)
 check("v5 properties passed through", v5_properties)
 check("will on abnormal close", will_on_abnormal_close)
+check("publish right after another client subscribes", publish_right_after_subscribe)
+check("request/response without waiting for SUBACK", request_response)
 print("all paho checks passed")

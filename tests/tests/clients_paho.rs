@@ -18,11 +18,22 @@ fn paho_available() -> bool {
 
 #[test]
 fn paho_clients_interoperate() {
+    run_paho_checks(&[]);
+}
+
+/// The same checks with two shards: clients land on either, so a subscription made on one shard
+/// must be seen by a publish read on the other right after it.
+#[test]
+fn paho_clients_interoperate_on_two_shards() {
+    run_paho_checks(&["--shards", "2"]);
+}
+
+fn run_paho_checks(args: &[&str]) {
     if !paho_available() {
         eprintln!("\n*** SKIPPED paho tests: python3 with paho-mqtt missing (pip install paho-mqtt) ***\n");
         return;
     }
-    let mut broker = BrokerProcess::start(&[]);
+    let mut broker = BrokerProcess::start(args);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/paho_checks.py");
     let mut child = Command::new("python3")
         .args([script, "127.0.0.1", &broker.port.to_string()])

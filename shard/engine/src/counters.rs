@@ -48,6 +48,8 @@ pub struct Counters {
     /// SUBSCRIBE filters refused because the session holds
     /// `limits.subscriptions_per_session_max`.
     pub subscriptions_over_limit: u64,
+    /// Publishes forwarded late to a shard whose subscription arrived just after them.
+    pub publishes_replayed: u64,
 }
 
 impl Counters {

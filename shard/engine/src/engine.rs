@@ -40,10 +40,21 @@ pub enum Output {
     },
 }
 
+/// Passes of [`Engine::process`] per call: between them the runtime reaps the ring again, so a
+/// connection's sends complete (and free its transport bound) before more input is handled.
+pub const PROCESS_PASSES_MAX: u32 = 4;
+/// Received bytes a connection may have waiting to be handled; beyond it reading pauses (TCP
+/// backpressure to the client) until half of it is handled.
+pub const INPUT_BUFFERED_MAX_BYTES: usize = 256 * 1024;
+
 /// One entry of the connection table.
 #[derive(Default)]
 struct ConnSlot {
     generation: u32,
+    /// The `Engine::pass` that last drove this connection: a connection queued several times is
+    /// driven once per pass, in the order it was first queued (arrival order matters: a SUBSCRIBE
+    /// read before a PUBLISH on another connection must be handled first).
+    driven_in_pass: u64,
     /// Boxed: the table's spare capacity costs a pointer per entry, not a connection.
     conn: Option<Box<Conn>>,
 }
@@ -59,6 +70,8 @@ pub struct Engine {
     outputs: VecDeque<Output>,
     /// Scratch for the ready queue's ids; keeps its capacity.
     ready_scratch: Vec<ConnId>,
+    /// Counts passes of `process`, for `ConnSlot::driven_in_pass`.
+    pass: u64,
 }
 
 impl Engine {
@@ -77,6 +90,7 @@ impl Engine {
             handshakes: VecDeque::new(),
             outputs: VecDeque::new(),
             ready_scratch: Vec::new(),
+            pass: 0,
         }
     }
 
@@ -136,9 +150,17 @@ impl Engine {
     pub fn handle_input(&mut self, conn: ConnId, data: &[u8], now: Instant) {
         let _ = now;
         self.state.counters.bytes_received += data.len() as u64;
-        if let Some(c) = self.conn_mut(conn) {
-            c.input(data);
-            self.state.ready.push(conn);
+        let Some(c) = self.conn_mut(conn) else {
+            return;
+        };
+        c.input(data);
+        let pause = !c.reading_paused && c.input_buffered() > INPUT_BUFFERED_MAX_BYTES;
+        if pause {
+            c.reading_paused = true;
+        }
+        self.state.ready.push(conn);
+        if pause {
+            self.outputs.push_back(Output::PauseReading { conn });
         }
     }
 
@@ -157,11 +179,6 @@ impl Engine {
             return;
         };
         c.transport_queued = queued_bytes;
-        let resume = c.reading_paused && queued_bytes <= TRANSPORT_QUEUED_MAX_BYTES / 2;
-        if resume {
-            c.reading_paused = false;
-            self.outputs.push_back(Output::ResumeReading { conn });
-        }
         if queued_bytes <= TRANSPORT_QUEUED_MAX_BYTES / 2 {
             self.state.ready.push(conn);
         }
@@ -341,16 +358,25 @@ impl Engine {
         // Bounded: each pass drives each queued connection once; a connection queues itself
         // again only while it has budgeted work left, and the transport bound stops writers.
         let mut passes = 0;
-        while !self.state.ready.is_empty() && passes < 64 {
+        while !self.state.ready.is_empty() && passes < PROCESS_PASSES_MAX {
             passes += 1;
+            self.pass += 1;
             let mut ready = std::mem::take(&mut self.ready_scratch);
             self.state.ready.drain_into(&mut ready);
-            ready.sort_unstable();
-            ready.dedup();
             for id in ready.drain(..) {
                 self.drive(id, now);
             }
             self.ready_scratch = ready;
+        }
+        self.state.previous_turn_at = now;
+    }
+
+    /// The loop slept and woke at `woke_at`: input handled from now on arrived after
+    /// `woke_at - slack` at the earliest (see `message::RouteChange::since`).
+    pub fn note_wake(&mut self, woke_at: Instant, slack: Duration) {
+        let floor = woke_at.checked_sub(slack).unwrap_or(woke_at);
+        if floor > self.state.previous_turn_at {
+            self.state.previous_turn_at = floor;
         }
     }
 
@@ -358,9 +384,10 @@ impl Engine {
         let Some(slot) = self.conns.get_mut(id.index as usize) else {
             return;
         };
-        if slot.generation != id.generation {
+        if slot.generation != id.generation || slot.driven_in_pass == self.pass {
             return;
         }
+        slot.driven_in_pass = self.pass;
         let Some(conn) = slot.conn.as_deref_mut() else {
             return;
         };
@@ -375,9 +402,18 @@ impl Engine {
             self.state.counters.bytes_sent += data.len() as u64;
             self.outputs.push_back(Output::Transmit { conn: id, data });
         }
-        if conn.transport_queued > TRANSPORT_QUEUED_MAX_BYTES && !conn.reading_paused {
+        // Reading pauses while the client does not take its output (slow consumer) or its
+        // input piles up faster than it is handled; it resumes below half of either bound.
+        let over = conn.transport_queued > TRANSPORT_QUEUED_MAX_BYTES
+            || conn.input_buffered() > INPUT_BUFFERED_MAX_BYTES;
+        let under = conn.transport_queued <= TRANSPORT_QUEUED_MAX_BYTES / 2
+            && conn.input_buffered() <= INPUT_BUFFERED_MAX_BYTES / 2;
+        if over && !conn.reading_paused {
             conn.reading_paused = true;
             self.outputs.push_back(Output::PauseReading { conn: id });
+        } else if under && conn.reading_paused && step != Step::Closed {
+            conn.reading_paused = false;
+            self.outputs.push_back(Output::ResumeReading { conn: id });
         }
         match step {
             Step::Idle => {}

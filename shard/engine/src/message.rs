@@ -69,6 +69,12 @@ pub struct RouteChange {
     pub filter: Arc<str>,
     pub group: Option<Arc<str>>,
     pub present: bool,
+    /// For an added normal filter: when the subscribing shard last polled before it read the
+    /// SUBSCRIBE. A shard that accepted a matching publish at or after this time and did not
+    /// forward it (the route had not reached it yet) replays it to `shard`
+    /// (`ShardState::replay_recent`), so a publish read right after a subscription on another
+    /// shard is not missed.
+    pub since: Instant,
 }
 
 /// Per-shard statistics sent to shard 0 for `$SYS`.

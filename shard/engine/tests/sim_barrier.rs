@@ -228,3 +228,45 @@ fn publish_one_turn_after_subscribe_reaches_subscriber() {
     assert!(matches!(sim.expect(sub), Packet::SubAck(_)));
     assert_eq!(&sim.expect_publish(sub).payload[..], b"early");
 }
+
+/// A publish read on another shard in the same turn as a SUBSCRIBE (before the route change can
+/// have arrived there) still reaches the new subscriber: the publishing shard replays it when
+/// the route arrives (as the Paho interop tests expect of a publish sent right after another
+/// client's SUBSCRIBE, without waiting for its SUBACK).
+#[test]
+fn publish_racing_a_subscribe_on_another_shard_is_replayed() {
+    let mut sim = Sim::new(2);
+    let (sub, _) = sim.connect(0, v5(&sim.client_id_on(0, "s")));
+    let (publisher, _) = sim.connect(1, v5(&sim.client_id_on(1, "p")));
+    sim.tick(Duration::from_millis(1));
+    sim.send(sub, &subscribe(1, &[("race/+", QoS::AtLeastOnce)]));
+    sim.send(
+        publisher,
+        &publish("race/1", b"right after", QoS::AtLeastOnce, Some(1)),
+    );
+    sim.run_until_idle();
+    assert_eq!(
+        sim.expect_suback(sub).reason_codes,
+        [ReasonCode::GrantedQoS1]
+    );
+    assert_eq!(&sim.expect_publish(sub).payload[..], b"right after");
+    sim.expect_nothing(sub);
+}
+
+/// A publish accepted well before the subscription existed anywhere is not replayed to it.
+#[test]
+fn publish_before_the_subscribe_is_not_replayed() {
+    let mut sim = Sim::new(2);
+    let (sub, _) = sim.connect(0, v5(&sim.client_id_on(0, "s")));
+    let (publisher, _) = sim.connect(1, v5(&sim.client_id_on(1, "p")));
+    sim.send(
+        publisher,
+        &publish("early/1", b"before", QoS::AtMostOnce, None),
+    );
+    sim.run_until_idle();
+    sim.advance(Duration::from_millis(50));
+    sim.run_until_idle();
+    sim.subscribe(sub, "early/+", QoS::AtMostOnce);
+    sim.run_until_idle();
+    sim.expect_nothing(sub);
+}

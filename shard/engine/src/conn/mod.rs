@@ -133,6 +133,11 @@ impl Conn {
         self.partial.extend_from_slice(data);
     }
 
+    /// Received bytes not handled yet.
+    pub(crate) fn input_buffered(&self) -> usize {
+        self.partial.len()
+    }
+
     pub(crate) fn set_eof(&mut self) {
         self.eof = true;
     }
@@ -186,7 +191,7 @@ impl Conn {
         // reading is paused: a DISCONNECT or PUBLISH it sent still counts, and its replies go
         // nowhere, so the transport bound no longer matters.
         let mut step = Step::Idle;
-        if !self.partial.is_empty() && (!self.reading_paused || self.eof) {
+        if !self.partial.is_empty() && (!self.write_blocked() || self.eof) {
             match self.handle_frames(sh, now) {
                 Ok(more) => {
                     if more {

@@ -5,8 +5,67 @@ use super::*;
 /// retain-as-published if any asked, every subscription identifier, no-local only if all asked.
 pub type Merged = (QoS, bool, SmallVec<[u32; 1]>, bool);
 
+/// Publishes accepted on this shard that are kept for replay to a shard whose subscription
+/// arrives after them (see `RouteChange::since`): at most this many...
+pub const RECENT_PUBLISHES_MAX: usize = 4096;
+/// ...and at most this old. Covers the cross-shard channel's latency with a wide margin.
+pub const RECENT_PUBLISH_WINDOW: Duration = Duration::from_millis(200);
+
+/// A publish accepted here, and the shards it was forwarded to for normal subscribers.
+#[derive(Debug)]
+pub struct RecentPublish {
+    pub message: Arc<Message>,
+    pub forwarded: ShardMask,
+}
+
 impl ShardState {
     // ----- publishing -----------------------------------------------------------------------
+
+    /// Remembers a publish for [`ShardState::replay_recent`], dropping the oldest beyond the
+    /// bounds.
+    fn remember(&mut self, message: &Arc<Message>, forwarded: ShardMask, now: Instant) {
+        while self.recent.len() >= RECENT_PUBLISHES_MAX
+            || self.recent.front().is_some_and(|r| {
+                now.saturating_duration_since(r.message.received_at) > RECENT_PUBLISH_WINDOW
+            })
+        {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(RecentPublish {
+            message: message.clone(),
+            forwarded,
+        });
+    }
+
+    /// Shard `change.shard` now has a subscriber for `change.filter`, since `change.since`.
+    /// Publishes accepted here at or after that time that matched it but were not forwarded to
+    /// that shard (the route had not arrived yet) are forwarded now.
+    pub(super) fn replay_recent(&mut self, change: &RouteChange) {
+        let b = bit(change.shard);
+        let mut owed: SmallVec<[Arc<Message>; 4]> = SmallVec::new();
+        for r in self.recent.iter_mut() {
+            // Retained messages reach a new subscriber from the retained store instead.
+            if r.forwarded & b == 0
+                && !r.message.publish.retain
+                && r.message.received_at > change.since
+                && wire::topic::matches(&change.filter, r.message.publish.topic.as_str())
+            {
+                r.forwarded |= b;
+                owed.push(r.message.clone());
+            }
+        }
+        for message in owed {
+            self.counters.publishes_replayed += 1;
+            self.send_to(
+                change.shard,
+                ShardMsg::Publish {
+                    message,
+                    normal: true,
+                    shared: SmallVec::new(),
+                },
+            );
+        }
+    }
 
     /// Routes a message accepted on this shard: retained store, local subscribers, other shards.
     /// Returns the number of subscriptions matched here plus shards it was sent to (0 = no
@@ -67,6 +126,9 @@ impl ShardState {
                     },
                 );
             }
+        }
+        if self.shard_count > 1 {
+            self.remember(&message, remote, now);
         }
         matched += self.deliver_local(&message, true, &local_picks, now);
         if matched == 0 {

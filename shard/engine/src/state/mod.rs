@@ -19,7 +19,7 @@ use std::cell::Cell;
 #[allow(unused_imports)]
 use std::cell::RefCell;
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::num::NonZeroU16;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -243,6 +243,13 @@ pub struct ShardState {
     pub next_kafka_token: u64,
     /// Connections with work this loop turn; every session link holds a handle to it.
     pub ready: ReadyQueue,
+    /// Recent publishes accepted here, oldest first, for replay to a shard whose subscription
+    /// arrives after them. Bounded by `RECENT_PUBLISHES_MAX` and `RECENT_PUBLISH_WINDOW`; empty on
+    /// a single-shard broker.
+    recent: VecDeque<delivery::RecentPublish>,
+    /// The time the previous loop turn handled its inputs at (set by `Engine::process`): before
+    /// anything this turn reads arrived.
+    pub previous_turn_at: Instant,
 }
 
 /// Which shard owns a client id's session. Fixed seeds: every shard must agree.
@@ -295,6 +302,8 @@ impl ShardState {
             kafka_pending: AHashMap::new(),
             next_kafka_token: 0,
             ready: ReadyQueue::default(),
+            recent: VecDeque::new(),
+            previous_turn_at: Instant::now(),
         }
     }
 

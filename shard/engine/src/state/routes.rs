@@ -15,6 +15,7 @@ impl ShardState {
             filter,
             group,
             present,
+            since: self.previous_turn_at,
         };
         self.apply_route(&change);
         for shard in 0..self.shard_count {
@@ -31,6 +32,9 @@ impl ShardState {
         // per filter.
         if change.group.is_none() && change.shard == self.id {
             return;
+        }
+        if change.present && change.group.is_none() {
+            self.replay_recent(change);
         }
         let b = bit(change.shard);
         let entry = self

@@ -657,6 +657,12 @@ impl Sim {
         self.run_until_idle();
     }
 
+    /// Moves the clock without driving anything: what is sent next is handled later than every
+    /// engine's last turn (as real input arrives between two turns).
+    pub fn tick(&mut self, by: Duration) {
+        self.offset += by;
+    }
+
     /// Sum of the engines' barrier tables: every barrier still waited on.
     pub fn barriers_pending(&self) -> usize {
         self.engines.iter().map(|e| e.state.barriers.len()).sum()
