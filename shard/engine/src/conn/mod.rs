@@ -133,6 +133,12 @@ impl Conn {
         self.partial.extend_from_slice(data);
     }
 
+    /// Input for a connection with none buffered: a view of the engine's read chunk, no copy.
+    pub(crate) fn take_input(&mut self, data: BytesMut) {
+        debug_assert!(self.partial.is_empty());
+        self.partial = data;
+    }
+
     /// Received bytes not handled yet.
     pub(crate) fn input_buffered(&self) -> usize {
         self.partial.len()
