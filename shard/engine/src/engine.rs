@@ -202,7 +202,7 @@ impl Engine {
             return;
         };
         c.transport_queued = queued_bytes;
-        if queued_bytes <= TRANSPORT_QUEUED_MAX_BYTES / 2 {
+        if queued_bytes < TRANSPORT_QUEUED_MAX_BYTES {
             self.state.ready.push(conn);
         }
     }

@@ -33,8 +33,9 @@ pub const WRITE_BATCH_BYTES: usize = 64 * 1024;
 pub const FRAMES_PER_DRIVE_MAX: u32 = 64;
 /// Output a connection may have queued in the transport (sent to the socket layer, not yet taken
 /// by the kernel). Beyond it the engine stops encoding its session queue (which absorbs the rest,
-/// dropping per policy) and stops reading from it: a slow consumer.
-pub const TRANSPORT_QUEUED_MAX_BYTES: usize = 4 * WRITE_BATCH_BYTES;
+/// dropping per policy) and stops reading from it: a slow consumer. 1 MiB: at 256 KiB a full-rate
+/// one-to-one stream stalled on sends reaped once per turn and dropped half its messages.
+pub const TRANSPORT_QUEUED_MAX_BYTES: usize = 16 * WRITE_BATCH_BYTES;
 const _: () = assert!(WRITE_BATCH_BYTES < TRANSPORT_QUEUED_MAX_BYTES);
 
 /// Where a connection is in its life.
