@@ -301,3 +301,29 @@ async fn graceful_shutdown_exits_zero() {
     assert!(status.success(), "SIGTERM exit status {status}");
     drop(c);
 }
+
+/// A second broker on an address another process already listens on must not start (SO_REUSEPORT
+/// would otherwise let the kernel split new clients between two brokers with separate sessions):
+/// it exits with an error naming the address, and the first keeps serving.
+#[tokio::test]
+async fn second_broker_on_a_taken_address_fails_naming_it() {
+    let mut first = BrokerProcess::start(&[]);
+    let addr = first.addr.to_string();
+    let output = std::process::Command::new(broker_bin())
+        .args(["--listen", &addr, "--metrics-listen", "", "--shards", "1"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("the broker binary runs");
+    assert!(
+        !output.status.success(),
+        "a second broker started on {addr}"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&addr) && stderr.contains("another process already listens"),
+        "unclear error: {stderr}"
+    );
+    let (_client, ack) = RawClient::connected(first.addr, connect_v4(&unique("still"))).await;
+    assert_eq!(ack.reason_code, wire::ReasonCode::Success);
+    first.assert_alive();
+}
