@@ -51,9 +51,11 @@ const TICK: Duration = Duration::from_millis(100);
 /// How often the engine's deadlines are checked (keepalive is enforced at 1.5× its interval, so
 /// this precision is ample).
 const TIMER_TICK: Duration = Duration::from_millis(10);
-/// How late the loop may notice what woke it (eventfd and executor latency): input read after a
-/// sleep is taken to have arrived at most this long before the wake-up.
-const WAKE_SLACK: Duration = Duration::from_millis(2);
+/// How late the loop may notice what woke it (eventfd and executor latency on a loaded host, or a
+/// wake-up that only `timer_loop`'s tick delivered): input read after a sleep is taken to have
+/// arrived at most this long before the wake-up. Larger only means a publish that preceded a
+/// subscription by up to this much may still reach it.
+const WAKE_SLACK: Duration = Duration::from_millis(25);
 /// How long shutdown waits for connections to be told and outboxes to drain.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(3);
 
@@ -75,6 +77,8 @@ pub struct HandOff {
     pub fd: OwnedFd,
     /// The bytes received so far, CONNECT first.
     pub buffered: Bytes,
+    /// When the bytes after CONNECT arrived at the earliest (`Output::HandOff::since`).
+    pub since: Instant,
 }
 
 /// What one shard sends another per loop turn: the engine's messages and handed-off sockets
@@ -92,7 +96,7 @@ struct Links {
     by_conn: Vec<Option<(u32, ConnKey)>>,
     /// Connections being detached from the ring for a hand-off: destination shard and the
     /// bytes to pass on (received ones are appended until the ring lets go).
-    detaching: ahash::AHashMap<u64, (ShardId, BytesMut)>,
+    detaching: ahash::AHashMap<u64, (ShardId, BytesMut, Instant)>,
     /// Sockets ready to go to each shard with this turn's batch.
     handoffs: Vec<Vec<HandOff>>,
 }
@@ -514,7 +518,7 @@ fn turn(ctx: &ShardCtx, tx: &[Option<ConnectedSender<Batch>>], now: Instant) {
     for batch in inbox {
         engine.handle_shard_msgs(batch.msgs, now);
         for h in batch.handoffs {
-            let conn = engine.open_handed_off(&h.buffered, now);
+            let conn = engine.open_handed_off_since(&h.buffered, h.since, now);
             match ring.add_conn(h.fd, conn.to_u64()) {
                 Ok(key) => links.insert(conn, key),
                 Err(err) => {
@@ -529,7 +533,7 @@ fn turn(ctx: &ShardCtx, tx: &[Option<ConnectedSender<Batch>>], now: Instant) {
     ring.poll(|event| match event {
         Event::Accepted { fd, .. } => accepted.push(fd),
         Event::Received { user, data } => {
-            if let Some((_, buffered)) = links.detaching.get_mut(&user) {
+            if let Some((_, buffered, _)) = links.detaching.get_mut(&user) {
                 buffered.extend_from_slice(data);
             } else {
                 engine.handle_input(ConnId::from_u64(user), data, now);
@@ -548,11 +552,12 @@ fn turn(ctx: &ShardCtx, tx: &[Option<ConnectedSender<Batch>>], now: Instant) {
             engine.handle_closed(conn, now);
         }
         Event::Detached { user, fd } => {
-            if let Some((home, buffered)) = links.detaching.remove(&user) {
+            if let Some((home, buffered, since)) = links.detaching.remove(&user) {
                 if let Some(out) = links.handoffs.get_mut(usize::from(home)) {
                     out.push(HandOff {
                         fd,
                         buffered: buffered.freeze(),
+                        since,
                     });
                 }
             }
@@ -635,11 +640,12 @@ fn apply_output(ring: &mut Ring, links: &mut Links, output: Output) {
             conn,
             home,
             buffered,
+            since,
         } => {
             if let Some(key) = links.remove(conn) {
                 links
                     .detaching
-                    .insert(conn.to_u64(), (home, BytesMut::from(&buffered[..])));
+                    .insert(conn.to_u64(), (home, BytesMut::from(&buffered[..]), since));
                 ring.detach(key);
             }
         }

@@ -37,6 +37,9 @@ pub enum Output {
         conn: ConnId,
         home: ShardId,
         buffered: Bytes,
+        /// A lower bound on when the bytes after CONNECT arrived (for cross-shard replay; pass it
+        /// to `Engine::open_handed_off_since` on `home`).
+        since: Instant,
     },
 }
 
@@ -76,6 +79,9 @@ pub struct Engine {
     /// `READ_CHUNK_BYTES` of input rather than one per message. Frames split off it stay
     /// zero-copy `Bytes`.
     read_buf: bytes::BytesMut,
+    /// Handed-off connections not driven yet, and when their input arrived on the accepting
+    /// shard. At most the hand-offs of one turn.
+    handoff_since: ahash::AHashMap<ConnId, Instant>,
 }
 
 /// Size of the chunks `Engine::read_buf` allocates.
@@ -99,6 +105,7 @@ impl Engine {
             ready_scratch: Vec::new(),
             pass: 0,
             read_buf: bytes::BytesMut::new(),
+            handoff_since: ahash::AHashMap::new(),
         }
     }
 
@@ -121,7 +128,21 @@ impl Engine {
 
     /// A connection another shard accepted and handed here, with what it had received.
     pub fn open_handed_off(&mut self, buffered: &[u8], now: Instant) -> ConnId {
+        let since = self.state.previous_turn_at;
+        self.open_handed_off_since(buffered, since, now)
+    }
+
+    /// Like [`Engine::open_handed_off`], with the accepting shard's lower bound on when the bytes
+    /// after CONNECT arrived (`Output::HandOff::since`): a subscription they make counts from
+    /// then, so publishes that raced it on other shards are replayed to it.
+    pub fn open_handed_off_since(
+        &mut self,
+        buffered: &[u8],
+        since: Instant,
+        now: Instant,
+    ) -> ConnId {
         let id = self.open_conn(true, now);
+        self.handoff_since.insert(id, since);
         self.handle_input(id, buffered, now);
         id
     }
@@ -411,6 +432,16 @@ impl Engine {
             return;
         }
         slot.driven_in_pass = self.pass;
+        let handoff_since = if self.handoff_since.is_empty() {
+            None
+        } else {
+            self.handoff_since.remove(&id)
+        };
+        let turn_floor = self.state.previous_turn_at;
+        if let Some(since) = handoff_since {
+            self.state.previous_turn_at = since.min(turn_floor);
+            self.state.replay_local_since = Some(since);
+        }
         let Some(conn) = slot.conn.as_deref_mut() else {
             return;
         };
@@ -419,6 +450,10 @@ impl Engine {
             bridge: self.bridge.as_deref_mut(),
         };
         let step = conn.drive(&mut shared, now);
+        if handoff_since.is_some() {
+            self.state.previous_turn_at = turn_floor;
+            self.state.replay_local_since = None;
+        }
         if !conn.out.is_empty() {
             let data = conn.out.split().freeze();
             conn.transport_queued += data.len();
@@ -443,13 +478,16 @@ impl Engine {
             Step::Again => self.state.ready.push(id),
             Step::HandOff { home, buffered } => {
                 self.free_conn(id);
+                let since = self.state.previous_turn_at;
                 self.outputs.push_back(Output::HandOff {
                     conn: id,
                     home,
                     buffered,
+                    since,
                 });
             }
             Step::Closed => {
+                self.handoff_since.remove(&id);
                 self.free_conn(id);
                 self.outputs.push_back(Output::Close { conn: id });
             }

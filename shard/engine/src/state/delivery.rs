@@ -37,6 +37,44 @@ impl ShardState {
         });
     }
 
+    /// A connection handed to this shard subscribed (`filter`, not shared) with input that
+    /// arrived at `since` on the accepting shard: publishes accepted here after that, before the
+    /// subscription existed, go to this session alone (the others that match already got them).
+    pub(super) fn replay_local(
+        &mut self,
+        slot: u32,
+        filter: &str,
+        options: SubscriptionOptions,
+        id: Option<u32>,
+        since: Instant,
+        now: Instant,
+    ) {
+        let owed: SmallVec<[Arc<Message>; 4]> = self
+            .recent
+            .iter()
+            .filter(|r| {
+                !r.message.publish.retain
+                    && r.message.received_at > since
+                    && wire::topic::matches(filter, r.message.publish.topic.as_str())
+            })
+            .map(|r| r.message.clone())
+            .collect();
+        for message in owed {
+            self.counters.publishes_replayed += 1;
+            let mut frames = FrameCache::default();
+            self.enqueue(
+                slot,
+                &message,
+                options.qos,
+                options.retain_as_published,
+                options.no_local,
+                id.into_iter().collect(),
+                &mut frames,
+                now,
+            );
+        }
+    }
+
     /// Shard `change.shard` now has a subscriber for `change.filter`, since `change.since`.
     /// Publishes accepted here at or after that time that matched it but were not forwarded to
     /// that shard (the route had not arrived yet) are forwarded now.

@@ -250,6 +250,9 @@ pub struct ShardState {
     /// The time the previous loop turn handled its inputs at (set by `Engine::process`): before
     /// anything this turn reads arrived.
     pub previous_turn_at: Instant,
+    /// Set while a handed-off connection's first input is handled: when it arrived on the
+    /// accepting shard (see `ShardState::replay_local`).
+    pub replay_local_since: Option<Instant>,
 }
 
 /// Which shard owns a client id's session. Fixed seeds: every shard must agree.
@@ -304,6 +307,7 @@ impl ShardState {
             ready: ReadyQueue::default(),
             recent: VecDeque::new(),
             previous_turn_at: Instant::now(),
+            replay_local_since: None,
         }
     }
 

@@ -120,6 +120,9 @@ impl ShardState {
         if send_retained {
             self.queue_retained(slot, topic_filter, options.qos, id, now);
         }
+        if let (Some(since), None, false) = (self.replay_local_since, &shared, existed) {
+            self.replay_local(slot, topic_filter, options, id, since, now);
+        }
         SubscribeResult::Granted {
             qos: options.qos,
             route_changed,
