@@ -1,6 +1,7 @@
 //! `ringmq`: the broker binary. Reads configuration (embedded default, `--config FILE`, flags),
 //! sets up logging and the Prometheus endpoint, reports the host limits that will cap it, starts
-//! the shards and waits for SIGTERM/SIGINT to shut down gracefully.
+//! the shards and waits for SIGTERM/SIGINT to shut down gracefully (SIGHUP asks for a reload of
+//! certificates, password and ACL files: see `shard::reload`).
 
 mod config;
 mod limits;
@@ -208,9 +209,10 @@ fn block_stop_signals() -> anyhow::Result<libc::sigset_t> {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         if rc != 0 {
-            anyhow::bail!("cannot block SIGINT/SIGTERM: error {rc}");
+            anyhow::bail!("cannot block SIGINT/SIGTERM/SIGHUP: error {rc}");
         }
         Ok(set)
     }
@@ -221,6 +223,16 @@ fn wait_for_signal(set: &libc::sigset_t) -> &'static str {
         let mut sig: libc::c_int = 0;
         // SAFETY: `set` holds the blocked signals; sigwait writes the one received.
         let rc = unsafe { libc::sigwait(set, &mut sig) };
+        if rc == 0 && sig == libc::SIGHUP {
+            // Subsystems holding files (certificates, password and ACL files) reload on their
+            // next housekeeping tick; each logs its own outcome.
+            let generation = shard::reload::request();
+            info!(
+                generation,
+                "SIGHUP: reloading certificates, password and ACL files"
+            );
+            continue;
+        }
         if rc == 0 {
             return if sig == libc::SIGTERM {
                 "SIGTERM"

@@ -18,6 +18,7 @@
 
 pub mod bridge;
 pub mod metrics;
+pub mod reload;
 pub mod runtime;
 
 pub use engine::config;

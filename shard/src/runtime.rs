@@ -79,6 +79,8 @@ pub struct HandOff {
     pub buffered: Bytes,
     /// When the bytes after CONNECT arrived at the earliest (`Output::HandOff::since`).
     pub since: Instant,
+    /// The connection's transport facts (`Output::HandOff::meta`).
+    pub meta: Option<Box<engine::ConnMeta>>,
 }
 
 /// What one shard sends another per loop turn: the engine's messages and handed-off sockets
@@ -89,6 +91,15 @@ pub struct Batch {
     pub handoffs: Vec<HandOff>,
 }
 
+/// A connection on its way out of the ring for a hand-off.
+struct Detaching {
+    home: ShardId,
+    /// Received so far (CONNECT first); bytes the ring still reports are appended.
+    buffered: BytesMut,
+    since: Instant,
+    meta: Option<Box<engine::ConnMeta>>,
+}
+
 /// Which ring connection serves which engine connection.
 #[derive(Default)]
 struct Links {
@@ -96,7 +107,7 @@ struct Links {
     by_conn: Vec<Option<(u32, ConnKey)>>,
     /// Connections being detached from the ring for a hand-off: destination shard and the
     /// bytes to pass on (received ones are appended until the ring lets go).
-    detaching: ahash::AHashMap<u64, (ShardId, BytesMut, Instant)>,
+    detaching: ahash::AHashMap<u64, Detaching>,
     /// Sockets ready to go to each shard with this turn's batch.
     handoffs: Vec<Vec<HandOff>>,
 }
@@ -519,6 +530,9 @@ fn turn(ctx: &ShardCtx, tx: &[Option<ConnectedSender<Batch>>], now: Instant) {
         engine.handle_shard_msgs(batch.msgs, now);
         for h in batch.handoffs {
             let conn = engine.open_handed_off_since(&h.buffered, h.since, now);
+            if let Some(meta) = h.meta {
+                engine.set_meta(conn, *meta);
+            }
             match ring.add_conn(h.fd, conn.to_u64()) {
                 Ok(key) => links.insert(conn, key),
                 Err(err) => {
@@ -533,8 +547,8 @@ fn turn(ctx: &ShardCtx, tx: &[Option<ConnectedSender<Batch>>], now: Instant) {
     ring.poll(|event| match event {
         Event::Accepted { fd, .. } => accepted.push(fd),
         Event::Received { user, data } => {
-            if let Some((_, buffered, _)) = links.detaching.get_mut(&user) {
-                buffered.extend_from_slice(data);
+            if let Some(d) = links.detaching.get_mut(&user) {
+                d.buffered.extend_from_slice(data);
             } else {
                 engine.handle_input(ConnId::from_u64(user), data, now);
             }
@@ -552,12 +566,13 @@ fn turn(ctx: &ShardCtx, tx: &[Option<ConnectedSender<Batch>>], now: Instant) {
             engine.handle_closed(conn, now);
         }
         Event::Detached { user, fd } => {
-            if let Some((home, buffered, since)) = links.detaching.remove(&user) {
-                if let Some(out) = links.handoffs.get_mut(usize::from(home)) {
+            if let Some(d) = links.detaching.remove(&user) {
+                if let Some(out) = links.handoffs.get_mut(usize::from(d.home)) {
                     out.push(HandOff {
                         fd,
-                        buffered: buffered.freeze(),
-                        since,
+                        buffered: d.buffered.freeze(),
+                        since: d.since,
+                        meta: d.meta,
                     });
                 }
             }
@@ -641,11 +656,16 @@ fn apply_output(ring: &mut Ring, links: &mut Links, output: Output) {
             home,
             buffered,
             since,
+            meta,
         } => {
             if let Some(key) = links.remove(conn) {
-                links
-                    .detaching
-                    .insert(conn.to_u64(), (home, BytesMut::from(&buffered[..]), since));
+                let d = Detaching {
+                    home,
+                    buffered: BytesMut::from(&buffered[..]),
+                    since,
+                    meta,
+                };
+                links.detaching.insert(conn.to_u64(), d);
                 ring.detach(key);
             }
         }

@@ -13,6 +13,7 @@ use wire::{Packet, ProtocolVersion, PubAck, Publish, QoS, ReasonCode, Utf8Bytes}
 
 use crate::bridge::Bridge;
 use crate::config::{Limits, SubscribeAuthorizer};
+use crate::conn::meta::ConnMeta;
 use crate::conn::{Conn, Shared, Step, TRANSPORT_QUEUED_MAX_BYTES};
 use crate::ids::{BarrierId, ConnId};
 use crate::message::{Message, ShardId, ShardMsg, ShardStats};
@@ -40,6 +41,8 @@ pub enum Output {
         /// A lower bound on when the bytes after CONNECT arrived (for cross-shard replay; pass it
         /// to `Engine::open_handed_off_since` on `home`).
         since: Instant,
+        /// The connection's transport facts; give them back with `Engine::set_meta` on `home`.
+        meta: Option<Box<ConnMeta>>,
     },
 }
 
@@ -82,6 +85,9 @@ pub struct Engine {
     /// Handed-off connections not driven yet, and when their input arrived on the accepting
     /// shard. At most the hand-offs of one turn.
     handoff_since: ahash::AHashMap<ConnId, Instant>,
+    /// The driven connection's output (`Shared::out`); split off as one transmit after each
+    /// drive, so its capacity is shared by every connection like `read_buf`'s.
+    out: bytes::BytesMut,
 }
 
 /// Size of the chunks `Engine::read_buf` allocates.
@@ -106,6 +112,7 @@ impl Engine {
             pass: 0,
             read_buf: bytes::BytesMut::new(),
             handoff_since: ahash::AHashMap::new(),
+            out: bytes::BytesMut::new(),
         }
     }
 
@@ -173,6 +180,23 @@ impl Engine {
             return None;
         }
         slot.conn.as_deref_mut()
+    }
+
+    /// Sets what the transport knows about `conn` (peer address, listener, certificate names).
+    /// Call right after `open*`, before its input. Unknown connections are ignored.
+    pub fn set_meta(&mut self, conn: ConnId, meta: ConnMeta) {
+        if let Some(c) = self.conn_mut(conn) {
+            c.meta = Some(Box::new(meta));
+        }
+    }
+
+    /// The transport facts of `conn`, if the runtime set any.
+    pub fn meta(&self, conn: ConnId) -> Option<&ConnMeta> {
+        let slot = self.conns.get(conn.index as usize)?;
+        if slot.generation != conn.generation {
+            return None;
+        }
+        slot.conn.as_deref()?.meta()
     }
 
     /// Bytes received on `conn`. Handled in [`Engine::process`], with everything else this turn.
@@ -445,17 +469,19 @@ impl Engine {
         let Some(conn) = slot.conn.as_deref_mut() else {
             return;
         };
+        debug_assert!(self.out.is_empty());
         let mut shared = Shared {
             state: &mut self.state,
             bridge: self.bridge.as_deref_mut(),
+            out: &mut self.out,
         };
         let step = conn.drive(&mut shared, now);
         if handoff_since.is_some() {
             self.state.previous_turn_at = turn_floor;
             self.state.replay_local_since = None;
         }
-        if !conn.out.is_empty() {
-            let data = conn.out.split().freeze();
+        if !self.out.is_empty() {
+            let data = self.out.split().freeze();
             conn.transport_queued += data.len();
             self.state.counters.bytes_sent += data.len() as u64;
             self.outputs.push_back(Output::Transmit { conn: id, data });
@@ -477,6 +503,7 @@ impl Engine {
             Step::Idle => {}
             Step::Again => self.state.ready.push(id),
             Step::HandOff { home, buffered } => {
+                let meta = self.conn_mut(id).and_then(|c| c.meta.take());
                 self.free_conn(id);
                 let since = self.state.previous_turn_at;
                 self.outputs.push_back(Output::HandOff {
@@ -484,6 +511,7 @@ impl Engine {
                     home,
                     buffered,
                     since,
+                    meta,
                 });
             }
             Step::Closed => {

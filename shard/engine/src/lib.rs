@@ -35,6 +35,7 @@ pub mod sys;
 pub mod trie;
 
 pub use config::{Limits, SubscribeAuthorizer, SubscribeRules};
+pub use conn::meta::{ConnMeta, ListenerId, PeerIdentity};
 pub use engine::{Engine, Output};
 pub use ids::ConnId;
 

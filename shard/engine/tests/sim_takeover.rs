@@ -262,3 +262,27 @@ fn clean_start_takeover_publishes_delayed_will() {
     );
     assert_eq!(&sim.expect_publish(w).payload[..], b"ended");
 }
+
+/// The transport facts the runtime gave at accept (peer address, listener, certificate names)
+/// travel with the hand-off to the session's shard.
+#[test]
+fn connection_meta_travels_with_a_hand_off() {
+    let mut sim = Sim::new(2);
+    let id = sim.client_id_on(1, "car");
+    let meta = ringmq_engine::ConnMeta {
+        peer: Some("192.0.2.7:40001".parse().expect("address")),
+        listener: 2,
+        identity: Some(ringmq_engine::PeerIdentity {
+            common_name: Some(id.clone()),
+            ..Default::default()
+        }),
+    };
+    let c = sim.open(0);
+    sim.set_meta(c, meta.clone());
+    sim.send(c, &Packet::Connect(Box::new(v5(&id))));
+    sim.run_until_idle();
+    assert_eq!(sim.expect_connack(c).reason_code, ReasonCode::Success);
+    assert_eq!(sim.shard_of(c), 1);
+    let conn = sim.conn_of(c).expect("connected on shard 1");
+    assert_eq!(sim.engine(1).meta(conn), Some(&meta));
+}

@@ -56,7 +56,7 @@ impl Conn {
             }
             Err(err) => {
                 debug!(error = %err, "connect rejected");
-                self.refuse_undecodable(&all, err.reason_code());
+                self.refuse_undecodable(sh.out, &all, err.reason_code());
                 return self.close_unattached();
             }
         };
@@ -81,7 +81,7 @@ impl Conn {
     }
 
     /// Answers a CONNECT that could not be decoded: a CONNACK where the spec asks for one.
-    fn refuse_undecodable(&mut self, frame: &[u8], code: ReasonCode) {
+    fn refuse_undecodable(&mut self, out: &mut bytes::BytesMut, frame: &[u8], code: ReasonCode) {
         let version = match (protocol_level(frame), code) {
             // [MQTT-3.1.2-2] unsupported protocol level: CONNACK 0x01 then close.
             (_, ReasonCode::UnsupportedProtocolVersion) => ProtocolVersion::V3_1_1,
@@ -93,7 +93,7 @@ impl Conn {
             reason_code: code,
             properties: ConnAckProperties::default(),
         });
-        let _ = wire::encode(&packet, version, &mut self.out);
+        let _ = wire::encode(&packet, version, out);
     }
 
     /// The checks a CONNECT must pass, in the spec's order; the refusal's reason code otherwise.
@@ -187,7 +187,7 @@ impl Conn {
                     reason_code: code,
                     properties: ConnAckProperties::default(),
                 });
-                let _ = wire::encode(&packet, version, &mut self.out);
+                let _ = wire::encode(&packet, version, sh.out);
                 return false;
             }
         };
@@ -251,13 +251,13 @@ impl Conn {
             reason_code: ReasonCode::Success,
             properties: ack_props,
         });
-        if wire::encode(&connack, version, &mut self.out).is_err() {
+        if wire::encode(&connack, version, sh.out).is_err() {
             return false;
         }
         // Resume: unacknowledged messages go out again first [MQTT-4.4.0-1].
         if attached.session_present {
             if let Some(session) = state.session_mut(attached.slot) {
-                session.resend_inflight(now, &mut self.out);
+                session.resend_inflight(now, sh.out);
             }
         }
         debug!(

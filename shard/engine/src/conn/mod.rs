@@ -7,6 +7,7 @@
 //! connection accepted elsewhere is handed off before it touches any session.
 
 mod connect;
+pub mod meta;
 mod packets;
 mod publish;
 
@@ -53,6 +54,9 @@ enum Phase {
 pub(crate) struct Shared<'a> {
     pub state: &'a mut ShardState,
     pub bridge: Option<&'a mut (dyn Bridge + 'static)>,
+    /// Where the driven connection encodes its output: the engine's buffer, empty when a drive
+    /// starts and taken as one transmit when it ends (so no connection holds an output buffer).
+    pub out: &'a mut BytesMut,
 }
 
 /// What one drive asks of the engine besides the bytes in [`Conn::out`].
@@ -80,8 +84,6 @@ pub struct Conn {
     /// Bytes received but not yet handled: a partial frame, or frames held back while a reply
     /// waits for its route barrier. Empty (no allocation) for an idle client.
     partial: BytesMut,
-    /// Encoded output not yet handed to the transport. Empty between drives.
-    pub(crate) out: BytesMut,
     /// Output handed to the transport and not yet taken by the kernel, as last reported.
     pub(crate) transport_queued: usize,
     /// Set while reading is paused because `transport_queued` is over its bound.
@@ -98,6 +100,9 @@ pub struct Conn {
     will_on_disconnect: bool,
     /// The peer closed its side (or the transport failed).
     eof: bool,
+    /// Transport facts (peer address, listener, certificate names); `None` when the runtime gave
+    /// none.
+    pub(crate) meta: Option<Box<meta::ConnMeta>>,
 }
 
 impl Conn {
@@ -114,7 +119,6 @@ impl Conn {
                 generation: 0,
             },
             partial: BytesMut::new(),
-            out: BytesMut::new(),
             transport_queued: 0,
             reading_paused: false,
             aliases_in: None,
@@ -122,7 +126,13 @@ impl Conn {
             closing: None,
             will_on_disconnect: false,
             eof: false,
+            meta: None,
         }
+    }
+
+    /// The transport facts the runtime gave, if any.
+    pub fn meta(&self) -> Option<&meta::ConnMeta> {
+        self.meta.as_deref()
     }
 
     pub fn is_handshaking(&self) -> bool {
@@ -154,8 +164,9 @@ impl Conn {
         self.closing.get_or_insert(reason);
     }
 
-    fn write_blocked(&self) -> bool {
-        self.transport_queued + self.out.len() > TRANSPORT_QUEUED_MAX_BYTES
+    /// `out_len`: what this drive encoded so far (`Shared::out`).
+    fn write_blocked(&self, out_len: usize) -> bool {
+        self.transport_queued + out_len > TRANSPORT_QUEUED_MAX_BYTES
     }
 
     /// Runs the connection as far as it can go now: close decisions, a reply whose barrier
@@ -191,14 +202,14 @@ impl Conn {
                 return Step::Idle;
             }
             if let Some(pending) = self.pending_reply.take() {
-                self.write_packet(&pending.1);
+                self.write_packet(sh.out, &pending.1);
             }
         }
         // 3. Frames already received. Once the peer is gone they are handled even while its
         // reading is paused: a DISCONNECT or PUBLISH it sent still counts, and its replies go
         // nowhere, so the transport bound no longer matters.
         let mut step = Step::Idle;
-        if !self.partial.is_empty() && (!self.write_blocked() || self.eof) {
+        if !self.partial.is_empty() && (!self.write_blocked(sh.out.len()) || self.eof) {
             match self.handle_frames(sh, now) {
                 Ok(more) => {
                     if more {
@@ -210,7 +221,10 @@ impl Conn {
         }
         // 4. What the session owes, unless the transport is full or a reply waits for its
         // barrier (retained messages for a new subscription follow its SUBACK, as clients expect).
-        if self.pending_reply.is_none() && !self.write_blocked() && self.write_session(sh, now) {
+        if self.pending_reply.is_none()
+            && !self.write_blocked(sh.out.len())
+            && self.write_session(sh, now)
+        {
             step = Step::Again;
         }
         if self.eof && self.partial.is_empty() && self.pending_reply.is_none() {
@@ -236,10 +250,10 @@ impl Conn {
             let Some(session) = state.linked_session_mut(self.slot, self.generation) else {
                 return false;
             };
-            let start = self.out.len();
+            let start = sh.out.len();
             let mut retained_budget = retained_slice;
             loop {
-                if self.out.len() - start >= WRITE_BATCH_BYTES || retained_budget == 0 {
+                if sh.out.len() - start >= WRITE_BATCH_BYTES || retained_budget == 0 {
                     full = true;
                     break;
                 }
@@ -252,7 +266,7 @@ impl Conn {
                     .front()
                     .map(|o| o.qos())
                     .or_else(|| t.retained_pending.front().map(|d| d.qos));
-                match session.next_frame(now, &mut self.out) {
+                match session.next_frame(now, sh.out) {
                     NextFrame::Wrote => {
                         if let Some(q) = qos {
                             sent[q as usize] += 1;
@@ -287,7 +301,7 @@ impl Conn {
         let mut handled = 0;
         let mut result = Ok(false);
         while !data.is_empty() {
-            let blocked = self.write_blocked() && !self.eof;
+            let blocked = self.write_blocked(sh.out.len()) && !self.eof;
             if handled >= FRAMES_PER_DRIVE_MAX || blocked {
                 result = Ok(!blocked);
                 break;
@@ -327,8 +341,8 @@ impl Conn {
         result
     }
 
-    fn write_packet(&mut self, packet: &Packet) {
-        if let Err(err) = wire::encode(packet, self.version, &mut self.out) {
+    fn write_packet(&self, out: &mut BytesMut, packet: &Packet) {
+        if let Err(err) = wire::encode(packet, self.version, out) {
             warn!(error = %err, "could not encode a reply");
         }
     }
@@ -349,10 +363,13 @@ impl Conn {
             CloseReason::ClientDisconnect | CloseReason::ConnectionLost => None,
         };
         if let (Some(code), ProtocolVersion::V5, false) = (code, self.version, self.eof) {
-            self.write_packet(&Packet::Disconnect(Disconnect {
-                reason_code: code,
-                properties: DisconnectProperties::default(),
-            }));
+            self.write_packet(
+                sh.out,
+                &Packet::Disconnect(Disconnect {
+                    reason_code: code,
+                    properties: DisconnectProperties::default(),
+                }),
+            );
         }
         let state = &mut *sh.state;
         state.counters.closed(reason);

@@ -48,7 +48,7 @@ impl Conn {
                 } else {
                     ReasonCode::PacketIdentifierNotFound
                 };
-                self.write_packet(&Packet::PubRel(ack_packet(ack.packet_id, code)));
+                self.write_packet(sh.out, &Packet::PubRel(ack_packet(ack.packet_id, code)));
                 Flow::Continue
             }
             Packet::PubRel(ack) => {
@@ -57,7 +57,7 @@ impl Conn {
                 } else {
                     ReasonCode::PacketIdentifierNotFound
                 };
-                self.write_packet(&Packet::PubComp(ack_packet(ack.packet_id, code)));
+                self.write_packet(sh.out, &Packet::PubComp(ack_packet(ack.packet_id, code)));
                 Flow::Continue
             }
             Packet::PubComp(ack) => {
@@ -85,15 +85,18 @@ impl Conn {
                 } else {
                     Vec::new()
                 };
-                self.write_packet(&Packet::UnsubAck(UnsubAck {
-                    packet_id: unsubscribe.packet_id,
-                    reason_codes,
-                    properties: AckProperties::default(),
-                }));
+                self.write_packet(
+                    sh.out,
+                    &Packet::UnsubAck(UnsubAck {
+                        packet_id: unsubscribe.packet_id,
+                        reason_codes,
+                        properties: AckProperties::default(),
+                    }),
+                );
                 Flow::Continue
             }
             Packet::PingReq => {
-                self.write_packet(&Packet::PingResp);
+                self.write_packet(sh.out, &Packet::PingResp);
                 Flow::Continue
             }
             Packet::Disconnect(disconnect) => {
@@ -170,7 +173,7 @@ impl Conn {
                 return Flow::Barrier;
             }
         }
-        self.write_packet(&suback);
+        self.write_packet(sh.out, &suback);
         Flow::Continue
     }
 }

@@ -99,7 +99,10 @@ impl Conn {
                         }
                     }
                     if !awaiting_kafka {
-                        self.write_packet(&Packet::PubRec(ack_packet(id, ReasonCode::Success)));
+                        self.write_packet(
+                            sh.out,
+                            &Packet::PubRec(ack_packet(id, ReasonCode::Success)),
+                        );
                     }
                     return Flow::Continue;
                 }
@@ -149,7 +152,7 @@ impl Conn {
                 return Flow::Barrier;
             }
         }
-        self.write_packet(&reply);
+        self.write_packet(sh.out, &reply);
         Flow::Continue
     }
 

@@ -128,6 +128,7 @@ struct HandOff {
     client: Client,
     home: ShardId,
     buffered: Bytes,
+    meta: Option<Box<ringmq_engine::ConnMeta>>,
 }
 
 /// N engines, a fake clock and the links between them.
@@ -286,6 +287,14 @@ impl Sim {
     }
 
     /// Encodes `packet` in the client's version and hands it to the engine.
+    /// Gives the client's connection transport facts (as the runtime does at accept).
+    pub fn set_meta(&mut self, client: Client, meta: ringmq_engine::ConnMeta) {
+        let c = &self.clients[client.0];
+        if let Some(conn) = c.conn {
+            self.engines[usize::from(c.shard)].set_meta(conn, meta);
+        }
+    }
+
     pub fn send(&mut self, client: Client, packet: &Packet) {
         if let Packet::Connect(c) = packet {
             self.clients[client.0].version = c.protocol;
@@ -477,6 +486,9 @@ impl Sim {
         self.deliver_batches(now);
         for h in std::mem::take(&mut self.handoffs) {
             let conn = self.engines[usize::from(h.home)].open_handed_off(&h.buffered, now);
+            if let Some(meta) = h.meta {
+                self.engines[usize::from(h.home)].set_meta(conn, *meta);
+            }
             let c = &mut self.clients[h.client.0];
             c.shard = h.home;
             c.conn = Some(conn);
@@ -584,7 +596,12 @@ impl Sim {
                     c.conn = None;
                     self.by_conn.remove(&(shard, conn));
                 }
-                Output::HandOff { home, buffered, .. } => {
+                Output::HandOff {
+                    home,
+                    buffered,
+                    meta,
+                    ..
+                } => {
                     c.events.push(Event::HandOff {
                         from: shard,
                         to: home,
@@ -595,6 +612,7 @@ impl Sim {
                         client,
                         home,
                         buffered,
+                        meta,
                     });
                 }
             }
