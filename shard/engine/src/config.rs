@@ -63,6 +63,10 @@ pub struct Limits {
     /// No longer used: idle connections cost only their session since the io_uring data plane
     /// (there is nothing to park). Still accepted so existing configuration files load.
     pub park_after_idle_secs: u32,
+    /// Overload protection (connection bounds, rates, flapping, bans). Not a `[limits]` key: the
+    /// broker fills it from its own `[overload]` section; every protection is off by default here.
+    #[serde(skip)]
+    pub overload: crate::admission::Overload,
 }
 
 impl Default for Limits {
@@ -86,6 +90,7 @@ impl Default for Limits {
             sessions_per_shard_max: 0,
             subscriptions_per_session_max: 1024,
             park_after_idle_secs: 0,
+            overload: crate::admission::Overload::default(),
         }
     }
 }

@@ -11,9 +11,10 @@ use bytes::Bytes;
 use tracing::debug;
 use wire::{Packet, ProtocolVersion, PubAck, Publish, QoS, ReasonCode, Utf8Bytes};
 
+use crate::admission::{Admission, Refusal};
 use crate::bridge::Bridge;
 use crate::config::{Limits, SubscribeAuthorizer};
-use crate::conn::meta::ConnMeta;
+use crate::conn::meta::{ConnMeta, ListenerId};
 use crate::conn::{Conn, Shared, Step, TRANSPORT_QUEUED_MAX_BYTES};
 use crate::ids::{BarrierId, ConnId};
 use crate::message::{Message, ShardId, ShardMsg, ShardStats};
@@ -88,6 +89,8 @@ pub struct Engine {
     /// The driven connection's output (`Shared::out`); split off as one transmit after each
     /// drive, so its capacity is shared by every connection like `read_buf`'s.
     out: bytes::BytesMut,
+    /// Overload protection: connection and handshake counts, rates, flapping and bans.
+    admission: Admission,
 }
 
 /// Size of the chunks `Engine::read_buf` allocates.
@@ -101,6 +104,7 @@ impl Engine {
         authorizer: Arc<dyn SubscribeAuthorizer>,
         bridge: Option<Box<dyn Bridge>>,
     ) -> Engine {
+        let admission = Admission::new(limits.overload.clone(), shard_count);
         Engine {
             state: ShardState::new(id, shard_count, limits, authorizer),
             bridge,
@@ -113,6 +117,7 @@ impl Engine {
             read_buf: bytes::BytesMut::new(),
             handoff_since: ahash::AHashMap::new(),
             out: bytes::BytesMut::new(),
+            admission,
         }
     }
 
@@ -127,10 +132,27 @@ impl Engine {
 
     // ----- inputs ---------------------------------------------------------------------------
 
-    /// A new transport connection (accepted here). It must send CONNECT within
+    /// Overload protection's state and counters.
+    pub fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
+    /// A socket was just accepted on `listener`: may this shard take it (its share of the
+    /// connection and handshake bounds)? On `Err` the runtime closes the socket at once, without
+    /// opening a connection; the refusal is counted and logged.
+    pub fn admit(&mut self, listener: ListenerId, now: Instant) -> Result<(), Refusal> {
+        self.admission.admit(listener, now)
+    }
+
+    /// A new transport connection (accepted here on listener 0). It must send CONNECT within
     /// `limits.connect_timeout_secs`.
     pub fn open(&mut self, now: Instant) -> ConnId {
-        self.open_conn(false, now)
+        self.open_on(0, now)
+    }
+
+    /// A new transport connection accepted here on `listener` (see [`Engine::admit`]).
+    pub fn open_on(&mut self, listener: ListenerId, now: Instant) -> ConnId {
+        self.open_conn(false, listener, now)
     }
 
     /// A connection another shard accepted and handed here, with what it had received.
@@ -148,13 +170,13 @@ impl Engine {
         since: Instant,
         now: Instant,
     ) -> ConnId {
-        let id = self.open_conn(true, now);
+        let id = self.open_conn(true, 0, now);
         self.handoff_since.insert(id, since);
         self.handle_input(id, buffered, now);
         id
     }
 
-    fn open_conn(&mut self, handed_off: bool, now: Instant) -> ConnId {
+    fn open_conn(&mut self, handed_off: bool, listener: ListenerId, now: Instant) -> ConnId {
         let index = match self.free.pop() {
             Some(i) => i,
             None => {
@@ -168,7 +190,10 @@ impl Engine {
             index,
             generation: slot.generation,
         };
-        slot.conn = Some(Box::new(Conn::new(id, handed_off)));
+        let mut conn = Box::new(Conn::new(id, handed_off));
+        conn.listener = listener;
+        slot.conn = Some(conn);
+        self.admission.opened(listener);
         let timeout = Duration::from_secs(u64::from(self.state.limits.connect_timeout_secs));
         self.handshakes.push_back((now + timeout, id));
         id
@@ -185,9 +210,21 @@ impl Engine {
     /// Sets what the transport knows about `conn` (peer address, listener, certificate names).
     /// Call right after `open*`, before its input. Unknown connections are ignored.
     pub fn set_meta(&mut self, conn: ConnId, meta: ConnMeta) {
-        if let Some(c) = self.conn_mut(conn) {
-            c.meta = Some(Box::new(meta));
+        let Some(slot) = self.conns.get_mut(conn.index as usize) else {
+            return;
+        };
+        let Some(c) = slot
+            .conn
+            .as_deref_mut()
+            .filter(|_| slot.generation == conn.generation)
+        else {
+            return;
+        };
+        if c.listener != meta.listener {
+            self.admission.moved_listener(c.listener, meta.listener);
+            c.listener = meta.listener;
         }
+        c.meta = Some(Box::new(meta));
     }
 
     /// The transport facts of `conn`, if the runtime set any.
@@ -281,9 +318,15 @@ impl Engine {
         }
     }
 
-    /// Timers due: keepalive, will delay, session expiry, connect timeouts.
+    /// Timers due: keepalive, will delay, session expiry, connect timeouts, publish budgets.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.state.run_timers(now);
+        let mut due = std::mem::take(&mut self.ready_scratch);
+        self.admission.budget_waits_due(now, &mut due);
+        for id in due.drain(..) {
+            self.state.ready.push(id);
+        }
+        self.ready_scratch = due;
         while let Some(&(at, id)) = self.handshakes.front() {
             if at > now {
                 break;
@@ -470,12 +513,17 @@ impl Engine {
             return;
         };
         debug_assert!(self.out.is_empty());
+        let was_handshaking = conn.is_handshaking();
         let mut shared = Shared {
             state: &mut self.state,
             bridge: self.bridge.as_deref_mut(),
             out: &mut self.out,
+            admission: &mut self.admission,
         };
         let step = conn.drive(&mut shared, now);
+        if was_handshaking && !conn.is_handshaking() {
+            self.admission.handshake_done();
+        }
         if handoff_since.is_some() {
             self.state.previous_turn_at = turn_floor;
             self.state.replay_local_since = None;
@@ -486,12 +534,16 @@ impl Engine {
             self.state.counters.bytes_sent += data.len() as u64;
             self.outputs.push_back(Output::Transmit { conn: id, data });
         }
-        // Reading pauses while the client does not take its output (slow consumer) or its
-        // input piles up faster than it is handled; it resumes below half of either bound.
+        // Reading pauses while the client does not take its output (slow consumer), its input
+        // piles up faster than it is handled, or it publishes over its budget; it resumes below
+        // half of either bound once the budget refilled.
+        let budget_blocked = conn.budget_blocked(now);
         let over = conn.transport_queued > TRANSPORT_QUEUED_MAX_BYTES
-            || conn.input_buffered() > INPUT_BUFFERED_MAX_BYTES;
+            || conn.input_buffered() > INPUT_BUFFERED_MAX_BYTES
+            || budget_blocked;
         let under = conn.transport_queued <= TRANSPORT_QUEUED_MAX_BYTES / 2
-            && conn.input_buffered() <= INPUT_BUFFERED_MAX_BYTES / 2;
+            && conn.input_buffered() <= INPUT_BUFFERED_MAX_BYTES / 2
+            && !budget_blocked;
         if over && !conn.reading_paused {
             conn.reading_paused = true;
             self.outputs.push_back(Output::PauseReading { conn: id });
@@ -503,7 +555,17 @@ impl Engine {
             Step::Idle => {}
             Step::Again => self.state.ready.push(id),
             Step::HandOff { home, buffered } => {
-                let meta = self.conn_mut(id).and_then(|c| c.meta.take());
+                let meta = self.conn_mut(id).and_then(|c| {
+                    let listener = c.listener;
+                    // The listener travels in the meta (so the home shard counts it there).
+                    match c.meta.take() {
+                        None if listener != 0 => Some(Box::new(ConnMeta {
+                            listener,
+                            ..ConnMeta::default()
+                        })),
+                        meta => meta,
+                    }
+                });
                 self.free_conn(id);
                 let since = self.state.previous_turn_at;
                 self.outputs.push_back(Output::HandOff {
@@ -524,7 +586,10 @@ impl Engine {
 
     /// Closes a connection that has no session to update (handshake timeout, shutdown).
     fn close_now(&mut self, id: ConnId) {
-        if self.conn_mut(id).is_some() {
+        if let Some(handshaking) = self.conn_mut(id).map(|c| c.is_handshaking()) {
+            if handshaking {
+                self.admission.handshake_done();
+            }
             self.free_conn(id);
             self.outputs.push_back(Output::Close { conn: id });
         }
@@ -532,8 +597,11 @@ impl Engine {
 
     fn free_conn(&mut self, id: ConnId) {
         if let Some(slot) = self.conns.get_mut(id.index as usize) {
-            if slot.generation == id.generation && slot.conn.take().is_some() {
-                self.free.push(id.index);
+            if slot.generation == id.generation {
+                if let Some(conn) = slot.conn.take() {
+                    self.admission.closed(conn.listener);
+                    self.free.push(id.index);
+                }
             }
         }
     }
@@ -564,10 +632,8 @@ impl Engine {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let timers = self.state.next_deadline();
         let handshake = self.handshakes.front().map(|(at, _)| *at);
-        match (timers, handshake) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let budgets = self.admission.next_deadline();
+        [timers, handshake, budgets].into_iter().flatten().min()
     }
 
     /// Whether connections still wait to be driven (the runtime should not sleep).

@@ -4,8 +4,9 @@
 //! 3.1/3.1.1/5.0), sessions ([`session`]: subscriptions, queued and in-flight messages, wills,
 //! expiry), the shard's state ([`state::ShardState`]: the local subscription index, the route
 //! table of other shards' interest, retained messages, route barriers, timers, cross-shard
-//! outboxes), the topic trie ([`trie`]), `$SYS` figures ([`sys`]) and plain counters
-//! ([`counters`]). [`Engine`] is the whole of it behind `handle_*` inputs (bytes, closes,
+//! outboxes), the topic trie ([`trie`]), `$SYS` figures ([`sys`]), plain counters
+//! ([`counters`]) and overload protection ([`admission`]: connection and handshake bounds,
+//! connect rate, flapping bans, the static ban list, per-client publish rates). [`Engine`] is the whole of it behind `handle_*` inputs (bytes, closes,
 //! transport progress, cross-shard batches, time, Kafka answers) and `poll_*` outputs
 //! ([`Output`]: transmits, closes, hand-offs; cross-shard batches; the next deadline).
 //!
@@ -22,6 +23,7 @@
 //! It runs on exactly one shard thread; every function assumes the caller is that thread (the
 //! types are `!Send` where they hold shard-local handles).
 
+pub mod admission;
 pub mod bridge;
 pub mod config;
 pub mod conn;

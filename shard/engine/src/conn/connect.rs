@@ -60,6 +60,19 @@ impl Conn {
                 return self.close_unattached();
             }
         };
+        // The connect rate is charged where the socket was accepted, before the hand-off, so a
+        // flood is refused without crossing shards (a handed-off CONNECT paid already).
+        if !handed_off && sh.admission.take_connect_token(now).is_err() {
+            if connect.protocol == ProtocolVersion::V5 {
+                refuse(
+                    sh.out,
+                    ReasonCode::ConnectionRateExceeded,
+                    ProtocolVersion::V5,
+                );
+            }
+            // 3.1.1 has no return code for it: closed without CONNACK (as EMQX does).
+            return self.close_unattached();
+        }
         if !connect.client_id.is_empty() {
             let home = home_shard(connect.client_id.as_str(), sh.state.shard_count);
             if home != sh.state.id && !handed_off {
@@ -97,13 +110,28 @@ impl Conn {
     }
 
     /// The checks a CONNECT must pass, in the spec's order; the refusal's reason code otherwise.
-    fn check_connect(sh: &Shared<'_>, connect: &Connect) -> Result<Accepted, ReasonCode> {
+    fn check_connect(
+        sh: &mut Shared<'_>,
+        connect: &Connect,
+        peer: Option<std::net::IpAddr>,
+        now: Instant,
+    ) -> Result<Accepted, ReasonCode> {
         let version = connect.protocol;
-        let state = &*sh.state;
-        let limits = &state.limits;
-        if state.shutting_down {
+        if sh.state.shutting_down {
             return Err(ReasonCode::ServerUnavailable);
         }
+        // Bans before anything costly (session lookup, authentication): v5 0x8A Banned, which
+        // 3.1.1 sends as return code 5 Not authorized.
+        let username = connect.username.as_ref().map(|u| u.as_str());
+        if sh
+            .admission
+            .check_connect(connect.client_id.as_str(), username, peer, now)
+            .is_err()
+        {
+            return Err(ReasonCode::Banned);
+        }
+        let state = &*sh.state;
+        let limits = &state.limits;
         let over_quota = (limits.connections_per_shard_max > 0
             && state.connections >= limits.connections_per_shard_max)
             || !state.may_create_session(connect.client_id.as_str());
@@ -175,19 +203,15 @@ impl Conn {
     /// refusal's CONNACK is in `out`).
     fn accept_connect(&mut self, sh: &mut Shared<'_>, connect: Connect, now: Instant) -> bool {
         let version = connect.protocol;
-        let accepted = match Self::check_connect(sh, &connect) {
+        let peer = self.meta.as_deref().and_then(|m| m.peer).map(|a| a.ip());
+        let accepted = match Self::check_connect(sh, &connect, peer, now) {
             Ok(a) => a,
             Err(code) => {
                 debug!(client_id = %connect.client_id.as_str(), reason = ?code, "connect refused");
                 if code == ReasonCode::QuotaExceeded || code == ReasonCode::ServerUnavailable {
                     sh.state.counters.sessions_refused += 1;
                 }
-                let packet = Packet::ConnAck(ConnAck {
-                    session_present: false,
-                    reason_code: code,
-                    properties: ConnAckProperties::default(),
-                });
-                let _ = wire::encode(&packet, version, sh.out);
+                refuse(sh.out, code, version);
                 return false;
             }
         };
@@ -229,6 +253,7 @@ impl Conn {
             }
         }
         state.counters.connections_accepted += 1;
+        self.publish_budget = sh.admission.publish_budget();
         if version == ProtocolVersion::V5 {
             let limits = &state.limits;
             ack_props.receive_maximum = Some(limits.receive_maximum);
@@ -267,6 +292,16 @@ impl Conn {
         );
         true
     }
+}
+
+/// A refusing CONNACK (no session).
+fn refuse(out: &mut bytes::BytesMut, code: ReasonCode, version: ProtocolVersion) {
+    let packet = Packet::ConnAck(ConnAck {
+        session_present: false,
+        reason_code: code,
+        properties: ConnAckProperties::default(),
+    });
+    let _ = wire::encode(&packet, version, out);
 }
 
 /// The CONNECT's will as the message it becomes, its own copy (not a slice of the frame).

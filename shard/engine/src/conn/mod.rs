@@ -21,6 +21,7 @@ use wire::{
     ReasonCode,
 };
 
+use crate::admission::{Admission, Budget, PublishBudget};
 use crate::bridge::Bridge;
 use crate::ids::{BarrierId, ConnId};
 use crate::message::{SessionKey, ShardId};
@@ -57,6 +58,8 @@ pub(crate) struct Shared<'a> {
     /// Where the driven connection encodes its output: the engine's buffer, empty when a drive
     /// starts and taken as one transmit when it ends (so no connection holds an output buffer).
     pub out: &'a mut BytesMut,
+    /// Overload protection: bans, flapping, connect rate, publish budgets.
+    pub admission: &'a mut Admission,
 }
 
 /// What one drive asks of the engine besides the bytes in [`Conn::out`].
@@ -103,6 +106,10 @@ pub struct Conn {
     /// Transport facts (peer address, listener, certificate names); `None` when the runtime gave
     /// none.
     pub(crate) meta: Option<Box<meta::ConnMeta>>,
+    /// The listener it is counted under (`Overload::listener_max_connections`).
+    pub(crate) listener: meta::ListenerId,
+    /// Per-client publish rates, when the broker has them: set at CONNACK.
+    pub(crate) publish_budget: Option<Box<PublishBudget>>,
 }
 
 impl Conn {
@@ -127,6 +134,8 @@ impl Conn {
             will_on_disconnect: false,
             eof: false,
             meta: None,
+            listener: 0,
+            publish_budget: None,
         }
     }
 
@@ -135,8 +144,16 @@ impl Conn {
         self.meta.as_deref()
     }
 
+    /// From open until CONNACK (what `overload.max_handshakes` bounds).
     pub fn is_handshaking(&self) -> bool {
         matches!(self.phase, Phase::Handshake { .. })
+    }
+
+    /// Whether it waits for its publish budget to refill (its input is not handled meanwhile).
+    pub(crate) fn budget_blocked(&self, now: Instant) -> bool {
+        self.publish_budget
+            .as_deref()
+            .is_some_and(|b| b.blocked(now))
     }
 
     /// Bytes from the transport. Handled on the next drive.
@@ -315,6 +332,19 @@ impl Conn {
                     break;
                 }
             };
+            // Over its publish budget the client waits with its input unhandled, and its reading
+            // pauses (the engine sees `budget_blocked`): it is slowed, nothing is dropped. Once
+            // the peer is gone its last frames are handled at once.
+            if let (Some(budget), false) = (self.publish_budget.as_deref_mut(), self.eof) {
+                if data.first().is_some_and(|b| b >> 4 == 3) {
+                    if let Budget::Blocked { until, newly } = budget.take(frame_len, now) {
+                        if newly {
+                            sh.admission.budget_wait(self.id, until);
+                        }
+                        break;
+                    }
+                }
+            }
             let frame = data.split_to(frame_len).freeze();
             let packet = match wire::decode(frame, self.version) {
                 Ok(p) => p,

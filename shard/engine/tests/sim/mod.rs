@@ -260,6 +260,23 @@ impl Sim {
     pub fn open(&mut self, shard: ShardId) -> Client {
         let now = self.now();
         let conn = self.engines[usize::from(shard)].open(now);
+        self.track(shard, conn)
+    }
+
+    /// A socket accepted by `shard` on `listener`, as the runtime takes it: `Engine::admit`
+    /// first (the refusal if the shard will not take it), then `Engine::open_on`.
+    pub fn accept(
+        &mut self,
+        shard: ShardId,
+        listener: ringmq_engine::ListenerId,
+    ) -> Result<Client, ringmq_engine::admission::Refusal> {
+        let now = self.now();
+        self.engines[usize::from(shard)].admit(listener, now)?;
+        let conn = self.engines[usize::from(shard)].open_on(listener, now);
+        Ok(self.track(shard, conn))
+    }
+
+    fn track(&mut self, shard: ShardId, conn: ConnId) -> Client {
         let client = Client(self.clients.len());
         self.clients.push(ClientState {
             shard,
