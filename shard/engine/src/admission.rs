@@ -664,6 +664,7 @@ impl Admission {
         now: Instant,
     ) -> Result<(), Refusal> {
         let peer = peer.map(canonical);
+        let shown = |p: Option<IpAddr>| p.map_or_else(String::new, |ip| ip.to_string());
         let banned = (!client_id.is_empty() && self.banned_client_ids.contains(client_id))
             || username.is_some_and(|u| self.banned_usernames.contains(u))
             || peer.is_some_and(|ip| self.config.ban.addresses.iter().any(|n| n.contains(ip)));
@@ -672,7 +673,7 @@ impl Admission {
                 warn!(
                     client_id,
                     username = username.unwrap_or(""),
-                    peer = ?peer,
+                    peer = %shown(peer),
                     suppressed,
                     "connection refused: on the ban list"
                 );
@@ -716,7 +717,7 @@ impl Admission {
                 if let Some(suppressed) = self.logs[Refusal::Flapping.index()].allow(now) {
                     warn!(
                         client_id,
-                        peer = ?peer,
+                        peer = %shown(peer),
                         ban_secs = ban.as_secs(),
                         started,
                         suppressed,
