@@ -7,7 +7,8 @@
 //! messages and carries out its outputs; the N×N cross-shard channels (glommio shared channels,
 //! one [`runtime::Batch`] per destination per turn, handed-off sockets travelling beside the
 //! engine's messages); the Kafka bridge glue ([`bridge`]); publishing the shards' counters into
-//! the process's metrics recorder ([`metrics`]).
+//! the process's metrics recorder ([`metrics`]); closing sockets the engine's admission refuses
+//! at accept ([`overload`]).
 //!
 //! **Must not touch**: MQTT behaviour (the engine's, in `shard/engine`), configuration parsing
 //! or logging setup (the `broker` binary's), another shard's state (only batches cross).
@@ -18,9 +19,11 @@
 
 pub mod bridge;
 pub mod metrics;
+pub mod overload;
 pub mod reload;
 pub mod runtime;
 
+pub use engine::admission;
 pub use engine::config;
 pub use engine::{ConfigError, Limits, SubscribeAuthorizer, SubscribeRules};
 pub use runtime::{start, Broker, RuntimeConfig};

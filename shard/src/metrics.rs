@@ -4,6 +4,7 @@
 
 use metrics::{counter, gauge, Counter, Gauge};
 
+use engine::admission::{Admission, AdmissionCounters, REFUSALS};
 use engine::counters::{Counters, CLOSE_REASONS, DROP_REASONS};
 
 /// Gauge values sampled at publish time.
@@ -53,6 +54,15 @@ pub struct Exporter {
     g_queued: Gauge,
     g_cross_depth: Gauge,
     g_busy: Gauge,
+    /// Overload protection's counters (`engine::admission`), and their values last published.
+    admission_last: AdmissionCounters,
+    connections_refused: Vec<Counter>,
+    flapping_bans: Counter,
+    flapping_evicted: Counter,
+    publish_rate_pauses: Counter,
+    g_handshakes: Gauge,
+    g_flapping_banned: Gauge,
+    g_flapping_tracked: Gauge,
 }
 
 const QOS_LABELS: [&str; 3] = ["0", "1", "2"];
@@ -119,7 +129,23 @@ impl Exporter {
             g_retained: gauge!("ringmq_retained_messages", "shard" => s.clone()),
             g_queued: gauge!("ringmq_session_queue_messages", "shard" => s.clone()),
             g_cross_depth: gauge!("ringmq_cross_shard_queue_depth", "shard" => s.clone()),
-            g_busy: gauge!("ringmq_shard_busy_ratio", "shard" => s),
+            g_busy: gauge!("ringmq_shard_busy_ratio", "shard" => s.clone()),
+            admission_last: AdmissionCounters::default(),
+            connections_refused: REFUSALS
+                .iter()
+                .map(|r| {
+                    counter!("ringmq_connections_refused_total", "shard" => s.clone(), "reason" => r.label())
+                })
+                .collect(),
+            flapping_bans: counter!("ringmq_flapping_bans_total", "shard" => s.clone()),
+            flapping_evicted: counter!("ringmq_flapping_evicted_total", "shard" => s.clone()),
+            publish_rate_pauses: counter!(
+                "ringmq_publish_rate_pauses_total",
+                "shard" => s.clone()
+            ),
+            g_handshakes: gauge!("ringmq_handshakes_in_progress", "shard" => s.clone()),
+            g_flapping_banned: gauge!("ringmq_flapping_banned", "shard" => s.clone()),
+            g_flapping_tracked: gauge!("ringmq_flapping_tracked", "shard" => s),
         }
     }
 
@@ -179,5 +205,28 @@ impl Exporter {
             self.ring_last = r;
         }
         self.last = now.clone();
+    }
+
+    /// Publishes overload protection's counters and gauges (refusals by reason, flapping bans,
+    /// publish-rate pauses, handshakes in progress). Once a second: the banned gauge walks the
+    /// flapping tables.
+    pub fn publish_admission(&mut self, admission: &Admission, now: std::time::Instant) {
+        let c = &admission.counters;
+        let last = &self.admission_last;
+        for (i, counter) in self.connections_refused.iter().enumerate() {
+            counter.increment(c.refused[i] - last.refused[i]);
+        }
+        self.flapping_bans
+            .increment(c.flapping_bans - last.flapping_bans);
+        self.flapping_evicted
+            .increment(c.flapping_evicted - last.flapping_evicted);
+        self.publish_rate_pauses
+            .increment(c.publish_rate_pauses - last.publish_rate_pauses);
+        self.g_handshakes.set(f64::from(admission.handshaking()));
+        self.g_flapping_banned
+            .set(admission.flapping_banned(now) as f64);
+        self.g_flapping_tracked
+            .set(admission.flapping_tracked() as f64);
+        self.admission_last = c.clone();
     }
 }

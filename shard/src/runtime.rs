@@ -543,9 +543,9 @@ fn turn(ctx: &ShardCtx, tx: &[Option<ConnectedSender<Batch>>], now: Instant) {
         }
     }
     // 2. The ring's completions.
-    let mut accepted: smallvec::SmallVec<[OwnedFd; 8]> = Default::default();
+    let mut accepted: smallvec::SmallVec<[(usize, OwnedFd); 8]> = Default::default();
     ring.poll(|event| match event {
-        Event::Accepted { fd, .. } => accepted.push(fd),
+        Event::Accepted { listener, fd } => accepted.push((listener, fd)),
         Event::Received { user, data } => {
             if let Some(d) = links.detaching.get_mut(&user) {
                 d.buffered.extend_from_slice(data);
@@ -578,8 +578,11 @@ fn turn(ctx: &ShardCtx, tx: &[Option<ConnectedSender<Batch>>], now: Instant) {
             }
         }
     });
-    for fd in accepted {
-        let conn = engine.open(now);
+    for (listener, fd) in accepted {
+        // Over the shard's share of a connection bound: closed before it costs a connection.
+        let Some((conn, fd)) = crate::overload::accept(&mut engine, listener, fd, now) else {
+            continue;
+        };
         match ring.add_conn(fd, conn.to_u64()) {
             Ok(key) => links.insert(conn, key),
             Err(err) => {
@@ -767,5 +770,6 @@ async fn metrics_loop(ctx: Rc<ShardCtx>) {
             busy_ratio: busy.clamp(0.0, 1.0),
         };
         exporter.publish(&state.counters, gauges, ring);
+        exporter.publish_admission(engine.admission(), now);
     }
 }
