@@ -1,8 +1,10 @@
 //! The broker's TOML configuration. Every section and key is known: an unknown key or a bad value
 //! stops the broker at start with the key's name and the reason.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde::Deserialize;
@@ -37,6 +39,157 @@ pub struct Config {
     pub acl: SubscribeRules,
     #[serde(default)]
     pub bridge: BridgeSection,
+    #[serde(default)]
+    pub overload: OverloadConfig,
+}
+
+/// `[overload]`: protection against connect floods, flapping clients and heavy publishers. See
+/// the ops guide (`tuning/README.md`, "Overload protection") for every key.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OverloadConfig {
+    /// Connections the broker holds (accepted, handshaking or live). Unset: the host's open-file
+    /// limit minus the broker's own descriptors; 0: no bound.
+    pub max_connections: Option<u32>,
+    /// Connections accepted but not CONNACKed yet (TLS handshake, CONNECT, authentication).
+    /// Unset: half of `max_connections`, so connections that never finish a handshake can hold
+    /// at most half the descriptors; 0: no bound.
+    pub max_handshakes: Option<u32>,
+    /// CONNECTs admitted per second, whole broker (v5 CONNACK 0x9F, 3.1.1 closed beyond it).
+    /// 0 (default): no limit.
+    pub max_connection_rate: u32,
+    /// CONNECTs admitted at once after a quiet time. 0 (default): the rate itself (one second's
+    /// worth).
+    pub connection_rate_burst: u32,
+    /// PUBLISH packets per second one client may send; over it its reading pauses. 0 (default):
+    /// no limit.
+    pub publish_rate_per_client: u32,
+    /// PUBLISH bytes per second one client may send; over it its reading pauses. 0 (default): no
+    /// limit.
+    pub publish_bytes_per_client: u32,
+    /// Per listener, by its address as configured (`"0.0.0.0:1883" = 10000`): connections from
+    /// it the broker holds.
+    pub listener_max_connections: BTreeMap<String, u32>,
+    pub flapping: FlappingConfig,
+    pub ban: BanConfig,
+}
+
+/// `[overload.flapping]`: a client id (or address) that connects more than `max_connects`
+/// times within `window_secs` is refused for `ban_secs` (v5 CONNACK 0x8A, 3.1.1 return code 5).
+/// On by default with EMQX's `flapping_detect` figures (15 per minute, 5 minutes).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlappingConfig {
+    pub enabled: bool,
+    /// Per client id.
+    pub max_connects: u32,
+    /// Per client address, all client ids together (each shard counts its own share); 0
+    /// (default): off, as many vehicles may share one address behind carrier NAT.
+    pub max_connects_per_address: u32,
+    pub window_secs: u32,
+    pub ban_secs: u32,
+}
+
+impl Default for FlappingConfig {
+    fn default() -> Self {
+        FlappingConfig {
+            enabled: true,
+            max_connects: 15,
+            max_connects_per_address: 0,
+            window_secs: 60,
+            ban_secs: 300,
+        }
+    }
+}
+
+/// `[overload.ban]`: refused at CONNECT (v5 CONNACK 0x8A, 3.1.1 return code 5).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BanConfig {
+    pub client_ids: Vec<String>,
+    pub usernames: Vec<String>,
+    /// Addresses and CIDR blocks: `"192.0.2.7"`, `"10.0.0.0/8"`, `"2001:db8::/32"`.
+    pub addresses: Vec<String>,
+}
+
+impl OverloadConfig {
+    fn validate(&self) -> anyhow::Result<()> {
+        let f = &self.flapping;
+        if f.enabled && (f.max_connects > 0 || f.max_connects_per_address > 0) {
+            if f.window_secs == 0 {
+                bail!("overload.flapping.window_secs: must be at least 1");
+            }
+            if f.ban_secs == 0 {
+                bail!("overload.flapping.ban_secs: must be at least 1");
+            }
+        }
+        for a in &self.ban.addresses {
+            a.parse::<shard::admission::IpNet>()
+                .map_err(|e| anyhow::anyhow!("overload.ban.addresses: {e}"))?;
+        }
+        for key in self.listener_max_connections.keys() {
+            key.parse::<SocketAddr>().with_context(|| {
+                format!("overload.listener_max_connections: {key:?} is not an address:port")
+            })?;
+        }
+        Ok(())
+    }
+
+    /// What the shards enforce. `listeners`: the listener addresses in listener-id order;
+    /// `connection_ceiling`: what the host's open-file limit allows (for the unset defaults).
+    pub fn resolve(
+        &self,
+        listeners: &[SocketAddr],
+        connection_ceiling: u64,
+    ) -> anyhow::Result<shard::admission::Overload> {
+        use shard::admission::{BanList, Flapping, Overload};
+        self.validate()?;
+        let ceiling = u32::try_from(connection_ceiling).unwrap_or(u32::MAX).max(1);
+        let max_connections = self.max_connections.unwrap_or(ceiling);
+        let max_handshakes = self.max_handshakes.unwrap_or((max_connections / 2).max(1));
+        let mut listener_max_connections = vec![0; listeners.len()];
+        for (key, max) in &self.listener_max_connections {
+            let addr: SocketAddr = key.parse().with_context(|| {
+                format!("overload.listener_max_connections: {key:?} is not an address:port")
+            })?;
+            let Some(i) = listeners.iter().position(|l| *l == addr) else {
+                bail!("overload.listener_max_connections: {key:?} is not a listener address");
+            };
+            listener_max_connections[i] = *max;
+        }
+        let f = &self.flapping;
+        let on = |n: u32| if f.enabled { n } else { 0 };
+        let mut addresses = Vec::new();
+        for a in &self.ban.addresses {
+            addresses.push(
+                a.parse()
+                    .map_err(|e| anyhow::anyhow!("overload.ban.addresses: {e}"))?,
+            );
+        }
+        Ok(Overload {
+            max_connections,
+            listener_max_connections,
+            max_handshakes,
+            max_connection_rate: self.max_connection_rate,
+            connection_rate_burst: match self.connection_rate_burst {
+                0 => self.max_connection_rate,
+                n => n,
+            },
+            publish_rate_per_client: self.publish_rate_per_client,
+            publish_bytes_per_client: self.publish_bytes_per_client,
+            flapping: Flapping {
+                max_connects: on(f.max_connects),
+                max_connects_per_address: on(f.max_connects_per_address),
+                window: Duration::from_secs(u64::from(f.window_secs)),
+                ban: Duration::from_secs(u64::from(f.ban_secs)),
+            },
+            ban: BanList {
+                client_ids: self.ban.client_ids.clone(),
+                usernames: self.ban.usernames.clone(),
+                addresses,
+            },
+        })
+    }
 }
 
 /// `[bridge]`: bridges to other systems. Only Kafka so far.
@@ -116,6 +269,7 @@ impl Config {
         }
         self.limits.validate()?;
         self.acl.validate()?;
+        self.overload.validate()?;
         if let Some(kafka) = &self.bridge.kafka {
             kafka
                 .validate()
@@ -154,6 +308,70 @@ mod tests {
         let text = include_str!("../../examples/kafka-bridge.toml");
         let c = Config::parse(text, "examples/kafka-bridge.toml").expect("example parses");
         assert!(c.bridge.kafka.is_some());
+    }
+
+    #[test]
+    fn overload_defaults_follow_the_host() {
+        let c = Config::parse("", "empty").expect("empty parses");
+        let listen = c.listen.clone();
+        let o = c.overload.resolve(&listen, 19_872).expect("resolves");
+        assert_eq!(o.max_connections, 19_872);
+        assert_eq!(o.max_handshakes, 9_936);
+        assert_eq!(o.max_connection_rate, 0);
+        assert_eq!(o.publish_rate_per_client, 0);
+        assert_eq!(o.flapping.max_connects, 15);
+        assert_eq!(o.flapping.max_connects_per_address, 0);
+        assert_eq!(o.flapping.window, Duration::from_secs(60));
+        assert_eq!(o.flapping.ban, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn overload_keys_resolve() {
+        let text = r#"
+listen = ["127.0.0.1:1883", "127.0.0.1:1884"]
+[overload]
+max_connections = 0
+max_handshakes = 100
+max_connection_rate = 50
+publish_rate_per_client = 20
+publish_bytes_per_client = 65536
+listener_max_connections = { "127.0.0.1:1884" = 10 }
+[overload.flapping]
+enabled = false
+[overload.ban]
+client_ids = ["stolen"]
+usernames = ["mallory"]
+addresses = ["10.0.0.0/8", "2001:db8::1"]
+"#;
+        let c = Config::parse(text, "t.toml").expect("parses");
+        let o = c.overload.resolve(&c.listen, 1000).expect("resolves");
+        assert_eq!(o.max_connections, 0, "0 turns the bound off");
+        assert_eq!(o.max_handshakes, 100);
+        assert_eq!(o.connection_rate_burst, 50, "burst defaults to the rate");
+        assert_eq!(o.listener_max_connections, vec![0, 10]);
+        assert_eq!(o.flapping.max_connects, 0, "disabled");
+        assert_eq!(o.ban.addresses.len(), 2);
+        let bad = "[overload]\nlistener_max_connections = { \"127.0.0.1:9\" = 1 }\n";
+        let c = Config::parse(bad, "t.toml").expect("parses");
+        let err = c.overload.resolve(&c.listen, 1000).unwrap_err();
+        assert!(format!("{err:#}").contains("not a listener"), "{err:#}");
+    }
+
+    #[test]
+    fn bad_overload_values_are_named() {
+        let err =
+            Config::parse("[overload.ban]\naddresses = [\"10.0.0.0/40\"]\n", "t.toml").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("overload.ban.addresses"),
+            "{err:#}"
+        );
+        let err = Config::parse("[overload.flapping]\nwindow_secs = 0\n", "t.toml").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("overload.flapping.window_secs"),
+            "{err:#}"
+        );
+        let err = Config::parse("[overload]\nmax_conections = 5\n", "t.toml").unwrap_err();
+        assert!(format!("{err:#}").contains("max_conections"), "{err:#}");
     }
 
     #[test]

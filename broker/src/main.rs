@@ -149,13 +149,25 @@ fn run() -> anyhow::Result<()> {
         None => (None, None),
     };
 
+    let mut shard_limits = config.limits.clone();
+    let ceiling = limits::connection_ceiling(&host, usize::from(shards));
+    shard_limits.overload = config.overload.resolve(&config.listen, ceiling)?;
+    let o = &shard_limits.overload;
+    info!(
+        max_connections = o.max_connections,
+        max_handshakes = o.max_handshakes,
+        max_connection_rate = o.max_connection_rate,
+        flapping_max_connects = o.flapping.max_connects,
+        banned = o.ban.client_ids.len() + o.ban.usernames.len() + o.ban.addresses.len(),
+        "overload protection"
+    );
     let broker = shard::start(
         shard::RuntimeConfig {
             listen: config.listen.clone(),
             shards,
             pin: config.pin_shards,
             listen_backlog: config.listen_backlog,
-            limits: config.limits.clone(),
+            limits: shard_limits,
             rules: config.acl.clone(),
         },
         bridge_link,
