@@ -799,6 +799,57 @@ mod tests {
         assert_eq!(share(8, 0), 8);
     }
 
+    fn flapping_only(max_connects: u32) -> Overload {
+        Overload {
+            flapping: Flapping {
+                max_connects,
+                max_connects_per_address: 0,
+                window: Duration::from_secs(60),
+                ban: Duration::from_secs(300),
+            },
+            ..Overload::default()
+        }
+    }
+
+    /// The flapping table stays within its bound under a flood of distinct client ids (the
+    /// oldest entries go, counted), and entries whose window is over are swept as new ones come.
+    #[test]
+    fn flapping_table_is_bounded() {
+        let t0 = Instant::now();
+        let mut a = Admission::new(flapping_only(3), 1);
+        for n in 0..FLAPPING_TRACKED_MAX + 1000 {
+            assert!(a.check_connect(&format!("id-{n}"), None, None, t0).is_ok());
+        }
+        assert_eq!(a.flapping_tracked(), FLAPPING_TRACKED_MAX);
+        assert_eq!(a.counters.flapping_evicted, 1000);
+        // A window later, the next new id sweeps every stale entry before it.
+        let later = t0 + Duration::from_secs(61);
+        assert!(a.check_connect("fresh", None, None, later).is_ok());
+        assert_eq!(a.flapping_tracked(), 1);
+    }
+
+    /// A ban outlives its window and is kept through the sweep; it ends after `ban`.
+    #[test]
+    fn a_ban_survives_the_sweep_until_it_ends() {
+        let t0 = Instant::now();
+        let mut a = Admission::new(flapping_only(1), 1);
+        assert!(a.check_connect("car", None, None, t0).is_ok());
+        assert_eq!(
+            a.check_connect("car", None, None, t0),
+            Err(Refusal::Flapping)
+        );
+        assert_eq!(a.flapping_banned(t0), 1);
+        let later = t0 + Duration::from_secs(120);
+        assert!(a.check_connect("other", None, None, later).is_ok());
+        assert_eq!(
+            a.check_connect("car", None, None, later),
+            Err(Refusal::Flapping)
+        );
+        let after = t0 + Duration::from_secs(301);
+        assert!(a.check_connect("car", None, None, after).is_ok());
+        assert_eq!(a.counters.flapping_bans, 1);
+    }
+
     #[test]
     fn log_limiter_counts_what_it_holds_back() {
         let t0 = Instant::now();

@@ -70,7 +70,8 @@ impl Conn {
                     ProtocolVersion::V5,
                 );
             }
-            // 3.1.1 has no return code for it: closed without CONNACK (as EMQX does).
+            // 3.1.1 has no return code for it: closed without CONNACK. (EMQX instead stops
+            // accepting while over its rate; refusing keeps the accept queue from filling.)
             return self.close_unattached();
         }
         if !connect.client_id.is_empty() {
