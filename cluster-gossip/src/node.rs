@@ -571,6 +571,17 @@ impl ClusterNode {
         &self.table
     }
 
+    /// Makes [`ClusterNode::poll_route_changes`] report every change of the remote table (the
+    /// broker mirrors it into each shard so publishes match remote interest without a lock).
+    pub fn record_route_changes(&mut self) {
+        self.table.record_applied();
+    }
+
+    /// Remote route changes applied since the last call: `(origin, Add|Remove)`, oldest first.
+    pub fn poll_route_changes(&mut self) -> Vec<(NodeId, crate::routes::RouteChange)> {
+        self.table.take_applied()
+    }
+
     pub fn members(&self) -> impl Iterator<Item = &NodeIdentity> {
         self.membership.members()
     }

@@ -39,15 +39,36 @@ pub struct RemoteTable {
     origins: BTreeMap<NodeId, RemoteRoutes>,
     matcher: RouteMatcher,
     changes: Vec<RouteChange>,
+    /// Set while the runtime mirrors the table elsewhere (the broker's per-shard remote tries):
+    /// every applied change, in order, until [`RemoteTable::take_applied`]. Its length is bounded
+    /// by what one input can change (one frame's ops, one snapshot, or one origin dropped): the
+    /// runtime drains it after every call into the node.
+    applied: Option<Vec<(NodeId, RouteChange)>>,
 }
 
 impl RemoteTable {
     fn follow(&mut self, origin: NodeId) {
         for change in self.changes.drain(..) {
-            match change {
-                RouteChange::Add(entry) => self.matcher.insert(origin, &entry),
-                RouteChange::Remove(entry) => self.matcher.remove(origin, &entry),
+            match &change {
+                RouteChange::Add(entry) => self.matcher.insert(origin, entry),
+                RouteChange::Remove(entry) => self.matcher.remove(origin, entry),
             }
+            if let Some(applied) = &mut self.applied {
+                applied.push((origin, change));
+            }
+        }
+    }
+
+    /// Starts recording applied changes for [`RemoteTable::take_applied`].
+    pub fn record_applied(&mut self) {
+        self.applied.get_or_insert_with(Vec::new);
+    }
+
+    /// The changes applied since the last call, oldest first (empty unless recording).
+    pub fn take_applied(&mut self) -> Vec<(NodeId, RouteChange)> {
+        match &mut self.applied {
+            Some(applied) => std::mem::take(applied),
+            None => Vec::new(),
         }
     }
 
