@@ -313,6 +313,12 @@ impl Engine {
                         *slot = stats;
                     }
                 }
+                ShardMsg::RemoteRoute {
+                    node,
+                    filter,
+                    present,
+                } => self.state.apply_remote_route(node, filter, present),
+                ShardMsg::ClusterForward(forward) => self.state.queue_cluster_forward(forward),
                 ShardMsg::Shutdown => {}
             }
         }
@@ -430,6 +436,24 @@ impl Engine {
         });
         self.state.publish(message, now);
         true
+    }
+
+    /// A publish a peer node forwarded (already decoded and validated by the runtime):
+    /// `origin_age` is how long ago its origin node accepted it, so retained updates of one
+    /// topic order by the origin's time on every node (last writer wins). It goes to this node's
+    /// subscribers and retained store only, never to a peer again.
+    pub fn publish_from_peer(&mut self, publish: Publish, origin_age: Duration, now: Instant) {
+        let expires_at = publish
+            .properties
+            .message_expiry_interval
+            .map(|secs| now + Duration::from_secs(u64::from(secs)));
+        let message = Arc::new(Message {
+            publish,
+            origin: None,
+            expires_at,
+            received_at: now.checked_sub(origin_age).unwrap_or(now),
+        });
+        self.state.publish_from_peer(message, now);
     }
 
     /// Shutdown: no new sessions; every connection is told (v5 DISCONNECT 0x8B) and closed; wills

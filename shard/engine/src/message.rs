@@ -77,6 +77,23 @@ pub struct RouteChange {
     pub since: Instant,
 }
 
+/// A peer node of the cluster as the engine knows it: the `[cluster] node_id` of another ringmq
+/// process (the engine does not link the cluster crate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerNode(pub u64);
+
+/// A publish accepted on this node that peer nodes want, on its way to shard 0, which owns the
+/// peer links and sends it once per destination node.
+#[derive(Debug, Clone)]
+pub struct ClusterForward {
+    pub message: Arc<Message>,
+    /// Peer nodes with a matching plain subscription, each once.
+    pub nodes: SmallVec<[PeerNode; 4]>,
+    /// A retained message goes to every peer node (each keeps the retained set), whether or not
+    /// it has a subscriber.
+    pub all_nodes: bool,
+}
+
 /// Per-shard statistics sent to shard 0 for `$SYS`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ShardStats {
@@ -120,5 +137,14 @@ pub enum ShardMsg {
         from: ShardId,
         stats: ShardStats,
     },
+    /// A peer node's plain interest in `filter` appeared or went (shard 0 to every other shard,
+    /// so each matches publishes against the cluster's routes in its own trie, without a lock).
+    RemoteRoute {
+        node: PeerNode,
+        filter: Arc<str>,
+        present: bool,
+    },
+    /// A publish for peer nodes (any shard to shard 0).
+    ClusterForward(ClusterForward),
     Shutdown,
 }

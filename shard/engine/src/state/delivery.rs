@@ -109,6 +109,17 @@ impl ShardState {
     /// Returns the number of subscriptions matched here plus shards it was sent to (0 = no
     /// matching subscribers, for v5 PUBACK 0x10).
     pub fn publish(&mut self, message: Arc<Message>, now: Instant) -> usize {
+        self.route_publish(message, true, now)
+    }
+
+    /// [`ShardState::publish`]; `to_cluster` is false for a publish a peer node forwarded (it
+    /// crosses one peer link at most).
+    pub(super) fn route_publish(
+        &mut self,
+        message: Arc<Message>,
+        to_cluster: bool,
+        now: Instant,
+    ) -> usize {
         if message.publish.retain {
             self.store_retained(&message);
             for shard in 0..self.shard_count {
@@ -169,6 +180,9 @@ impl ShardState {
             self.remember(&message, remote, now);
         }
         matched += self.deliver_local(&message, true, &local_picks, now);
+        if to_cluster {
+            matched += self.forward_to_cluster(&message);
+        }
         if matched == 0 {
             self.counters
                 .drop(message.publish.qos, DropReason::NoSubscribers);

@@ -4,15 +4,18 @@
 //!
 //! One file per concern: sessions and takeover here; [`subscriptions`]; [`routes`] (the route
 //! table, barriers and cross-shard outboxes); [`delivery`] (publishing, fan-out and the frame
-//! cache); [`retained`]; [`timers`].
+//! cache); [`retained`]; [`timers`]; [`remote`] (peer nodes' routes, this node's export and
+//! forwards to peer nodes, when the broker runs in a cluster).
 
 mod delivery;
+mod remote;
 mod retained;
 mod routes;
 mod subscriptions;
 mod timers;
 
 pub use delivery::Merged;
+pub use remote::{ClusterShard, ExportChange, CLUSTER_FORWARDS_MAX};
 pub use retained::RetainedOrder;
 
 use std::cell::Cell;
@@ -253,6 +256,9 @@ pub struct ShardState {
     /// Set while a handed-off connection's first input is handled: when it arrived on the
     /// accepting shard (see `ShardState::replay_local`).
     pub replay_local_since: Option<Instant>,
+    /// Set exactly when the broker runs in a cluster: peer nodes' routes and, on shard 0, the
+    /// node's export and forwards (see [`remote`]). Boxed: a lone broker pays a pointer.
+    pub cluster: Option<Box<ClusterShard>>,
 }
 
 /// Which shard owns a client id's session. Fixed seeds: every shard must agree.
@@ -308,6 +314,7 @@ impl ShardState {
             recent: VecDeque::new(),
             previous_turn_at: Instant::now(),
             replay_local_since: None,
+            cluster: None,
         }
     }
 

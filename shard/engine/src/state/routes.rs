@@ -27,6 +27,8 @@ impl ShardState {
 
     /// Applies a route change from any shard (including this one).
     pub fn apply_route(&mut self, change: &RouteChange) {
+        // Shard 0 sees every shard's changes (its own too): the node-level export follows them.
+        self.export_route(change);
         // Local normal subscribers are found through `subs`; the route table only needs other
         // shards' interest (and every shard's shared groups, to pick one), which saves an entry
         // per filter.
@@ -140,9 +142,14 @@ impl ShardState {
             return false;
         };
         // Route changes, barriers and hand-offs must never be dropped: only publishes are.
-        let droppable = matches!(msg, ShardMsg::Publish { .. } | ShardMsg::Stats { .. });
+        let droppable = matches!(
+            msg,
+            ShardMsg::Publish { .. } | ShardMsg::Stats { .. } | ShardMsg::ClusterForward(_)
+        );
         if droppable && outbox.len() >= limit {
-            if let ShardMsg::Publish { message, .. } = &msg {
+            if let ShardMsg::Publish { message, .. }
+            | ShardMsg::ClusterForward(crate::message::ClusterForward { message, .. }) = &msg
+            {
                 self.counters
                     .drop(message.publish.qos, DropReason::CrossShardFull);
             }

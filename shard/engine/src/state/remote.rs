@@ -1,0 +1,206 @@
+//! The cluster's side of a shard: which peer nodes want which topics (a per-shard replica of the
+//! cluster route table, fed by shard 0), the node-level export of this process's own routes
+//! (shard 0 only), and publishes waiting to be forwarded to peer nodes (shard 0 only).
+//!
+//! No I/O: shard 0's runtime (`shard/src/cluster`) drains [`ShardState::take_cluster_exports`]
+//! and [`ShardState::take_cluster_forwards`] every turn into `ClusterNode`, and feeds remote route
+//! changes and forwarded publishes back in. A forwarded publish is re-matched here against local
+//! subscribers only ([`ShardState::publish_from_peer`]) and never forwarded again, so a message
+//! crosses at most one peer link.
+
+use super::*;
+use crate::message::{ClusterForward, PeerNode};
+
+/// Publishes waiting on shard 0 for the runtime to take them at the end of its turn. The runtime
+/// drains the queue every turn, so it only fills when other shards hand over more than this in
+/// one turn; beyond it a forward is dropped and counted (`reason="cross_shard_full"`).
+pub const CLUSTER_FORWARDS_MAX: usize = 65_536;
+
+/// Which peer nodes have a plain subscriber for one filter.
+#[derive(Debug, Default)]
+pub struct RemoteInterest {
+    pub nodes: SmallVec<[PeerNode; 4]>,
+}
+
+/// A 0<->1 change of this node's interest in a filter (or a shared group on it), for export.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportChange {
+    pub filter: Arc<str>,
+    pub group: Option<Arc<str>>,
+    pub present: bool,
+}
+
+/// Per-shard cluster state; present only when the broker runs in a cluster (boxed in
+/// `ShardState::cluster`, so a lone broker pays one pointer).
+#[derive(Default)]
+pub struct ClusterShard {
+    /// Peer nodes' plain interest, by filter. Changes come from shard 0 only, on the cluster
+    /// table's add/remove edges, so an entry's node list has no duplicates.
+    remote: TopicMap<RemoteInterest>,
+    /// Shard 0 only: which shards have local interest in each (filter, group), so the node
+    /// exports an entry on its node-level 0<->1 edges, not on every shard's.
+    exported: AHashMap<(Arc<str>, Option<Arc<str>>), ShardMask>,
+    /// Shard 0 only: export edges since the runtime last took them. Never dropped: bounded by the
+    /// distinct filters of this node's sessions (`subscriptions_per_session_max` each).
+    exports: Vec<ExportChange>,
+    /// Shard 0 only: publishes to forward, bounded by [`CLUSTER_FORWARDS_MAX`].
+    forwards: Vec<ClusterForward>,
+    /// Remote filters installed, for metrics.
+    pub remote_filters: u64,
+}
+
+impl ShardState {
+    /// Turns on cluster routing for this shard (every shard of a clustered broker, at start).
+    pub fn enable_cluster(&mut self) {
+        self.cluster.get_or_insert_with(Default::default);
+    }
+
+    pub fn cluster_enabled(&self) -> bool {
+        self.cluster.is_some()
+    }
+
+    /// Shard 0: a route change of any local shard (this one included). Records a node-level
+    /// export edge when the first shard gains or the last shard loses the entry.
+    pub(super) fn export_route(&mut self, change: &RouteChange) {
+        if self.id != 0 {
+            return;
+        }
+        let Some(cluster) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        let key = (change.filter.clone(), change.group.clone());
+        let mask = cluster.exported.entry(key.clone()).or_insert(0);
+        let before = *mask;
+        if change.present {
+            *mask |= bit(change.shard);
+        } else {
+            *mask &= !bit(change.shard);
+        }
+        let after = *mask;
+        if after == 0 {
+            cluster.exported.remove(&key);
+        }
+        if (before == 0) != (after == 0) {
+            cluster.exports.push(ExportChange {
+                filter: key.0,
+                group: key.1,
+                present: after != 0,
+            });
+        }
+    }
+
+    /// Applies a peer node's interest change here; on shard 0 also passes it to every other
+    /// shard (route messages are never dropped).
+    pub fn apply_remote_route(&mut self, node: PeerNode, filter: Arc<str>, present: bool) {
+        let Some(cluster) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        if present {
+            let entry = cluster
+                .remote
+                .get_or_insert_with(&filter, RemoteInterest::default);
+            if !entry.nodes.contains(&node) {
+                entry.nodes.push(node);
+                cluster.remote_filters += 1;
+            }
+        } else if let Some(entry) = cluster.remote.get_mut(&filter) {
+            if let Some(pos) = entry.nodes.iter().position(|n| *n == node) {
+                entry.nodes.swap_remove(pos);
+                cluster.remote_filters = cluster.remote_filters.saturating_sub(1);
+            }
+            if entry.nodes.is_empty() {
+                cluster.remote.remove(&filter);
+            }
+        }
+        if self.id == 0 {
+            for shard in 1..self.shard_count {
+                self.send_to(
+                    shard,
+                    ShardMsg::RemoteRoute {
+                        node,
+                        filter: filter.clone(),
+                        present,
+                    },
+                );
+            }
+        }
+    }
+
+    /// A publish accepted on this node: hands it to shard 0 for the peer nodes that want it (and
+    /// for every peer when it is retained). Returns how many peer nodes matched.
+    pub(super) fn forward_to_cluster(&mut self, message: &Arc<Message>) -> usize {
+        let Some(cluster) = self.cluster.as_deref() else {
+            return 0;
+        };
+        // `$` topics ($SYS) describe this node only [MQTT-4.7.2-1 keeps them out of `#`].
+        if message.publish.topic.as_str().starts_with('$') {
+            return 0;
+        }
+        let mut nodes: SmallVec<[PeerNode; 4]> = SmallVec::new();
+        cluster
+            .remote
+            .for_each_match(message.publish.topic.as_str(), |entry| {
+                for node in &entry.nodes {
+                    if !nodes.contains(node) {
+                        nodes.push(*node);
+                    }
+                }
+            });
+        let all_nodes = message.publish.retain;
+        if nodes.is_empty() && !all_nodes {
+            return 0;
+        }
+        let matched = nodes.len();
+        let forward = ClusterForward {
+            message: message.clone(),
+            nodes,
+            all_nodes,
+        };
+        if self.id == 0 {
+            self.queue_cluster_forward(forward);
+        } else {
+            self.send_to(0, ShardMsg::ClusterForward(forward));
+        }
+        matched
+    }
+
+    /// Shard 0: a publish for the peer links, taken by the runtime at the end of the turn.
+    pub fn queue_cluster_forward(&mut self, forward: ClusterForward) {
+        let Some(cluster) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        if cluster.forwards.len() >= CLUSTER_FORWARDS_MAX {
+            self.counters
+                .drop(forward.message.publish.qos, DropReason::CrossShardFull);
+            return;
+        }
+        cluster.forwards.push(forward);
+    }
+
+    /// Shard 0: export edges since the last call, oldest first.
+    pub fn take_cluster_exports(&mut self) -> Vec<ExportChange> {
+        self.cluster
+            .as_deref_mut()
+            .map(|c| std::mem::take(&mut c.exports))
+            .unwrap_or_default()
+    }
+
+    /// Shard 0: publishes to forward since the last call, oldest first.
+    pub fn take_cluster_forwards(&mut self) -> Vec<ClusterForward> {
+        self.cluster
+            .as_deref_mut()
+            .map(|c| std::mem::take(&mut c.forwards))
+            .unwrap_or_default()
+    }
+
+    /// Remote filters installed on this shard (for metrics).
+    pub fn remote_filter_count(&self) -> u64 {
+        self.cluster.as_deref().map_or(0, |c| c.remote_filters)
+    }
+
+    /// A publish forwarded by a peer node: retained store, local shards' subscribers; never
+    /// forwarded to a peer again.
+    pub fn publish_from_peer(&mut self, message: Arc<Message>, now: Instant) -> usize {
+        self.route_publish(message, false, now)
+    }
+}
