@@ -41,6 +41,10 @@ pub struct Config {
     pub bridge: BridgeSection,
     #[serde(default)]
     pub overload: OverloadConfig,
+    /// `[cluster]`: join other ringmq nodes as one broker (see docs/cluster.md). Absent: this
+    /// process runs alone.
+    #[serde(default)]
+    pub cluster: Option<cluster_gossip::ClusterConfig>,
 }
 
 /// `[overload]`: protection against connect floods, flapping clients and heavy publishers. See
@@ -275,6 +279,9 @@ impl Config {
                 .validate()
                 .map_err(|e| anyhow::anyhow!("bridge.kafka: {e}"))?;
         }
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
+        }
         Ok(())
     }
 }
@@ -379,6 +386,25 @@ addresses = ["10.0.0.0/8", "2001:db8::1"]
         let text = "[bridge.kafka]\nbootstrap_servers = \"127.0.0.1:9092\"\n[[bridge.kafka.rule]]\nfilter = \"a/#\"\nkafka_topic = \"t\"\nkey = \"vin\"\n";
         let err = Config::parse(text, "t.toml").unwrap_err();
         assert!(format!("{err:#}").contains("key"), "{err:#}");
+    }
+
+    #[test]
+    fn cluster_section_parses_and_is_checked() {
+        let text = "[cluster]\nnode_id = 1\ngossip_listen = \"127.0.0.1:7946\"\npeer_listen = \"127.0.0.1:7947\"\nseeds = [\"127.0.0.1:7956\"]\nsecret_file = \"/etc/ringmq/cluster.key\"\n";
+        let c = Config::parse(text, "t.toml").expect("cluster section parses");
+        let cluster = c.cluster.expect("section kept");
+        assert_eq!(cluster.node_id, 1);
+        assert_eq!(cluster.seeds.len(), 1);
+        assert!(Config::parse("", "t.toml")
+            .expect("empty")
+            .cluster
+            .is_none());
+        let typo = text.replace("seeds", "seed");
+        let err = Config::parse(&typo, "t.toml").unwrap_err();
+        assert!(format!("{err:#}").contains("seed"), "{err:#}");
+        let zero = text.replace("node_id = 1", "node_id = 0");
+        let err = Config::parse(&zero, "t.toml").unwrap_err();
+        assert!(format!("{err:#}").contains("node_id"), "{err:#}");
     }
 
     #[test]

@@ -161,6 +161,9 @@ fn run() -> anyhow::Result<()> {
         banned = o.ban.client_ids.len() + o.ban.usernames.len() + o.ban.addresses.len(),
         "overload protection"
     );
+
+    let cluster = cluster_setup(&config);
+
     let broker = shard::start(
         shard::RuntimeConfig {
             listen: config.listen.clone(),
@@ -169,6 +172,7 @@ fn run() -> anyhow::Result<()> {
             listen_backlog: config.listen_backlog,
             limits: shard_limits,
             rules: config.acl.clone(),
+            cluster,
         },
         bridge_link,
     )?;
@@ -196,6 +200,26 @@ fn run() -> anyhow::Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// The `[cluster]` section with its secret loaded. A secret that cannot be used is reported and
+/// the broker runs alone: local clients are served whatever the cluster's state.
+fn cluster_setup(config: &Config) -> Option<shard::cluster::ClusterSetup> {
+    let cluster = config.cluster.clone()?;
+    match cluster_gossip::Secret::load(&cluster.secret_file) {
+        Ok(secret) => Some(shard::cluster::ClusterSetup {
+            config: cluster,
+            secret,
+        }),
+        Err(err) => {
+            error!(
+                error = %err,
+                secret_file = %cluster.secret_file.display(),
+                "cluster disabled: the cluster secret cannot be used; serving local clients alone"
+            );
+            None
+        }
+    }
 }
 
 fn init_logging(config: &Config) -> anyhow::Result<()> {

@@ -8,7 +8,8 @@
 //! one [`runtime::Batch`] per destination per turn, handed-off sockets travelling beside the
 //! engine's messages); the Kafka bridge glue ([`bridge`]); publishing the shards' counters into
 //! the process's metrics recorder ([`metrics`]); closing sockets the engine's admission refuses
-//! at accept ([`overload`]).
+//! at accept ([`overload`]); on shard 0 of a clustered broker, the cluster node's sockets, peer
+//! links and forwarding ([`cluster`]).
 //!
 //! **Must not touch**: MQTT behaviour (the engine's, in `shard/engine`), configuration parsing
 //! or logging setup (the `broker` binary's), another shard's state (only batches cross).
@@ -18,6 +19,7 @@
 //! ring's keys.
 
 pub mod bridge;
+pub mod cluster;
 pub mod metrics;
 pub mod overload;
 pub mod reload;

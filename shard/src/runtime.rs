@@ -69,6 +69,8 @@ pub struct RuntimeConfig {
     pub listen_backlog: u32,
     pub limits: Limits,
     pub rules: SubscribeRules,
+    /// `[cluster]`: shard 0 drives the cluster node (see [`crate::cluster`]); None runs alone.
+    pub cluster: Option<crate::cluster::ClusterSetup>,
 }
 
 /// A socket on its way to the shard that owns its client id's session.
@@ -145,6 +147,8 @@ pub struct ShardCtx {
     /// Set when another task gave the engine work (a batch, a Kafka answer, `$SYS`).
     kicked: Cell<bool>,
     loop_waker: Cell<Option<Waker>>,
+    /// Shard 0 of a clustered broker: the cluster driver, handed each turn's forwards.
+    cluster: Option<Rc<crate::cluster::ClusterRuntime>>,
 }
 
 impl ShardCtx {
@@ -417,14 +421,16 @@ async fn run_shard(setup: ShardSetup) {
             matcher: b.matcher,
         }) as Box<dyn engine::bridge::Bridge>
     });
+    let mut engine = Engine::new(
+        id,
+        setup.count,
+        setup.config.limits.clone(),
+        Arc::new(setup.config.rules.clone()),
+        bridge,
+    );
+    let cluster = crate::cluster::start_on_shard(id, setup.config.cluster.clone(), &mut engine);
     let ctx = Rc::new(ShardCtx {
-        engine: RefCell::new(Engine::new(
-            id,
-            setup.count,
-            setup.config.limits.clone(),
-            Arc::new(setup.config.rules.clone()),
-            bridge,
-        )),
+        engine: RefCell::new(engine),
         ring: RefCell::new(ring),
         links: RefCell::new(Links {
             handoffs: (0..setup.count).map(|_| Vec::new()).collect(),
@@ -433,7 +439,11 @@ async fn run_shard(setup: ShardSetup) {
         inbox: RefCell::new(Vec::new()),
         kicked: Cell::new(false),
         loop_waker: Cell::new(None),
+        cluster,
     });
+    if let Some(cluster) = &ctx.cluster {
+        cluster.spawn(&ctx);
+    }
     if let Some(acks) = acks {
         glommio::spawn_local(crate::bridge::ack_loop(ctx.clone(), acks)).detach();
     }
@@ -603,6 +613,9 @@ fn turn(ctx: &ShardCtx, tx: &[Option<ConnectedSender<Batch>>], now: Instant) {
     // 5. Its outputs.
     while let Some(output) = engine.poll_output() {
         apply_output(&mut ring, &mut links, output);
+    }
+    if let Some(cluster) = &ctx.cluster {
+        cluster.after_turn(&mut engine, now);
     }
     // 6. One batch per destination shard.
     for (to, sender) in tx.iter().enumerate() {

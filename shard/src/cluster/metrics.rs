@@ -1,0 +1,106 @@
+//! The cluster's metrics, published once a second from shard 0 (plain counters in between).
+//! Per-link figures (`ringmq_cluster_route_*`) restart from 0 when a link is replaced, which
+//! Prometheus' `rate()` treats as a counter reset.
+
+use std::collections::BTreeSet;
+use std::rc::Rc;
+use std::time::Duration;
+
+use cluster_gossip::NodeId;
+use metrics::{counter, gauge};
+
+use super::ClusterRuntime;
+
+pub(super) async fn metrics_loop(rt: Rc<ClusterRuntime>) {
+    let me = rt.node_id.0.to_string();
+    let mut origins_seen = BTreeSet::new();
+    loop {
+        glommio::timer::sleep(Duration::from_secs(1)).await;
+        publish(&rt, &me, &mut origins_seen);
+    }
+}
+
+fn publish(rt: &ClusterRuntime, me: &str, origins_seen: &mut BTreeSet<u64>) {
+    let node = rt.node.borrow();
+    let io = rt.io.borrow();
+    let stats = rt.stats.borrow();
+    gauge!("ringmq_cluster_members", "state" => "alive").set(node.members().count() as f64);
+    counter!("ringmq_cluster_members_down_total").absolute(stats.members_down);
+    let ms = node.membership_stats();
+    counter!("ringmq_cluster_datagrams_total", "direction" => "in").absolute(ms.datagrams_received);
+    counter!("ringmq_cluster_datagrams_total", "direction" => "out").absolute(ms.datagrams_sent);
+    counter!("ringmq_cluster_datagrams_refused_total", "reason" => "bad_tag")
+        .absolute(ms.datagrams_bad_tag);
+    counter!("ringmq_cluster_datagrams_refused_total", "reason" => "refused")
+        .absolute(ms.datagrams_refused);
+    counter!("ringmq_cluster_datagrams_dropped_total")
+        .absolute(stats.datagrams_dropped + ms.datagrams_dropped_queue_full);
+    counter!("ringmq_cluster_links_total", "edge" => "up").absolute(stats.links_up);
+    counter!("ringmq_cluster_links_total", "edge" => "down").absolute(stats.links_down);
+    counter!("ringmq_cluster_links_refused_total").absolute(node.stats().links_refused);
+    counter!("ringmq_cluster_route_changes_applied_total").absolute(stats.route_changes_applied);
+    gauge!("ringmq_cluster_route_seq").set(node.local_summary().seq as f64);
+    // An origin that went down is gone from the table: it shows 0, not its last size.
+    for id in origins_seen.iter() {
+        if node.remote_table().get(NodeId(*id)).is_none() {
+            gauge!("ringmq_cluster_remote_routes", "origin" => id.to_string()).set(0.0);
+        }
+    }
+    for origin in node.remote_table().origins() {
+        let id = origin.summary().origin.0;
+        origins_seen.insert(id);
+        gauge!("ringmq_cluster_remote_routes", "origin" => id.to_string()).set(origin.len() as f64);
+    }
+    let up: Vec<_> = node.links_up().map(|(link, p)| (link, p.node_id)).collect();
+    for (peer, link_stats, queue_len) in node.link_stats() {
+        let peer_label = peer.0.to_string();
+        let unwritten = up
+            .iter()
+            .find(|(_, n)| *n == peer)
+            .and_then(|(link, _)| io.links.get(link))
+            .map_or(0, |l| l.unwritten());
+        let labels = [("peer", peer_label.clone()), ("node", me.to_string())];
+        gauge!("ringmq_cluster_link_up", &labels).set(1.0);
+        gauge!("ringmq_cluster_link_queue_frames", &labels).set(queue_len as f64);
+        gauge!("ringmq_cluster_link_queue_bytes", &labels).set(unwritten as f64);
+        counter!("ringmq_cluster_route_ops_sent_total", &labels).absolute(link_stats.ops_sent);
+        counter!("ringmq_cluster_route_ops_applied_total", &labels)
+            .absolute(link_stats.ops_applied);
+        counter!("ringmq_cluster_digest_repairs_total", &labels)
+            .absolute(link_stats.repairs_requested);
+        counter!("ringmq_cluster_snapshots_installed_total", &labels)
+            .absolute(link_stats.snapshots_installed);
+        counter!("ringmq_cluster_link_frames_dropped_total", &labels)
+            .absolute(link_stats.frames_dropped_queue_full);
+    }
+    // A peer whose link went away shows 0 (its last counters stay as they were).
+    for (peer, _) in stats.forwarded_out.iter().chain(stats.forwarded_in.iter()) {
+        if !up.iter().any(|(_, n)| n == peer) {
+            gauge!("ringmq_cluster_link_up", "peer" => peer.0.to_string(), "node" => me.to_string())
+                .set(0.0);
+        }
+    }
+    for (peer, (messages, bytes)) in &stats.forwarded_out {
+        let peer = peer.0.to_string();
+        counter!("ringmq_cluster_forwarded_messages_total", "peer" => peer.clone(), "direction" => "out")
+            .absolute(*messages);
+        counter!("ringmq_cluster_forwarded_bytes_total", "peer" => peer, "direction" => "out")
+            .absolute(*bytes);
+    }
+    for (peer, (messages, bytes)) in &stats.forwarded_in {
+        let peer = peer.0.to_string();
+        counter!("ringmq_cluster_forwarded_messages_total", "peer" => peer.clone(), "direction" => "in")
+            .absolute(*messages);
+        counter!("ringmq_cluster_forwarded_bytes_total", "peer" => peer, "direction" => "in")
+            .absolute(*bytes);
+    }
+    for ((peer, reason, qos), count) in &stats.dropped {
+        counter!(
+            "ringmq_cluster_forward_dropped_total",
+            "peer" => peer.0.to_string(),
+            "reason" => reason.label(),
+            "qos" => qos.to_string()
+        )
+        .absolute(*count);
+    }
+}
