@@ -172,6 +172,14 @@ impl BrokerProcess {
         self.terminate().expect("broker status")
     }
 
+    /// SIGKILL, as a crash would: no DISCONNECT, no will, no goodbye to cluster peers.
+    pub fn kill_hard(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     fn terminate(&mut self) -> Option<ExitStatus> {
         let mut child = self.child.take()?;
         if let Ok(Some(status)) = child.try_wait() {

@@ -1,0 +1,376 @@
+//! Clustering end to end (issue 9): three `ringmq` processes started from three config files on
+//! loopback, joined by SWIM gossip and authenticated peer links, serve clients on any node as
+//! one broker. Independent clients (mosquitto_sub/pub) on different nodes; kill -9 and restart.
+//!
+//! Every wait is bounded (`CLUSTER_WAIT`); ports are picked free; the secret and configs are
+//! temp files removed at the end. No timing threshold is asserted: the waits only bound how long
+//! a test may take before it fails.
+
+use std::net::UdpSocket;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use ringmq_tests::{free_port, metric_total, mosquitto, scrape_metrics, unique, BrokerProcess};
+
+/// Longest a cluster takes to form, route, or notice a dead node before the test fails. The
+/// node configs shorten SWIM's periods, so this is ample.
+const CLUSTER_WAIT: Duration = Duration::from_secs(30);
+/// How long one mosquitto_sub waits for a line.
+const LINE_WAIT: Duration = Duration::from_secs(3);
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("free udp port")
+}
+
+/// A node's addresses and config text.
+struct NodeSpec {
+    node_id: u64,
+    gossip: u16,
+    peer: u16,
+    metrics: u16,
+}
+
+/// The secret file, removed on drop.
+struct SecretFile(PathBuf);
+
+impl SecretFile {
+    fn new() -> Self {
+        let path = std::env::temp_dir().join(unique("ringmq-cluster-key"));
+        std::fs::write(
+            &path,
+            format!("{}\n", unique("secret-0123456789abcdef-0123456789")),
+        )
+        .expect("write secret");
+        SecretFile(path)
+    }
+}
+
+impl Drop for SecretFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+struct Cluster {
+    specs: Vec<NodeSpec>,
+    secret: SecretFile,
+}
+
+impl Cluster {
+    fn new(nodes: u64) -> Self {
+        let specs = (1..=nodes)
+            .map(|node_id| NodeSpec {
+                node_id,
+                gossip: free_udp_port(),
+                peer: free_port(),
+                metrics: free_port(),
+            })
+            .collect();
+        Cluster {
+            specs,
+            secret: SecretFile::new(),
+        }
+    }
+
+    fn config(&self, i: usize) -> String {
+        let spec = &self.specs[i];
+        let seeds: Vec<String> = self
+            .specs
+            .iter()
+            .map(|s| format!("\"127.0.0.1:{}\"", s.gossip))
+            .collect();
+        format!(
+            "[cluster]\nnode_id = {}\ngossip_listen = \"127.0.0.1:{}\"\npeer_listen = \"127.0.0.1:{}\"\n\
+             seeds = [{}]\nsecret_file = \"{}\"\nprobe_period_ms = 300\nprobe_rtt_ms = 100\n\
+             suspect_timeout_ms = 1000\nreconcile_period_ms = 200\nanti_entropy_period_ms = 500\n\
+             link_retry_ms = 300\n",
+            spec.node_id,
+            spec.gossip,
+            spec.peer,
+            seeds.join(", "),
+            self.secret.0.display()
+        )
+    }
+
+    fn start(&self, i: usize) -> BrokerProcess {
+        let metrics = format!("127.0.0.1:{}", self.specs[i].metrics);
+        BrokerProcess::start_with_config(&self.config(i), &["--metrics-listen", &metrics])
+    }
+
+    fn metric(&self, i: usize, name: &str, labels: &[&str]) -> f64 {
+        metric_total(&scrape_metrics(self.specs[i].metrics), name, labels)
+    }
+
+    /// Waits until `check` holds, polling; panics with `what` after [`CLUSTER_WAIT`].
+    fn wait_for(&self, what: &str, mut check: impl FnMut() -> bool) {
+        let deadline = Instant::now() + CLUSTER_WAIT;
+        while Instant::now() < deadline {
+            if check() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("{what}: not within {CLUSTER_WAIT:?}");
+    }
+
+    /// Every node has an authenticated link to every other one.
+    fn wait_formed(&self, nodes: &[usize]) {
+        for &i in nodes {
+            self.wait_for(&format!("node {} links up", i + 1), || {
+                self.metric(i, "ringmq_cluster_link_up", &[]) as usize >= nodes.len() - 1
+            });
+        }
+    }
+}
+
+fn port(broker: &BrokerProcess) -> String {
+    broker.port.to_string()
+}
+
+/// Publishes `payload` on `topic` at `via` until the subscriber `sub` prints it: the route of a
+/// new subscription reaches other nodes asynchronously, so the first publishes may find none.
+fn publish_until_seen(sub: &mosquitto::Tool, via: &BrokerProcess, topic: &str, payload: &str) {
+    let deadline = Instant::now() + CLUSTER_WAIT;
+    while Instant::now() < deadline {
+        mosquitto::run(
+            "mosquitto_pub",
+            &["-p", &port(via), "-t", topic, "-m", payload, "-q", "1"],
+            LINE_WAIT,
+        );
+        while let Some(line) = sub.line(Duration::from_millis(500)) {
+            if line == format!("{topic} {payload}") {
+                return;
+            }
+        }
+    }
+    panic!(
+        "{topic} {payload} never reached the subscriber through port {}",
+        via.port
+    );
+}
+
+/// Reads lines until `want` or the wait ends; returns whether it was seen.
+fn saw(sub: &mosquitto::Tool, want: &str) -> bool {
+    let deadline = Instant::now() + LINE_WAIT * 2;
+    while Instant::now() < deadline {
+        match sub.line(LINE_WAIT) {
+            Some(line) if line == want => return true,
+            Some(_) => {}
+            None => return false,
+        }
+    }
+    false
+}
+
+/// Subscriber on node A receives QoS 0 and QoS 1 publishes made on nodes B and C, and a
+/// retained message published on B is seen by new subscribers on every node.
+#[test]
+fn three_nodes_serve_as_one_broker() {
+    if !mosquitto::available() {
+        return;
+    }
+    let cluster = Cluster::new(3);
+    let a = cluster.start(0);
+    let b = cluster.start(1);
+    let c = cluster.start(2);
+    cluster.wait_formed(&[0, 1, 2]);
+
+    let topic = unique("fleet");
+    let filter = format!("{topic}/#");
+    let sub = mosquitto::spawn(
+        "mosquitto_sub",
+        &[
+            "-p",
+            &port(&a),
+            "-t",
+            &filter,
+            "-q",
+            "1",
+            "-v",
+            "-i",
+            &unique("sub-a"),
+        ],
+    );
+    publish_until_seen(&sub, &b, &format!("{topic}/probe-b"), "probe");
+    publish_until_seen(&sub, &c, &format!("{topic}/probe-c"), "probe");
+
+    // [MQTT-3.3.4-1]: the subscriber gets the message whichever node the publisher is on, at
+    // the lower of the publish and subscription QoS.
+    for (via, name) in [(&b, "b"), (&c, "c")] {
+        for qos in ["0", "1"] {
+            let t = format!("{topic}/{name}/q{qos}");
+            let payload = format!("from-{name}-{qos}");
+            mosquitto::run(
+                "mosquitto_pub",
+                &["-p", &port(via), "-t", &t, "-m", &payload, "-q", qos],
+                LINE_WAIT,
+            );
+            assert!(
+                saw(&sub, &format!("{t} {payload}")),
+                "{t} not delivered on node 1"
+            );
+        }
+    }
+
+    // [MQTT-3.3.1-6]: a new subscription gets the retained message, on every node.
+    let retained_topic = format!("{topic}/retained");
+    mosquitto::run(
+        "mosquitto_pub",
+        &[
+            "-p",
+            &port(&b),
+            "-t",
+            &retained_topic,
+            "-m",
+            "kept",
+            "-q",
+            "1",
+            "-r",
+        ],
+        LINE_WAIT,
+    );
+    for (node, broker) in [(1, &a), (2, &b), (3, &c)] {
+        cluster.wait_for(&format!("retained message on node {node}"), || {
+            let (_, lines) = mosquitto::spawn(
+                "mosquitto_sub",
+                &[
+                    "-p",
+                    &port(broker),
+                    "-t",
+                    &retained_topic,
+                    "-v",
+                    "-C",
+                    "1",
+                    "-W",
+                    "2",
+                ],
+            )
+            .finish(LINE_WAIT);
+            lines.iter().any(|l| l == &format!("{retained_topic} kept"))
+        });
+    }
+    // The forwards are counted per peer (metrics are published once a second).
+    cluster.wait_for("forwards counted on node 1", || {
+        cluster.metric(
+            0,
+            "ringmq_cluster_forwarded_messages_total",
+            &["direction=\"in\""],
+        ) >= 4.0
+    });
+    drop(sub);
+    for broker in [a, b, c] {
+        broker.stop();
+    }
+}
+
+/// kill -9 of a node: the others mark it down, drop its routes and keep serving each other; the
+/// restarted node rejoins with a new generation and ends with exactly its new routes.
+#[test]
+fn killed_node_is_dropped_and_its_restart_rejoins() {
+    if !mosquitto::available() {
+        return;
+    }
+    let cluster = Cluster::new(3);
+    let a = cluster.start(0);
+    let b = cluster.start(1);
+    let c = cluster.start(2);
+    cluster.wait_formed(&[0, 1, 2]);
+
+    let topic = unique("kill");
+    let sub_a = mosquitto::spawn(
+        "mosquitto_sub",
+        &[
+            "-p",
+            &port(&a),
+            "-t",
+            &format!("{topic}/a/#"),
+            "-q",
+            "1",
+            "-v",
+        ],
+    );
+    let sub_c = mosquitto::spawn(
+        "mosquitto_sub",
+        &[
+            "-p",
+            &port(&c),
+            "-t",
+            &format!("{topic}/old/#"),
+            "-q",
+            "1",
+            "-v",
+        ],
+    );
+    publish_until_seen(&sub_a, &b, &format!("{topic}/a/x"), "before");
+    publish_until_seen(&sub_c, &b, &format!("{topic}/old/x"), "before");
+    cluster.wait_for("node 3's route on node 2", || {
+        cluster.metric(1, "ringmq_cluster_remote_routes", &["origin=\"3\""]) >= 1.0
+    });
+
+    drop(sub_c);
+    c.kill_hard();
+    for i in [0, 1] {
+        cluster.wait_for(&format!("node {} marks node 3 down", i + 1), || {
+            cluster.metric(i, "ringmq_cluster_members", &["state=\"alive\""]) == 1.0
+                && cluster.metric(i, "ringmq_cluster_remote_routes", &["origin=\"3\""]) == 0.0
+        });
+    }
+    // The survivors keep serving each other.
+    publish_until_seen(&sub_a, &b, &format!("{topic}/a/y"), "after-kill");
+
+    // Restart with the same config: a new generation, only its new subscription exported.
+    let c = cluster.start(2);
+    cluster.wait_formed(&[0, 1, 2]);
+    let sub_c = mosquitto::spawn(
+        "mosquitto_sub",
+        &[
+            "-p",
+            &port(&c),
+            "-t",
+            &format!("{topic}/new/#"),
+            "-q",
+            "1",
+            "-v",
+        ],
+    );
+    publish_until_seen(&sub_c, &a, &format!("{topic}/new/x"), "after-restart");
+    for i in [0, 1] {
+        cluster.wait_for(
+            &format!("node {} holds exactly node 3's new route", i + 1),
+            || cluster.metric(i, "ringmq_cluster_remote_routes", &["origin=\"3\""]) == 1.0,
+        );
+    }
+    drop(sub_a);
+    drop(sub_c);
+    for broker in [a, b, c] {
+        broker.stop();
+    }
+}
+
+/// A node whose secret file is missing runs alone and still serves its local clients; a
+/// mismatched secret never joins.
+#[test]
+fn node_without_a_usable_secret_serves_local_clients() {
+    if !mosquitto::available() {
+        return;
+    }
+    let cluster = Cluster::new(1);
+    let config = cluster.config(0).replace(
+        &cluster.secret.0.display().to_string(),
+        "/nonexistent/ringmq-cluster.key",
+    );
+    let broker = BrokerProcess::start_with_config(&config, &[]);
+    let topic = unique("alone");
+    let sub = mosquitto::spawn("mosquitto_sub", &["-p", &port(&broker), "-t", &topic, "-v"]);
+    publish_until_seen(&sub, &broker, &topic, "local");
+    assert!(
+        broker.log_tail().contains("cluster disabled"),
+        "{}",
+        broker.log_tail()
+    );
+    drop(sub);
+    broker.stop();
+}
