@@ -10,7 +10,7 @@ use std::net::UdpSocket;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use ringmq_tests::{free_port, metric_total, mosquitto, scrape_metrics, unique, BrokerProcess};
+use ringmq_tests::{metric_total, mosquitto, scrape_metrics, unique, BrokerProcess};
 
 /// Longest a cluster takes to form, route, or notice a dead node before the test fails. The
 /// node configs shorten SWIM's periods, so this is ample.
@@ -18,11 +18,37 @@ const CLUSTER_WAIT: Duration = Duration::from_secs(30);
 /// How long one mosquitto_sub waits for a line.
 const LINE_WAIT: Duration = Duration::from_secs(3);
 
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .expect("free udp port")
+/// A loopback port free for both TCP and UDP, outside the kernel's ephemeral range: ports
+/// bound with port 0 (every broker's MQTT listener, other tests' clients) come from that range,
+/// and consecutive port-0 binds get nearby ports, so a port picked there and released could be
+/// handed to another process before our node binds it. Never the same port twice in this
+/// process.
+fn cluster_port() -> u16 {
+    use std::collections::BTreeSet;
+    use std::sync::Mutex;
+    static USED: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut seed = u64::from(std::process::id())
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+    for _ in 0..10_000 {
+        // xorshift: no dependency for a handful of random numbers.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let port = 20_000 + (seed % 12_000) as u16;
+        let mut used = USED.lock().unwrap_or_else(|e| e.into_inner());
+        if used.contains(&port) {
+            continue;
+        }
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+        let udp = UdpSocket::bind(("127.0.0.1", port)).is_ok();
+        if tcp && udp {
+            used.insert(port);
+            return port;
+        }
+    }
+    panic!("no free loopback port in 20000..32000");
 }
 
 /// A node's addresses and config text.
@@ -64,9 +90,9 @@ impl Cluster {
         let specs = (1..=nodes)
             .map(|node_id| NodeSpec {
                 node_id,
-                gossip: free_udp_port(),
-                peer: free_port(),
-                metrics: free_port(),
+                gossip: cluster_port(),
+                peer: cluster_port(),
+                metrics: cluster_port(),
             })
             .collect();
         Cluster {
@@ -373,4 +399,83 @@ fn node_without_a_usable_secret_serves_local_clients() {
     );
     drop(sub);
     broker.stop();
+}
+
+/// A shared group with members on two nodes gets every message published on a third node exactly
+/// once cluster-wide [MQTT-4.8.2-2: each message goes to one member of the group].
+#[test]
+fn shared_group_across_nodes_gets_each_message_once() {
+    if !mosquitto::available() {
+        return;
+    }
+    let cluster = Cluster::new(3);
+    let a = cluster.start(0);
+    let b = cluster.start(1);
+    let c = cluster.start(2);
+    cluster.wait_formed(&[0, 1, 2]);
+
+    let topic = unique("shared");
+    let filter = format!("$share/workers/{topic}/#");
+    let members: Vec<mosquitto::Tool> = [&a, &b]
+        .iter()
+        .map(|broker| {
+            mosquitto::spawn(
+                "mosquitto_sub",
+                &["-p", &port(broker), "-t", &filter, "-q", "1", "-v"],
+            )
+        })
+        .collect();
+    for origin in ["1", "2"] {
+        cluster.wait_for(&format!("node {origin}'s group route on node 3"), || {
+            cluster.metric(
+                2,
+                "ringmq_cluster_remote_routes",
+                &[&format!("origin=\"{origin}\"")],
+            ) >= 1.0
+        });
+    }
+    const MESSAGES: usize = 20;
+    for i in 0..MESSAGES {
+        mosquitto::run(
+            "mosquitto_pub",
+            &[
+                "-p",
+                &port(&c),
+                "-t",
+                &format!("{topic}/m"),
+                "-m",
+                &format!("n{i}"),
+                "-q",
+                "1",
+            ],
+            LINE_WAIT,
+        );
+    }
+    let mut got: Vec<String> = Vec::new();
+    let deadline = Instant::now() + CLUSTER_WAIT;
+    while got.len() < MESSAGES && Instant::now() < deadline {
+        for member in &members {
+            while let Some(line) = member.line(Duration::from_millis(100)) {
+                got.push(line);
+            }
+        }
+    }
+    // Nothing more arrives after the last one (a duplicate would).
+    std::thread::sleep(Duration::from_millis(500));
+    for member in &members {
+        while let Some(line) = member.line(Duration::from_millis(100)) {
+            got.push(line);
+        }
+    }
+    got.sort();
+    let mut want: Vec<String> = (0..MESSAGES).map(|i| format!("{topic}/m n{i}")).collect();
+    want.sort();
+    assert_eq!(
+        got, want,
+        "each message once across the group's members on two nodes"
+    );
+    drop(members);
+    for broker in [a, b, c] {
+        broker.stop();
+    }
 }

@@ -316,8 +316,9 @@ impl Engine {
                 ShardMsg::RemoteRoute {
                     node,
                     filter,
+                    group,
                     present,
-                } => self.state.apply_remote_route(node, filter, present),
+                } => self.state.apply_remote_route(node, filter, group, present),
                 ShardMsg::ClusterForward(forward) => self.state.queue_cluster_forward(forward),
                 ShardMsg::Shutdown => {}
             }
@@ -442,7 +443,14 @@ impl Engine {
     /// `origin_age` is how long ago its origin node accepted it, so retained updates of one
     /// topic order by the origin's time on every node (last writer wins). It goes to this node's
     /// subscribers and retained store only, never to a peer again.
-    pub fn publish_from_peer(&mut self, publish: Publish, origin_age: Duration, now: Instant) {
+    /// `groups` are the shared groups the peer picked this node for.
+    pub fn publish_from_peer(
+        &mut self,
+        publish: Publish,
+        origin_age: Duration,
+        groups: &[crate::message::GroupPick],
+        now: Instant,
+    ) {
         let expires_at = publish
             .properties
             .message_expiry_interval
@@ -453,7 +461,7 @@ impl Engine {
             expires_at,
             received_at: now.checked_sub(origin_age).unwrap_or(now),
         });
-        self.state.publish_from_peer(message, now);
+        self.state.publish_from_peer(message, groups, now);
     }
 
     /// Shutdown: no new sessions; every connection is told (v5 DISCONNECT 0x8B) and closed; wills

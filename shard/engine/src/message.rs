@@ -82,6 +82,9 @@ pub struct RouteChange {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PeerNode(pub u64);
 
+/// A shared group by its filter (after `$share/group/`) and name.
+pub type GroupPick = (Arc<str>, Arc<str>);
+
 /// A publish accepted on this node that peer nodes want, on its way to shard 0, which owns the
 /// peer links and sends it once per destination node.
 #[derive(Debug, Clone)]
@@ -89,6 +92,9 @@ pub struct ClusterForward {
     pub message: Arc<Message>,
     /// Peer nodes with a matching plain subscription, each once.
     pub nodes: SmallVec<[PeerNode; 4]>,
+    /// Shared groups with no member on this node, each given to one peer node that has members
+    /// (round-robin), so a group gets each message once cluster-wide.
+    pub shared: SmallVec<[(PeerNode, GroupPick); 1]>,
     /// A retained message goes to every peer node (each keeps the retained set), whether or not
     /// it has a subscriber.
     pub all_nodes: bool,
@@ -142,6 +148,8 @@ pub enum ShardMsg {
     RemoteRoute {
         node: PeerNode,
         filter: Arc<str>,
+        /// A shared group on `filter` rather than a plain subscription.
+        group: Option<Arc<str>>,
         present: bool,
     },
     /// A publish for peer nodes (any shard to shard 0).

@@ -1,21 +1,26 @@
 //! The bytes of a `PeerFrame::Forward`: the publishes one node sends another in one loop turn.
 //!
-//! A batch is a run of records, each `len u32 BE | origin_time_us u64 BE | MQTT v5 PUBLISH`,
-//! where `len` counts the bytes after it and `origin_time_us` is the wall-clock time (µs since the
-//! Unix epoch) the origin node accepted the message: retained updates of one topic are ordered by
-//! it on every node. The PUBLISH is the wire crate's own v5 encoding (a v3 publisher's message
+//! A batch is a run of records, each `len u32 BE | origin_time_us u64 BE | groups u16 BE |
+//! groups × (filter_len u16 BE, filter, group_len u16 BE, group) | MQTT v5 PUBLISH`, where `len`
+//! counts the bytes after it, `origin_time_us` is the wall-clock time (µs since the Unix epoch)
+//! the origin node accepted the message (retained updates of one topic are ordered by it on every
+//! node), and the groups are the shared groups the origin picked this destination for (each
+//! group gets a message once cluster-wide). The PUBLISH is the wire crate's own v5 encoding (a v3 publisher's message
 //! simply has no properties), so the receiver decodes it with the same validated decoder as
 //! client input. Per-delivery fields are not carried: the packet id is a placeholder (1) for
 //! QoS 1/2, DUP is clear, no topic alias, no subscription identifier.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf as _, Bytes, BytesMut};
-use engine::message::Message;
+use engine::message::{GroupPick, Message};
 use wire::{Packet, ProtocolVersion, Publish};
 
-/// Bytes of a record's header: its length and the origin time.
-pub const RECORD_HEADER_BYTES: usize = 4 + 8;
+/// Bytes of a record's fixed header: its length, the origin time and the group count.
+pub const RECORD_HEADER_BYTES: usize = 4 + 8 + 2;
+/// Shared-group picks one record may carry; more are dropped (counted as `too_large`).
+pub const RECORD_GROUPS_MAX: usize = 64;
 /// A batch is sent as one frame once it reaches this size (the frame limit is 1 MiB).
 pub const FORWARD_BATCH_MAX_BYTES: usize = 512 * 1024;
 /// A single record larger than this cannot be forwarded (dropped and counted `too_large`).
@@ -41,13 +46,14 @@ pub fn unix_time_us() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
-/// Encodes one record for `message` into `out` (cleared first).
-pub fn encode_record(
+/// Encodes `message` as the record body (the v5 PUBLISH) into `out` (cleared first); returns its
+/// origin time for [`append_record`].
+pub fn encode_publish(
     message: &Message,
     now: Instant,
     now_us: u64,
     out: &mut BytesMut,
-) -> Result<(), ForwardError> {
+) -> Result<u64, ForwardError> {
     out.clear();
     let mut publish: Publish = message.publish.clone();
     publish.dup = false;
@@ -67,31 +73,79 @@ pub fn encode_record(
     )
     .unwrap_or(u64::MAX);
     let origin_us = now_us.saturating_sub(age_us);
-    out.extend_from_slice(&[0u8; 4]);
-    out.extend_from_slice(&origin_us.to_be_bytes());
     let packet = Packet::Publish(publish);
     wire::encode(&packet, ProtocolVersion::V5, out)
         .map_err(|e| ForwardError::Decode(e.to_string()))?;
-    let len = out.len() - 4;
-    if out.len() > FORWARD_RECORD_MAX_BYTES {
+    if out.len() + RECORD_HEADER_BYTES > FORWARD_RECORD_MAX_BYTES {
         return Err(ForwardError::TooLarge {
             len: out.len(),
             max: FORWARD_RECORD_MAX_BYTES,
         });
     }
-    let len = u32::try_from(len).map_err(|_| ForwardError::TooLarge {
+    Ok(origin_us)
+}
+
+/// Appends one record (header, `groups`, the encoded `publish`) to `batch`. Group names are MQTT
+/// strings (at most 65535 bytes), so their u16 lengths cannot overflow.
+pub fn append_record(
+    batch: &mut Vec<u8>,
+    origin_us: u64,
+    groups: &[&GroupPick],
+    publish: &[u8],
+) -> Result<(), ForwardError> {
+    let groups = groups.get(..RECORD_GROUPS_MAX).unwrap_or(groups);
+    let group_bytes: usize = groups.iter().map(|(f, g)| 4 + f.len() + g.len()).sum();
+    let len = 8 + 2 + group_bytes + publish.len();
+    let too_large = ForwardError::TooLarge {
         len,
         max: FORWARD_RECORD_MAX_BYTES,
-    })?;
-    out[..4].copy_from_slice(&len.to_be_bytes());
+    };
+    if len > FORWARD_RECORD_MAX_BYTES {
+        return Err(too_large);
+    }
+    let len = u32::try_from(len).map_err(|_| too_large)?;
+    batch.extend_from_slice(&len.to_be_bytes());
+    batch.extend_from_slice(&origin_us.to_be_bytes());
+    batch.extend_from_slice(&(groups.len() as u16).to_be_bytes());
+    for (filter, group) in groups {
+        for s in [filter, group] {
+            let n = u16::try_from(s.len()).unwrap_or(u16::MAX);
+            batch.extend_from_slice(&n.to_be_bytes());
+            batch.extend_from_slice(s.as_bytes().get(..usize::from(n)).unwrap_or_default());
+        }
+    }
+    batch.extend_from_slice(publish);
     Ok(())
 }
 
-/// One decoded record: the publish and how long ago its origin accepted it.
+/// Reads a u16-length-prefixed string of a record.
+fn take_string(record: &mut Bytes) -> Result<Arc<str>, ForwardError> {
+    if record.len() < 2 {
+        return Err(ForwardError::Truncated {
+            needed: 2,
+            left: record.len(),
+        });
+    }
+    let n = usize::from(record.get_u16());
+    if n > record.len() {
+        return Err(ForwardError::Truncated {
+            needed: n,
+            left: record.len(),
+        });
+    }
+    let bytes = record.split_to(n);
+    std::str::from_utf8(&bytes)
+        .map(Arc::from)
+        .map_err(|_| ForwardError::Decode("shared group name is not UTF-8".into()))
+}
+
+/// One decoded record: the publish, how long ago its origin accepted it, and the shared groups
+/// this node was picked for.
 #[derive(Debug)]
 pub struct ForwardedPublish {
     pub publish: Publish,
     pub origin_age: Duration,
+    pub groups: Vec<GroupPick>,
 }
 
 /// Reads every record of a batch. Records before a bad one are returned with the error.
@@ -109,7 +163,7 @@ pub fn decode_batch(
             });
         }
         let len = rest.get_u32() as usize;
-        if len < 8 || len > rest.len() {
+        if len < RECORD_HEADER_BYTES - 4 || len > rest.len() {
             return Err(ForwardError::Truncated {
                 needed: len,
                 left: rest.len(),
@@ -117,6 +171,13 @@ pub fn decode_batch(
         }
         let mut record = rest.split_to(len);
         let origin_us = record.get_u64();
+        let count = usize::from(record.get_u16()).min(RECORD_GROUPS_MAX);
+        let mut groups = Vec::new();
+        for _ in 0..count {
+            let filter = take_string(&mut record)?;
+            let group = take_string(&mut record)?;
+            groups.push((filter, group));
+        }
         let publish = match wire::decode(record, ProtocolVersion::V5) {
             Ok(Packet::Publish(publish)) => publish,
             Ok(other) => {
@@ -130,6 +191,7 @@ pub fn decode_batch(
         out.push(ForwardedPublish {
             publish,
             origin_age: Duration::from_micros(now_us.saturating_sub(origin_us)),
+            groups,
         });
     }
     Ok(())
@@ -168,9 +230,11 @@ mod tests {
             message("c", QoS::AtLeastOnce, true, b"one"),
             message("d/e/f", QoS::ExactlyOnce, false, b""),
         ];
-        for m in &sent {
-            encode_record(m, now, now_us, &mut scratch).expect("encodes");
-            batch.extend_from_slice(&scratch);
+        let pick: GroupPick = (Arc::from("d/+/f"), Arc::from("g1"));
+        for (i, m) in sent.iter().enumerate() {
+            let origin = encode_publish(m, now, now_us, &mut scratch).expect("encodes");
+            let groups: Vec<&GroupPick> = if i == 2 { vec![&pick] } else { vec![] };
+            append_record(&mut batch, origin, &groups, &scratch).expect("fits");
         }
         let mut got = Vec::new();
         decode_batch(Bytes::from(batch), now_us, &mut got).expect("decodes");
@@ -182,22 +246,27 @@ mod tests {
             assert_eq!(g.publish.payload, m.publish.payload);
             assert!(!g.publish.dup);
         }
+        assert!(got[0].groups.is_empty());
+        assert_eq!(got[2].groups, vec![pick]);
     }
 
     #[test]
     fn truncated_batch_is_an_error_not_a_panic() {
         let now = Instant::now();
         let mut scratch = BytesMut::new();
-        encode_record(
+        let origin = encode_publish(
             &message("a", QoS::AtLeastOnce, false, b"x"),
             now,
             1,
             &mut scratch,
         )
         .expect("encodes");
-        for cut in 0..scratch.len() {
+        let pick: GroupPick = (Arc::from("a"), Arc::from("g"));
+        let mut batch = Vec::new();
+        append_record(&mut batch, origin, &[&pick], &scratch).expect("fits");
+        for cut in 0..batch.len() {
             let mut got = Vec::new();
-            let result = decode_batch(Bytes::copy_from_slice(&scratch[..cut]), 1, &mut got);
+            let result = decode_batch(Bytes::copy_from_slice(&batch[..cut]), 1, &mut got);
             assert!(cut == 0 || result.is_err(), "cut at {cut} decoded");
         }
     }

@@ -38,7 +38,7 @@ use cluster_gossip::{
     ClusterConfig, ClusterEvent, ClusterNode, Generation, LinkCommand, LinkId, MembershipEvent,
     NodeId, RouteChange, RouteEntry, Secret,
 };
-use engine::message::PeerNode;
+use engine::message::{GroupPick, PeerNode};
 use engine::Engine;
 use tracing::{debug, error, info, warn};
 use wire::QoS;
@@ -278,23 +278,38 @@ impl ClusterRuntime {
             for f in &forwards {
                 let qos = f.message.publish.qos;
                 let mut scratch = std::mem::take(&mut io.scratch);
-                if let Err(error) = forward::encode_record(&f.message, now, now_us, &mut scratch) {
-                    debug!(%error, "publish not forwarded");
-                    *stats
-                        .dropped
-                        .entry((NodeId(0), ForwardDrop::TooLarge, qos as u8))
-                        .or_default() += 1;
-                    io.scratch = scratch;
-                    continue;
-                }
+                let encoded = forward::encode_publish(&f.message, now, now_us, &mut scratch);
+                let origin_us = match encoded {
+                    Ok(origin_us) => origin_us,
+                    Err(error) => {
+                        debug!(%error, "publish not forwarded");
+                        *stats
+                            .dropped
+                            .entry((NodeId(0), ForwardDrop::TooLarge, qos as u8))
+                            .or_default() += 1;
+                        io.scratch = scratch;
+                        continue;
+                    }
+                };
                 let wanted = f.nodes.iter().map(|n| NodeId(n.0));
                 let everyone = peers.iter().map(|(n, _)| *n);
-                let targets: smallvec::SmallVec<[NodeId; 8]> = if f.all_nodes {
+                let mut targets: smallvec::SmallVec<[NodeId; 8]> = if f.all_nodes {
                     everyone.collect()
                 } else {
                     wanted.collect()
                 };
+                for (node, _) in &f.shared {
+                    if !targets.contains(&NodeId(node.0)) {
+                        targets.push(NodeId(node.0));
+                    }
+                }
                 for to in targets {
+                    let groups: smallvec::SmallVec<[&GroupPick; 2]> = f
+                        .shared
+                        .iter()
+                        .filter(|(n, _)| n.0 == to.0)
+                        .map(|(_, g)| g)
+                        .collect();
                     let link = peers.iter().find(|(n, _)| *n == to).map(|(_, l)| *l);
                     let verdict = match link.and_then(|l| io.links.get(&l)) {
                         None => Err(ForwardDrop::NoLink),
@@ -304,15 +319,27 @@ impl ClusterRuntime {
                         *stats.dropped.entry((to, reason, qos as u8)).or_default() += 1;
                         continue;
                     }
+                    let group_bytes: usize =
+                        groups.iter().map(|(f, g)| 4 + f.len() + g.len()).sum();
+                    let record_len = forward::RECORD_HEADER_BYTES + group_bytes + scratch.len();
                     let batch = io.batches.entry(to).or_default();
-                    if batch.bytes.len() + scratch.len() > forward::FORWARD_BATCH_MAX_BYTES {
+                    if batch.bytes.len() + record_len > forward::FORWARD_BATCH_MAX_BYTES {
                         let full = std::mem::take(batch);
                         send_batch(&mut node, &mut stats, to, full);
                     }
                     let batch = io.batches.entry(to).or_default();
-                    batch.bytes.extend_from_slice(&scratch);
-                    batch.messages += 1;
-                    batch.qos = batch.qos.max(qos as u8);
+                    match forward::append_record(&mut batch.bytes, origin_us, &groups, &scratch) {
+                        Ok(()) => {
+                            batch.messages += 1;
+                            batch.qos = batch.qos.max(qos as u8);
+                        }
+                        Err(_) => {
+                            *stats
+                                .dropped
+                                .entry((to, ForwardDrop::TooLarge, qos as u8))
+                                .or_default() += 1;
+                        }
+                    }
                 }
                 io.scratch = scratch;
             }
@@ -391,19 +418,17 @@ impl ClusterRuntime {
             let mut engine = ctx.engine.borrow_mut();
             let mut stats = self.stats.borrow_mut();
             for (origin, change) in changes {
-                // Shared groups are exported but not routed across nodes yet (see docs).
-                let (RouteChange::Add(RouteEntry::Filter(filter))
-                | RouteChange::Remove(RouteEntry::Filter(filter))) = &change
-                else {
-                    continue;
-                };
                 let present = matches!(change, RouteChange::Add(_));
+                let (filter, group) = match change.entry() {
+                    RouteEntry::Filter(filter) => (filter.as_str().into(), None),
+                    RouteEntry::Shared { group, filter } => {
+                        (filter.as_str().into(), Some(group.as_str().into()))
+                    }
+                };
                 stats.route_changes_applied += 1;
-                engine.state.apply_remote_route(
-                    PeerNode(origin.0),
-                    filter.as_str().into(),
-                    present,
-                );
+                engine
+                    .state
+                    .apply_remote_route(PeerNode(origin.0), filter, group, present);
             }
             touched_engine = true;
         }
@@ -441,7 +466,12 @@ impl ClusterRuntime {
                 drop(stats);
                 let mut engine = ctx.engine.borrow_mut();
                 for record in records {
-                    engine.publish_from_peer(record.publish, record.origin_age, now);
+                    engine.publish_from_peer(
+                        record.publish,
+                        record.origin_age,
+                        &record.groups,
+                        now,
+                    );
                 }
                 true
             }

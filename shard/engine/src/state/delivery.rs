@@ -1,5 +1,6 @@
 use super::routes::pick_shard;
 use super::*;
+use crate::message::GroupPick;
 
 /// Several overlapping subscriptions of one session merged into one delivery: the highest QoS,
 /// retain-as-published if any asked, every subscription identifier, no-local only if all asked.
@@ -109,15 +110,16 @@ impl ShardState {
     /// Returns the number of subscriptions matched here plus shards it was sent to (0 = no
     /// matching subscribers, for v5 PUBACK 0x10).
     pub fn publish(&mut self, message: Arc<Message>, now: Instant) -> usize {
-        self.route_publish(message, true, now)
+        self.route_publish(message, None, now)
     }
 
-    /// [`ShardState::publish`]; `to_cluster` is false for a publish a peer node forwarded (it
-    /// crosses one peer link at most).
+    /// [`ShardState::publish`]. `from_peer` is set for a publish a peer node forwarded: it goes
+    /// to local normal subscribers and only to the shared groups the peer picked this node for,
+    /// and never to a peer again (it crosses one peer link at most).
     pub(super) fn route_publish(
         &mut self,
         message: Arc<Message>,
-        to_cluster: bool,
+        from_peer: Option<&[GroupPick]>,
         now: Instant,
     ) -> usize {
         if message.publish.retain {
@@ -136,6 +138,11 @@ impl ShardState {
         self.routes.for_each_match(topic.as_str(), |entry| {
             remote |= entry.shards & !bit(me);
             for g in &entry.groups {
+                if let (Some(named), Some(filter)) = (from_peer, &entry.filter) {
+                    if !named.iter().any(|(f, n)| f == filter && *n == g.group) {
+                        continue;
+                    }
+                }
                 if let Some(shard) = pick_shard(g.shards, &g.next) {
                     if let Some(filter) = &entry.filter {
                         picks.push((
@@ -180,8 +187,12 @@ impl ShardState {
             self.remember(&message, remote, now);
         }
         matched += self.deliver_local(&message, true, &local_picks, now);
-        if to_cluster {
-            matched += self.forward_to_cluster(&message);
+        if from_peer.is_none() {
+            let here: SmallVec<[GroupPick; 2]> = picks
+                .iter()
+                .map(|(_, p)| (p.filter.clone(), p.group.clone()))
+                .collect();
+            matched += self.forward_to_cluster(&message, &here);
         }
         if matched == 0 {
             self.counters

@@ -9,17 +9,44 @@
 //! crosses at most one peer link.
 
 use super::*;
-use crate::message::{ClusterForward, PeerNode};
+use crate::message::{ClusterForward, GroupPick, PeerNode};
 
 /// Publishes waiting on shard 0 for the runtime to take them at the end of its turn. The runtime
 /// drains the queue every turn, so it only fills when other shards hand over more than this in
 /// one turn; beyond it a forward is dropped and counted (`reason="cross_shard_full"`).
 pub const CLUSTER_FORWARDS_MAX: usize = 65_536;
 
-/// Which peer nodes have a plain subscriber for one filter.
+/// Which peer nodes have a plain subscriber for one filter, and which have members of each
+/// shared group on it.
 #[derive(Debug, Default)]
 pub struct RemoteInterest {
     pub nodes: SmallVec<[PeerNode; 4]>,
+    pub groups: Vec<RemoteGroup>,
+}
+
+/// A shared group's members on peer nodes (presence per node; member counts stay local).
+#[derive(Debug)]
+pub struct RemoteGroup {
+    pub filter: Arc<str>,
+    pub group: Arc<str>,
+    pub nodes: SmallVec<[PeerNode; 4]>,
+    /// Round-robin cursor over `nodes`.
+    pub next: Cell<u32>,
+}
+
+/// Adds or removes `node` in a list that holds each node once. True if the list changed.
+fn set_node(nodes: &mut SmallVec<[PeerNode; 4]>, node: PeerNode, present: bool) -> bool {
+    match (nodes.iter().position(|n| *n == node), present) {
+        (None, true) => {
+            nodes.push(node);
+            true
+        }
+        (Some(pos), false) => {
+            nodes.swap_remove(pos);
+            true
+        }
+        _ => false,
+    }
 }
 
 /// A 0<->1 change of this node's interest in a filter (or a shared group on it), for export.
@@ -91,25 +118,62 @@ impl ShardState {
 
     /// Applies a peer node's interest change here; on shard 0 also passes it to every other
     /// shard (route messages are never dropped).
-    pub fn apply_remote_route(&mut self, node: PeerNode, filter: Arc<str>, present: bool) {
+    pub fn apply_remote_route(
+        &mut self,
+        node: PeerNode,
+        filter: Arc<str>,
+        group: Option<Arc<str>>,
+        present: bool,
+    ) {
         let Some(cluster) = self.cluster.as_deref_mut() else {
             return;
         };
-        if present {
+        let changed = if present {
             let entry = cluster
                 .remote
                 .get_or_insert_with(&filter, RemoteInterest::default);
-            if !entry.nodes.contains(&node) {
-                entry.nodes.push(node);
-                cluster.remote_filters += 1;
+            match &group {
+                None => set_node(&mut entry.nodes, node, true),
+                Some(name) => match entry.groups.iter_mut().find(|g| g.group == *name) {
+                    Some(g) => set_node(&mut g.nodes, node, true),
+                    None => {
+                        let mut nodes = SmallVec::new();
+                        nodes.push(node);
+                        entry.groups.push(RemoteGroup {
+                            filter: filter.clone(),
+                            group: name.clone(),
+                            nodes,
+                            next: Cell::new(0),
+                        });
+                        true
+                    }
+                },
             }
         } else if let Some(entry) = cluster.remote.get_mut(&filter) {
-            if let Some(pos) = entry.nodes.iter().position(|n| *n == node) {
-                entry.nodes.swap_remove(pos);
-                cluster.remote_filters = cluster.remote_filters.saturating_sub(1);
-            }
-            if entry.nodes.is_empty() {
+            let changed = match &group {
+                None => set_node(&mut entry.nodes, node, false),
+                Some(name) => {
+                    let changed = entry
+                        .groups
+                        .iter_mut()
+                        .find(|g| g.group == *name)
+                        .is_some_and(|g| set_node(&mut g.nodes, node, false));
+                    entry.groups.retain(|g| !g.nodes.is_empty());
+                    changed
+                }
+            };
+            if entry.nodes.is_empty() && entry.groups.is_empty() {
                 cluster.remote.remove(&filter);
+            }
+            changed
+        } else {
+            false
+        };
+        if changed {
+            if present {
+                cluster.remote_filters += 1;
+            } else {
+                cluster.remote_filters = cluster.remote_filters.saturating_sub(1);
             }
         }
         if self.id == 0 {
@@ -119,6 +183,7 @@ impl ShardState {
                     ShardMsg::RemoteRoute {
                         node,
                         filter: filter.clone(),
+                        group: group.clone(),
                         present,
                     },
                 );
@@ -127,8 +192,14 @@ impl ShardState {
     }
 
     /// A publish accepted on this node: hands it to shard 0 for the peer nodes that want it (and
-    /// for every peer when it is retained). Returns how many peer nodes matched.
-    pub(super) fn forward_to_cluster(&mut self, message: &Arc<Message>) -> usize {
+    /// for every peer when it is retained). A shared group with no member on this node (not in
+    /// `here`, the groups this node delivered to) is given to one peer node with members.
+    /// Returns how many peer nodes matched.
+    pub(super) fn forward_to_cluster(
+        &mut self,
+        message: &Arc<Message>,
+        here: &[GroupPick],
+    ) -> usize {
         let Some(cluster) = self.cluster.as_deref() else {
             return 0;
         };
@@ -137,6 +208,7 @@ impl ShardState {
             return 0;
         }
         let mut nodes: SmallVec<[PeerNode; 4]> = SmallVec::new();
+        let mut shared: SmallVec<[(PeerNode, GroupPick); 1]> = SmallVec::new();
         cluster
             .remote
             .for_each_match(message.publish.topic.as_str(), |entry| {
@@ -145,15 +217,26 @@ impl ShardState {
                         nodes.push(*node);
                     }
                 }
+                for g in &entry.groups {
+                    if here.iter().any(|(f, n)| *f == g.filter && *n == g.group) {
+                        continue; // delivered to a member on this node
+                    }
+                    let n = g.next.get();
+                    g.next.set(n.wrapping_add(1));
+                    if let Some(node) = g.nodes.get(n as usize % g.nodes.len().max(1)) {
+                        shared.push((*node, (g.filter.clone(), g.group.clone())));
+                    }
+                }
             });
         let all_nodes = message.publish.retain;
-        if nodes.is_empty() && !all_nodes {
+        if nodes.is_empty() && shared.is_empty() && !all_nodes {
             return 0;
         }
-        let matched = nodes.len();
+        let matched = nodes.len() + shared.len();
         let forward = ClusterForward {
             message: message.clone(),
             nodes,
+            shared,
             all_nodes,
         };
         if self.id == 0 {
@@ -198,9 +281,15 @@ impl ShardState {
         self.cluster.as_deref().map_or(0, |c| c.remote_filters)
     }
 
-    /// A publish forwarded by a peer node: retained store, local shards' subscribers; never
-    /// forwarded to a peer again.
-    pub fn publish_from_peer(&mut self, message: Arc<Message>, now: Instant) -> usize {
-        self.route_publish(message, false, now)
+    /// A publish forwarded by a peer node: retained store, local shards' normal subscribers and
+    /// the shared groups in `groups` (the peer picked this node for them); never forwarded to a
+    /// peer again.
+    pub fn publish_from_peer(
+        &mut self,
+        message: Arc<Message>,
+        groups: &[GroupPick],
+        now: Instant,
+    ) -> usize {
+        self.route_publish(message, Some(groups), now)
     }
 }
