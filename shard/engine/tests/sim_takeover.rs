@@ -276,6 +276,7 @@ fn connection_meta_travels_with_a_hand_off() {
             common_name: Some(id.clone()),
             ..Default::default()
         }),
+        ..Default::default()
     };
     let c = sim.open(0);
     sim.set_meta(c, meta.clone());

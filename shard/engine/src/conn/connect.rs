@@ -47,7 +47,7 @@ impl Conn {
             }
         };
         let all = std::mem::take(&mut self.partial).freeze();
-        let connect = match wire::decode(all.slice(..frame_len), ProtocolVersion::V3_1_1) {
+        let mut connect = match wire::decode(all.slice(..frame_len), ProtocolVersion::V3_1_1) {
             Ok(Packet::Connect(c)) => c,
             Ok(_) => {
                 // [MQTT-3.1.0-1] the first packet must be CONNECT.
@@ -74,6 +74,12 @@ impl Conn {
             // accepting while over its rate; refusing keeps the accept queue from filling.)
             return self.close_unattached();
         }
+        // Before the home shard is chosen: a certificate's client id decides where it lives.
+        if let Err(code) = self.apply_identity(&mut connect) {
+            debug!(client_id = %connect.client_id.as_str(), reason = ?code, "certificate identity refused");
+            refuse(sh.out, code, connect.protocol);
+            return self.close_unattached();
+        }
         if !connect.client_id.is_empty() {
             let home = home_shard(connect.client_id.as_str(), sh.state.shard_count);
             if home != sh.state.id && !handed_off {
@@ -92,6 +98,40 @@ impl Conn {
         self.partial.extend_from_slice(&all[frame_len..]);
         self.phase = Phase::Live;
         self.drive_live(sh, now)
+    }
+
+    /// Replaces username and client id by the verified certificate's names as the listener's
+    /// [`IdentityMapping`](crate::IdentityMapping) says (Mosquitto's `use_identity_as_username`:
+    /// no certificate name refuses as bad credentials); the refusal's reason code otherwise.
+    fn apply_identity(&self, connect: &mut Connect) -> Result<(), ReasonCode> {
+        let Some(meta) = self.meta.as_deref() else {
+            return Ok(());
+        };
+        let mapping = meta.mapping;
+        if mapping.is_none() {
+            return Ok(());
+        }
+        let empty = crate::PeerIdentity::default();
+        let identity = meta.identity.as_ref().unwrap_or(&empty);
+        if mapping.as_username != crate::IdentitySource::None {
+            let name = mapping
+                .as_username
+                .pick(identity)
+                .ok_or(ReasonCode::BadUserNameOrPassword)?;
+            connect.username = Some(Utf8Bytes::from(name));
+        }
+        if mapping.as_client_id != crate::IdentitySource::None {
+            let name = mapping
+                .as_client_id
+                .pick(identity)
+                .ok_or(ReasonCode::ClientIdentifierNotValid)?;
+            let differs = !connect.client_id.is_empty() && connect.client_id.as_str() != name;
+            if differs && mapping.require_client_id_match {
+                return Err(ReasonCode::ClientIdentifierNotValid);
+            }
+            connect.client_id = Utf8Bytes::from(name);
+        }
+        Ok(())
     }
 
     /// Answers a CONNECT that could not be decoded: a CONNACK where the spec asks for one.
