@@ -16,9 +16,14 @@ pub const EMBEDDED_DEFAULT: &str = include_str!("../ringmq.toml");
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// MQTT listeners (TCP). Each shard binds each with SO_REUSEPORT.
-    #[serde(default = "default_listen")]
+    /// Plain MQTT/TCP listeners. Each shard binds each with SO_REUSEPORT. Absent (or empty)
+    /// with no `[[listener]]` either: `0.0.0.0:1883`.
+    #[serde(default)]
     pub listen: Vec<SocketAddr>,
+    /// `[[listener]]`: TCP, TLS, WebSocket listeners, with PROXY protocol if asked (see
+    /// `examples/secure.toml`; the keys are `shard::edge::ListenerConfig`'s).
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<shard::edge::ListenerConfig>,
     /// Number of shards (one executor thread each). 0 = one per CPU core.
     #[serde(default)]
     pub shards: u16,
@@ -239,7 +244,11 @@ impl Config {
     /// Parses and validates a configuration text. `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> anyhow::Result<Config> {
         // toml's message names the key (or the unknown one) and shows the line.
-        let config: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+        let mut config: Config =
+            toml::from_str(text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+        if config.listen.is_empty() && config.listeners.is_empty() {
+            config.listen = default_listen();
+        }
         config
             .validate()
             .with_context(|| format!("{origin}: invalid configuration"))?;
@@ -253,9 +262,11 @@ impl Config {
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
-        if self.listen.is_empty() {
-            bail!("listen: at least one address is needed");
+        if self.listen.is_empty() && self.listeners.is_empty() {
+            bail!("listen: at least one address (or a [[listener]]) is needed");
         }
+        // Loads the certificate files too, so `--check-config` finds a bad PEM.
+        crate::listeners::build(self)?;
         if self.listen_backlog == 0 {
             bail!("listen_backlog: must be at least 1");
         }
@@ -386,6 +397,62 @@ addresses = ["10.0.0.0/8", "2001:db8::1"]
         let text = "[bridge.kafka]\nbootstrap_servers = \"127.0.0.1:9092\"\n[[bridge.kafka.rule]]\nfilter = \"a/#\"\nkafka_topic = \"t\"\nkey = \"vin\"\n";
         let err = Config::parse(text, "t.toml").unwrap_err();
         assert!(format!("{err:#}").contains("key"), "{err:#}");
+    }
+
+    fn listener_error(text: &str) -> String {
+        format!("{:#}", Config::parse(text, "t.toml").unwrap_err())
+    }
+
+    #[test]
+    fn listener_entries_parse_and_plain_listen_stays() {
+        let c = Config::parse(
+            "[[listener]]\nkind = \"ws\"\naddr = \"127.0.0.1:0\"\n[[listener]]\nkind = \"tcp\"\naddr = \"127.0.0.1:0\"\nproxy_protocol = \"v2\"\ntrusted_proxies = [\"127.0.0.1\", \"10.0.0.0/8\"]\n",
+            "t.toml",
+        )
+        .expect("parses");
+        assert!(
+            c.listen.is_empty(),
+            "no default plain listener beside [[listener]]"
+        );
+        let built = crate::listeners::build(&c).expect("builds");
+        assert_eq!(built[0].ws_path.as_deref(), Some("/mqtt"));
+        assert!(built[1].proxy.is_some());
+        let c = Config::parse("listen = [\"127.0.0.1:0\"]\n[[listener]]\nkind = \"ws\"\naddr = \"127.0.0.1:0\"\npath = \"/ws\"\n", "t.toml").expect("parses");
+        assert_eq!(c.listen.len(), 1);
+    }
+
+    #[test]
+    fn bad_listener_is_named() {
+        let text = listener_error("[[listener]]\nkind = \"quic\"\naddr = \"127.0.0.1:0\"\n");
+        assert!(text.contains("kind") && text.contains("quic"), "{text}");
+        let text = listener_error("[[listener]]\nkind = \"tls\"\naddr = \"127.0.0.1:0\"\n");
+        assert!(text.contains("listener[0].tls"), "{text}");
+        let text = listener_error("[[listener]]\nkind = \"tls\"\naddr = \"127.0.0.1:0\"\n[listener.tls]\ncert_file = \"/nonexistent/c.pem\"\nkey_file = \"/nonexistent/k.pem\"\n");
+        assert!(text.contains("listener[0].tls.cert_file"), "{text}");
+        let text = listener_error(
+            "[[listener]]\nkind = \"tcp\"\naddr = \"127.0.0.1:0\"\nproxy_protocol = \"v1\"\n",
+        );
+        assert!(text.contains("listener[0].trusted_proxies"), "{text}");
+        let text = listener_error("[[listener]]\nkind = \"tcp\"\naddr = \"127.0.0.1:0\"\nproxy_protocol = \"v1\"\ntrusted_proxies = [\"10.0.0.0/40\"]\n");
+        assert!(text.contains("listener[0].trusted_proxies[0]"), "{text}");
+        let text = listener_error(
+            "[[listener]]\nkind = \"tcp\"\naddr = \"127.0.0.1:0\"\npath = \"/mqtt\"\n",
+        );
+        assert!(text.contains("listener[0].path"), "{text}");
+        let text = listener_error(
+            "[[listener]]\nkind = \"tcp\"\naddr = \"127.0.0.1:0\"\nproxy = \"v1\"\n",
+        );
+        assert!(text.contains("proxy"), "{text}");
+        let dir = std::env::temp_dir().join(format!("ringmq-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let bad = dir.join("bad.pem");
+        std::fs::write(&bad, "not a pem\n").expect("write");
+        let text = listener_error(&format!("[[listener]]\nkind = \"wss\"\naddr = \"127.0.0.1:0\"\n[listener.tls]\ncert_file = {:?}\nkey_file = {:?}\n", bad, bad));
+        assert!(
+            text.contains("listener[0].tls.cert_file") && text.contains("no PEM"),
+            "{text}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

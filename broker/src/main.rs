@@ -5,6 +5,7 @@
 
 mod config;
 mod limits;
+mod listeners;
 mod metrics_http;
 
 use std::net::SocketAddr;
@@ -88,6 +89,7 @@ fn run() -> anyhow::Result<()> {
         config.log.format = f.clone();
     }
     config.validate()?;
+    let listeners = listeners::build(&config)?;
     if args.check_config {
         println!("configuration ok");
         return Ok(());
@@ -167,6 +169,7 @@ fn run() -> anyhow::Result<()> {
     let broker = shard::start(
         shard::RuntimeConfig {
             listen: config.listen.clone(),
+            listeners: listeners.clone(),
             shards,
             pin: config.pin_shards,
             listen_backlog: config.listen_backlog,
@@ -178,6 +181,12 @@ fn run() -> anyhow::Result<()> {
     )?;
     for addr in &broker.local_addrs {
         info!(addr = %addr, shards, "ringmq listening");
+    }
+    // Machine-readable lines for the `[[listener]]` entries (port 0 resolved), before the
+    // `listening` line tests and scripts wait for.
+    let plain = config.listen.len();
+    for (listener, addr) in listeners.iter().zip(broker.local_addrs.iter().skip(plain)) {
+        println!("listener {} {addr}", listener.kind.as_str());
     }
     // Machine-readable line for tests and scripts that start on port 0.
     if let Some(addr) = broker.local_addrs.first() {

@@ -9,7 +9,8 @@
 //! engine's messages); the Kafka bridge glue ([`bridge`]); publishing the shards' counters into
 //! the process's metrics recorder ([`metrics`]); closing sockets the engine's admission refuses
 //! at accept ([`overload`]); on shard 0 of a clustered broker, the cluster node's sockets, peer
-//! links and forwarding ([`cluster`]).
+//! links and forwarding ([`cluster`]); the byte-stream layer of `[[listener]]`s ([`edge`]:
+//! PROXY protocol, TLS with rustls, WebSocket) between the ring and the engine.
 //!
 //! **Must not touch**: MQTT behaviour (the engine's, in `shard/engine`), configuration parsing
 //! or logging setup (the `broker` binary's), another shard's state (only batches cross).
@@ -20,6 +21,7 @@
 
 pub mod bridge;
 pub mod cluster;
+pub mod edge;
 pub mod metrics;
 pub mod overload;
 pub mod reload;

@@ -38,7 +38,7 @@ pub fn accept(
                 ConnMeta {
                     peer,
                     listener,
-                    identity: None,
+                    ..Default::default()
                 },
             );
         }

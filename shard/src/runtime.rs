@@ -62,7 +62,10 @@ const SHUTDOWN_DRAIN: Duration = Duration::from_secs(3);
 /// Everything a shard needs to start.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
+    /// Plain TCP listeners (listener ids `0..listen.len()`).
     pub listen: Vec<SocketAddr>,
+    /// `[[listener]]` entries (TLS, WebSocket, PROXY protocol), ids following `listen`'s.
+    pub listeners: Vec<crate::edge::Listener>,
     pub shards: u16,
     /// Pin shard i to CPU i (when there are that many CPUs).
     pub pin: bool,
@@ -83,6 +86,8 @@ pub struct HandOff {
     pub since: Instant,
     /// The connection's transport facts (`Output::HandOff::meta`).
     pub meta: Option<Box<engine::ConnMeta>>,
+    /// Its TLS/WebSocket state, with raw bytes received during the detach.
+    pub edge: Option<Box<crate::edge::Layer>>,
 }
 
 /// What one shard sends another per loop turn: the engine's messages and handed-off sockets
@@ -100,6 +105,7 @@ struct Detaching {
     buffered: BytesMut,
     since: Instant,
     meta: Option<Box<engine::ConnMeta>>,
+    edge: Option<Box<crate::edge::Layer>>,
 }
 
 /// Which ring connection serves which engine connection.
@@ -142,6 +148,8 @@ pub struct ShardCtx {
     pub engine: RefCell<Engine>,
     ring: RefCell<Ring>,
     links: RefCell<Links>,
+    /// TLS, WebSocket and PROXY layers of the connections that have one.
+    edge: RefCell<crate::edge::Edge>,
     /// Batches received from other shards, applied at the start of the next turn.
     inbox: RefCell<Vec<Batch>>,
     /// Set when another task gave the engine work (a batch, a Kafka answer, `$SYS`).
@@ -259,7 +267,13 @@ pub fn start(
     // Resolve port 0 once, so every shard binds the same port.
     let mut listen = Vec::new();
     let mut first_listeners = Vec::new();
-    for addr in &config.listen {
+    let addrs: Vec<SocketAddr> = config
+        .listen
+        .iter()
+        .copied()
+        .chain(config.listeners.iter().map(|l| l.addr))
+        .collect();
+    for addr in &addrs {
         ensure_address_free(*addr)?;
         let l = bind_listener(*addr, config.listen_backlog).map_err(|source| ShardError::Bind {
             addr: *addr,
@@ -289,6 +303,8 @@ pub fn start(
         }
     }
     let shutdown = Arc::new(AtomicBool::new(false));
+    crate::edge::tls::spawn_reloader(&config.listeners, shutdown.clone())
+        .map_err(|e| ShardError::Runtime(format!("cannot start the tls reloader: {e}")))?;
     let started = Arc::new(AtomicU16::new(0));
     let failed: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
     let cpus = std::thread::available_parallelism()
@@ -436,6 +452,10 @@ async fn run_shard(setup: ShardSetup) {
             handoffs: (0..setup.count).map(|_| Vec::new()).collect(),
             ..Links::default()
         }),
+        edge: RefCell::new(crate::edge::Edge::new(
+            setup.config.listen.len(),
+            &setup.config.listeners,
+        )),
         inbox: RefCell::new(Vec::new()),
         kicked: Cell::new(false),
         loop_waker: Cell::new(None),
@@ -533,6 +553,7 @@ fn turn(ctx: &ShardCtx, tx: &[Option<ConnectedSender<Batch>>], now: Instant) {
     let mut engine = ctx.engine.borrow_mut();
     let mut ring = ctx.ring.borrow_mut();
     let mut links = ctx.links.borrow_mut();
+    let mut edge = ctx.edge.borrow_mut();
     ctx.kicked.set(false);
     // 1. Other shards first: their route changes precede this turn's publishes.
     let inbox = std::mem::take(&mut *ctx.inbox.borrow_mut());
@@ -544,7 +565,10 @@ fn turn(ctx: &ShardCtx, tx: &[Option<ConnectedSender<Batch>>], now: Instant) {
                 engine.set_meta(conn, *meta);
             }
             match ring.add_conn(h.fd, conn.to_u64()) {
-                Ok(key) => links.insert(conn, key),
+                Ok(key) => {
+                    links.insert(conn, key);
+                    edge.adopt(conn, h.edge, &mut engine, now);
+                }
                 Err(err) => {
                     warn!(error = %err, "cannot serve a handed-off connection");
                     engine.handle_closed(conn, now);
@@ -558,9 +582,12 @@ fn turn(ctx: &ShardCtx, tx: &[Option<ConnectedSender<Batch>>], now: Instant) {
         Event::Accepted { listener, fd } => accepted.push((listener, fd)),
         Event::Received { user, data } => {
             if let Some(d) = links.detaching.get_mut(&user) {
-                d.buffered.extend_from_slice(data);
+                match d.edge.as_mut() {
+                    Some(layer) => layer.stash(data),
+                    None => d.buffered.extend_from_slice(data),
+                }
             } else {
-                engine.handle_input(ConnId::from_u64(user), data, now);
+                edge.input(ConnId::from_u64(user), data, &mut engine, now);
             }
         }
         Event::Sent { user, queued_bytes } => {
@@ -573,6 +600,7 @@ fn turn(ctx: &ShardCtx, tx: &[Option<ConnectedSender<Batch>>], now: Instant) {
             links.detaching.remove(&user);
             let conn = ConnId::from_u64(user);
             links.remove(conn);
+            edge.closed(conn);
             engine.handle_closed(conn, now);
         }
         Event::Detached { user, fd } => {
@@ -583,6 +611,7 @@ fn turn(ctx: &ShardCtx, tx: &[Option<ConnectedSender<Batch>>], now: Instant) {
                         buffered: d.buffered.freeze(),
                         since: d.since,
                         meta: d.meta,
+                        edge: d.edge,
                     });
                 }
             }
@@ -593,6 +622,11 @@ fn turn(ctx: &ShardCtx, tx: &[Option<ConnectedSender<Batch>>], now: Instant) {
         let Some((conn, fd)) = crate::overload::accept(&mut engine, listener, fd, now) else {
             continue;
         };
+        // False: refused before any byte (PROXY protocol from an untrusted peer); fd dropped.
+        if !edge.accepted(listener, &fd, conn, &mut engine, now) {
+            engine.handle_closed(conn, now);
+            continue;
+        }
         match ring.add_conn(fd, conn.to_u64()) {
             Ok(key) => links.insert(conn, key),
             Err(err) => {
@@ -608,11 +642,13 @@ fn turn(ctx: &ShardCtx, tx: &[Option<ConnectedSender<Batch>>], now: Instant) {
     if engine.poll_timeout().is_some_and(|at| at <= now) {
         engine.handle_timeout(now);
     }
+    edge.handle_timeouts(now);
+    edge.flush(&mut ring, |conn| links.get(conn));
     // 4. Every connection with work, once.
     engine.process(now);
     // 5. Its outputs.
     while let Some(output) = engine.poll_output() {
-        apply_output(&mut ring, &mut links, output);
+        apply_output(&mut ring, &mut links, &mut edge, output);
     }
     if let Some(cluster) = &ctx.cluster {
         cluster.after_turn(&mut engine, now);
@@ -642,18 +678,17 @@ fn turn(ctx: &ShardCtx, tx: &[Option<ConnectedSender<Batch>>], now: Instant) {
     }
 }
 
-fn apply_output(ring: &mut Ring, links: &mut Links, output: Output) {
+fn apply_output(ring: &mut Ring, links: &mut Links, edge: &mut crate::edge::Edge, output: Output) {
     match output {
         Output::Transmit { conn, data } => {
-            let Some(key) = links.get(conn) else { return };
-            if let Err(err) = ring.send(key, data) {
-                // Bounded well above the engine's own transport bound: only a dead socket.
-                debug!(error = %err, "send refused; closing");
-                ring.close_now(key);
+            // Framed and encrypted for layered connections; a refused send closes.
+            if let Some(key) = links.get(conn) {
+                edge.transmit(ring, key, conn, data);
             }
         }
         Output::Close { conn } => {
             if let Some(key) = links.get(conn) {
+                edge.closing(ring, key, conn);
                 ring.close(key);
             }
         }
@@ -680,6 +715,7 @@ fn apply_output(ring: &mut Ring, links: &mut Links, output: Output) {
                     buffered: BytesMut::from(&buffered[..]),
                     since,
                     meta,
+                    edge: edge.take(conn),
                 };
                 links.detaching.insert(conn.to_u64(), d);
                 ring.detach(key);
@@ -757,6 +793,7 @@ async fn sys_loop(ctx: Rc<ShardCtx>, interval_secs: u32) {
 async fn metrics_loop(ctx: Rc<ShardCtx>) {
     let id = ctx.engine.borrow().id();
     let mut exporter = Exporter::new(id);
+    let mut edge_exporter = crate::edge::EdgeExporter::new(id);
     let mut last_runtime = glommio::executor().executor_stats().total_runtime();
     let mut last_at = Instant::now();
     loop {
@@ -784,5 +821,8 @@ async fn metrics_loop(ctx: Rc<ShardCtx>) {
         };
         exporter.publish(&state.counters, gauges, ring);
         exporter.publish_admission(engine.admission(), now);
+        if let Ok(edge) = ctx.edge.try_borrow() {
+            edge_exporter.publish(&edge.counters);
+        }
     }
 }

@@ -105,6 +105,7 @@ fn heap_per_idle_connection_with_one_subscription() {
     const WARM: usize = 200;
     const N: usize = 4000;
     let config = ringmq_shard::runtime::RuntimeConfig {
+        listeners: Vec::new(),
         listen: vec!["127.0.0.1:0".parse().unwrap()],
         shards: 1,
         pin: false,
