@@ -67,6 +67,8 @@ pub struct BrokerProcess {
     child: Option<Child>,
     pub addr: SocketAddr,
     pub port: u16,
+    /// `[[listener]]` entries as the broker printed them (`listener KIND ADDR`), in order.
+    pub listeners: Vec<(String, SocketAddr)>,
     log_path: PathBuf,
     config_path: Option<PathBuf>,
 }
@@ -86,7 +88,27 @@ impl BrokerProcess {
         Self::spawn(extra, Some(path))
     }
 
+    /// Like [`BrokerProcess::start_with_config`] with `RUST_LOG` set to `log_filter` (e.g.
+    /// `info,ringmq_shard::edge=debug`), for tests that read a debug line from the log.
+    pub fn start_with_config_logging(
+        config: &str,
+        extra: &[&str],
+        log_filter: &str,
+    ) -> BrokerProcess {
+        let path = std::env::temp_dir().join(format!("{}.toml", unique("ringmq-test-config")));
+        std::fs::write(&path, config).expect("write temp config");
+        Self::spawn_with(extra, Some(path), Some(log_filter))
+    }
+
     fn spawn(extra: &[&str], config_path: Option<PathBuf>) -> BrokerProcess {
+        Self::spawn_with(extra, config_path, None)
+    }
+
+    fn spawn_with(
+        extra: &[&str],
+        config_path: Option<PathBuf>,
+        log_filter: Option<&str>,
+    ) -> BrokerProcess {
         let bin = broker_bin();
         assert!(
             bin.exists(),
@@ -106,7 +128,9 @@ impl BrokerProcess {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log));
-        if std::env::var_os("RUST_LOG").is_none() {
+        if let Some(filter) = log_filter {
+            command.env("RUST_LOG", filter);
+        } else if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", "info");
         }
         let mut child = command.spawn().expect("spawn ringmq");
@@ -120,10 +144,19 @@ impl BrokerProcess {
             }
         });
         let deadline = Instant::now() + START_TIMEOUT;
+        let mut listeners = Vec::new();
         let addr = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
+                    if let Some(rest) = line.strip_prefix("listener ") {
+                        let mut parts = rest.split_whitespace();
+                        if let (Some(kind), Some(Ok(a))) =
+                            (parts.next(), parts.next().map(str::parse::<SocketAddr>))
+                        {
+                            listeners.push((kind.to_owned(), a));
+                        }
+                    }
                     if let Some(addr) = line.strip_prefix("listening ") {
                         break addr
                             .trim()
@@ -145,6 +178,7 @@ impl BrokerProcess {
             child: Some(child),
             addr,
             port: addr.port(),
+            listeners,
             log_path,
             config_path,
         }
@@ -159,6 +193,32 @@ impl BrokerProcess {
                 read_tail(&self.log_path)
             );
         }
+    }
+
+    /// The address of the `n`th `[[listener]]` of `kind` (0-based), as the broker bound it.
+    pub fn listener(&self, kind: &str, n: usize) -> SocketAddr {
+        self.listeners
+            .iter()
+            .filter(|(k, _)| k == kind)
+            .nth(n)
+            .map(|(_, a)| *a)
+            .unwrap_or_else(|| panic!("no {kind} listener #{n} in {:?}", self.listeners))
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGHUP`) to the broker.
+    pub fn signal(&self, signal: libc::c_int) {
+        let child = self.child.as_ref().expect("broker process");
+        if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+            // SAFETY: kill(2) on the pid of our own child, which has not been reaped yet.
+            unsafe {
+                libc::kill(pid, signal);
+            }
+        }
+    }
+
+    /// The whole log (stderr) so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
     /// The last lines of the broker's log (stderr).
@@ -606,6 +666,187 @@ pub async fn bounded<T>(
     tokio::time::timeout(wait, future)
         .await
         .unwrap_or_else(|_| panic!("{what}: not done within {wait:?}"))
+}
+
+// ----- certificates ------------------------------------------------------------------------
+
+/// Test certificates made with the `openssl` command line in a temp directory (removed on
+/// drop): a CA, a server certificate for 127.0.0.1/localhost, client certificates signed by
+/// the CA, by another CA, and expired ones.
+pub mod certs {
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    /// A directory of PEM files; [`Pki::path`] names one.
+    pub struct Pki {
+        pub dir: PathBuf,
+    }
+
+    fn openssl(dir: &Path, args: &[&str]) {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "openssl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    impl Pki {
+        /// `ca.pem`/`ca.key`, `server.pem`/`server.key` (SAN 127.0.0.1, localhost) and
+        /// `other-ca.pem`/`other-ca.key` (a CA the broker does not trust).
+        pub fn new() -> Pki {
+            let dir = std::env::temp_dir().join(super::unique("ringmq-pki"));
+            std::fs::create_dir_all(&dir).expect("pki dir");
+            let pki = Pki { dir };
+            pki.make_ca("ca");
+            pki.make_ca("other-ca");
+            pki.issue(
+                "ca",
+                "server",
+                "/CN=localhost",
+                "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+                30,
+            );
+            pki
+        }
+
+        pub fn path(&self, name: &str) -> String {
+            self.dir.join(name).display().to_string()
+        }
+
+        fn make_ca(&self, name: &str) {
+            openssl(
+                &self.dir,
+                &[
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1",
+                    "-nodes",
+                    "-keyout",
+                    &format!("{name}.key"),
+                    "-out",
+                    &format!("{name}.pem"),
+                    "-days",
+                    "30",
+                    "-subj",
+                    &format!("/CN={name}"),
+                ],
+            );
+        }
+
+        /// Issues `{name}.pem`/`{name}.key` signed by `ca`, with `subject`, the extension
+        /// lines `ext` and `days` of validity (negative: already expired).
+        pub fn issue(&self, ca: &str, name: &str, subject: &str, ext: &str, days: i32) {
+            openssl(
+                &self.dir,
+                &[
+                    "req",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1",
+                    "-nodes",
+                    "-keyout",
+                    &format!("{name}.key"),
+                    "-out",
+                    &format!("{name}.csr"),
+                    "-subj",
+                    subject,
+                ],
+            );
+            std::fs::write(self.dir.join(format!("{name}.ext")), ext).expect("ext file");
+            let (start, end) = if days < 0 {
+                ("-2d".to_owned(), "-1d".to_owned())
+            } else {
+                ("-1d".to_owned(), format!("+{days}d"))
+            };
+            // `openssl x509 -not_before/-not_after` needs OpenSSL 3.4; `ca` works everywhere.
+            let ca_dir = self.dir.join(format!("{ca}-db"));
+            std::fs::create_dir_all(&ca_dir).expect("ca db dir");
+            let index = ca_dir.join("index.txt");
+            if !index.exists() {
+                std::fs::write(&index, "").expect("index");
+            }
+            let stamp = |offset: &str| -> String {
+                let days: i64 = offset
+                    .trim_start_matches('+')
+                    .trim_end_matches('d')
+                    .parse()
+                    .expect("days");
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .expect("clock")
+                    .as_secs() as i64
+                    + days * 86_400;
+                let out = Command::new("date")
+                    .args(["-u", "-d", &format!("@{t}"), "+%Y%m%d%H%M%SZ"])
+                    .output()
+                    .expect("date runs");
+                String::from_utf8_lossy(&out.stdout).trim().to_owned()
+            };
+            let conf = format!(
+                "[ca]\ndefault_ca = d\n[d]\ndatabase = {db}/index.txt\nnew_certs_dir = {db}\nserial = {db}/serial\ndefault_md = sha256\npolicy = p\nunique_subject = no\ncopy_extensions = none\n[p]\ncommonName = supplied\n[x]\n{ext}",
+                db = ca_dir.display(),
+            );
+            std::fs::write(self.dir.join(format!("{name}.cnf")), conf).expect("ca conf");
+            let serial = ca_dir.join("serial");
+            if !serial.exists() {
+                std::fs::write(&serial, "1000\n").expect("serial");
+            }
+            openssl(
+                &self.dir,
+                &[
+                    "ca",
+                    "-batch",
+                    "-config",
+                    &format!("{name}.cnf"),
+                    "-extensions",
+                    "x",
+                    "-cert",
+                    &format!("{ca}.pem"),
+                    "-keyfile",
+                    &format!("{ca}.key"),
+                    "-in",
+                    &format!("{name}.csr"),
+                    "-out",
+                    &format!("{name}.pem"),
+                    "-notext",
+                    "-startdate",
+                    &stamp(&start),
+                    "-enddate",
+                    &stamp(&end),
+                ],
+            );
+        }
+
+        /// A client certificate `{name}.pem` with CN `cn` (and SAN DNS `{cn}.fleet`, URI
+        /// `urn:vin:{cn}`), signed by `ca`.
+        pub fn client(&self, ca: &str, name: &str, cn: &str, days: i32) {
+            let ext = format!(
+                "subjectAltName=DNS:{cn}.fleet,URI:urn:vin:{cn}\nextendedKeyUsage=clientAuth\n"
+            );
+            self.issue(ca, name, &format!("/CN={cn}"), &ext, days);
+        }
+    }
+
+    impl Default for Pki {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
+    impl Drop for Pki {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
 }
 
 // ----- mosquitto command-line clients -------------------------------------------------------

@@ -1,0 +1,362 @@
+//! TLS and mTLS listeners through independent clients: mosquitto_pub/sub with
+//! `--cafile/--cert/--key`, Python paho-mqtt with `tls_set`. Certificates are made by the test
+//! with openssl (`ringmq_tests::certs`). Refusals (expired, wrong CA, missing client
+//! certificate) are checked by the client's failure and the broker's failure counter by reason;
+//! identity mapping by which client ids are accepted; reload by a client that stays connected
+//! while the server certificate changes under it.
+
+use std::time::{Duration, Instant};
+
+use ringmq_tests::certs::Pki;
+use ringmq_tests::mosquitto;
+use ringmq_tests::*;
+
+const TOOL_WAIT: Duration = Duration::from_secs(15);
+/// Longest wait for something the broker does on its own clock (metrics each second, the
+/// reloader every 2 s).
+const SETTLE: Duration = Duration::from_secs(15);
+
+fn tls_config(pki: &Pki, tls_extra: &str) -> String {
+    format!(
+        "[[listener]]\nkind = \"tls\"\naddr = \"127.0.0.1:0\"\n[listener.tls]\ncert_file = {:?}\nkey_file = {:?}\nca_file = {:?}\n{tls_extra}",
+        pki.path("server.pem"),
+        pki.path("server.key"),
+        pki.path("ca.pem"),
+    )
+}
+
+/// mosquitto_pub/sub arguments for the broker's TLS listener with client certificate `client`
+/// (none when empty), trusting `ca`.
+fn tls_args(broker: &BrokerProcess, pki: &Pki, ca: &str, client: &str) -> Vec<String> {
+    let addr = broker.listener("tls", 0);
+    let mut args = vec![
+        "-h".to_owned(),
+        "127.0.0.1".to_owned(),
+        "-p".to_owned(),
+        addr.port().to_string(),
+        "--cafile".to_owned(),
+        pki.path(&format!("{ca}.pem")),
+    ];
+    if !client.is_empty() {
+        args.extend([
+            "--cert".to_owned(),
+            pki.path(&format!("{client}.pem")),
+            "--key".to_owned(),
+            pki.path(&format!("{client}.key")),
+        ]);
+    }
+    args
+}
+
+fn run(tool: &str, args: &[String], extra: &[&str]) -> (bool, Vec<String>) {
+    let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
+    all.extend_from_slice(extra);
+    let (status, lines) = mosquitto::spawn(tool, &all).finish(TOOL_WAIT);
+    (status.is_some_and(|s| s.success()), lines)
+}
+
+/// Publishes a retained message and reads it back with a new subscriber: no race with the
+/// subscription, each step is an independent TLS connection.
+fn retained_round_trip(args: &[String], topic: &str, id: &str) -> Option<String> {
+    let (ok, _) = run(
+        "mosquitto_pub",
+        args,
+        &[
+            "-t",
+            topic,
+            "-m",
+            "hello",
+            "-r",
+            "-q",
+            "1",
+            "-i",
+            &format!("{id}-pub"),
+        ],
+    );
+    if !ok {
+        return None;
+    }
+    let (ok, lines) = run(
+        "mosquitto_sub",
+        args,
+        &[
+            "-t",
+            topic,
+            "-C",
+            "1",
+            "-W",
+            "10",
+            "-i",
+            &format!("{id}-sub"),
+        ],
+    );
+    ok.then(|| lines.join("\n"))
+}
+
+/// Sum of a counter over its series whose labels contain `label`.
+fn counter(text: &str, name: &str, label: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+fn wait_for_counter(port: u16, name: &str, label: &str, at_least: u64) -> u64 {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let n = counter(&scrape_metrics(port), name, label);
+        if n >= at_least || Instant::now() > deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// mosquitto clients over TLS with a client certificate: a retained message goes through, and
+/// the handshakes are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_round_trip_with_mosquitto() {
+    if !mosquitto::available() {
+        return;
+    }
+    let pki = Pki::new();
+    pki.client("ca", "car", "car-1", 30);
+    let metrics = free_port();
+    let broker = BrokerProcess::start_with_config(
+        &tls_config(&pki, "client_auth = \"required\"\n"),
+        &["--metrics-listen", &format!("127.0.0.1:{metrics}")],
+    );
+    let args = tls_args(&broker, &pki, "ca", "car");
+    let topic = unique("tls/rt");
+    assert_eq!(
+        retained_round_trip(&args, &topic, &unique("m")).as_deref(),
+        Some("hello")
+    );
+    assert!(wait_for_counter(metrics, "ringmq_edge_handshakes_total", "kind=\"tls\"", 2) >= 2);
+}
+
+/// `client_auth = "required"` refuses a connection without a client certificate, with an
+/// expired one and with one from another CA; each is counted by its reason, and a good client
+/// keeps working beside them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_client_certificates_are_refused() {
+    if !mosquitto::available() {
+        return;
+    }
+    let pki = Pki::new();
+    pki.client("ca", "good", "car-1", 30);
+    pki.client("ca", "expired", "car-2", -1);
+    pki.client("other-ca", "stranger", "car-3", 30);
+    let metrics = free_port();
+    let broker = BrokerProcess::start_with_config(
+        &tls_config(&pki, "client_auth = \"required\"\n"),
+        &["--metrics-listen", &format!("127.0.0.1:{metrics}")],
+    );
+    let topic = unique("tls/refused");
+    for (client, reason) in [
+        ("", "tls_no_certificate"),
+        ("expired", "tls_certificate_expired"),
+        ("stranger", "tls_unknown_ca"),
+    ] {
+        let args = tls_args(&broker, &pki, "ca", client);
+        let (ok, _) = run(
+            "mosquitto_pub",
+            &args,
+            &["-t", &topic, "-m", "x", "-i", &unique("bad")],
+        );
+        assert!(!ok, "client {client:?} must be refused");
+        let label = format!("reason=\"{reason}\"");
+        assert_eq!(
+            wait_for_counter(metrics, "ringmq_edge_handshake_failures_total", &label, 1),
+            1,
+            "{reason}"
+        );
+    }
+    let args = tls_args(&broker, &pki, "ca", "good");
+    assert_eq!(
+        retained_round_trip(&args, &topic, &unique("g")).as_deref(),
+        Some("hello")
+    );
+}
+
+/// `identity_as_client_id = "cn"` with `require_client_id_match`: the certificate's CN is the
+/// only client id accepted (CONNACK return code 2 otherwise [MQTT-3.2.2-5]), so one car cannot
+/// take another's session; `client_auth = "optional"` without a certificate is refused too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_cn_is_the_only_client_id() {
+    if !mosquitto::available() {
+        return;
+    }
+    let pki = Pki::new();
+    pki.client("ca", "car1", "car-1", 30);
+    let broker = BrokerProcess::start_with_config(
+        &tls_config(
+            &pki,
+            "client_auth = \"optional\"\nidentity_as_client_id = \"cn\"\nrequire_client_id_match = true\n"),
+        &[],
+    );
+    let args = tls_args(&broker, &pki, "ca", "car1");
+    let topic = unique("tls/id");
+    let (ok, _) = run(
+        "mosquitto_pub",
+        &args,
+        &["-t", &topic, "-m", "x", "-i", "car-1", "-V", "mqttv311"],
+    );
+    assert!(ok, "the certificate's own id is accepted");
+    let (ok, _) = run(
+        "mosquitto_pub",
+        &args,
+        &["-t", &topic, "-m", "x", "-i", "car-2", "-V", "mqttv311"],
+    );
+    assert!(!ok, "another car's id is refused");
+    let (ok, _) = run(
+        "mosquitto_pub",
+        &args,
+        &["-t", &topic, "-m", "x", "-i", "car-2", "-V", "mqttv5"],
+    );
+    assert!(!ok, "another car's id is refused over v5 too");
+    let no_cert = tls_args(&broker, &pki, "ca", "");
+    let (ok, _) = run(
+        "mosquitto_pub",
+        &no_cert,
+        &["-t", &topic, "-m", "x", "-i", "car-1"],
+    );
+    assert!(!ok, "no certificate, no identity");
+}
+
+/// The server certificate is replaced on disk while a subscriber stays connected: a broken
+/// file is refused (the old set stays, logged), a valid new one from another CA is taken up
+/// without SIGHUP (mtime), and SIGHUP reloads too; the subscriber connected before receives a
+/// message published through the new certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_keeps_connections_and_the_old_set_on_failure() {
+    if !mosquitto::available() {
+        return;
+    }
+    let pki = Pki::new();
+    pki.client("ca", "car", "car-1", 30);
+    // Clients trust both CAs: the server certificate moves from one to the other.
+    let both = format!(
+        "{}\n{}",
+        std::fs::read_to_string(pki.path("ca.pem")).expect("ca"),
+        std::fs::read_to_string(pki.path("other-ca.pem")).expect("other ca")
+    );
+    std::fs::write(pki.path("both-ca.pem"), both).expect("both");
+    let broker =
+        BrokerProcess::start_with_config(&tls_config(&pki, "client_auth = \"required\"\n"), &[]);
+    let topic = unique("tls/reload");
+    let old_args = tls_args(&broker, &pki, "ca", "car");
+    let mut sub_args: Vec<&str> = old_args.iter().map(String::as_str).collect();
+    let sub_id = unique("stay");
+    sub_args.extend([
+        "-t", &topic, "-C", "2", "-W", "40", "-q", "1", "-i", &sub_id,
+    ]);
+    let sub = mosquitto::spawn("mosquitto_sub", &sub_args);
+    // The subscriber is live once a retained probe reaches it.
+    let (ok, _) = run(
+        "mosquitto_pub",
+        &old_args,
+        &["-t", &topic, "-m", "probe", "-r", "-q", "1"],
+    );
+    assert!(ok);
+    assert_eq!(sub.line(TOOL_WAIT).as_deref(), Some("probe"));
+
+    // A broken certificate file: refused, the old set stays.
+    let good_cert = std::fs::read(pki.path("server.pem")).expect("cert");
+    std::fs::write(
+        pki.path("server.pem"),
+        "-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n",
+    )
+    .expect("write");
+    let deadline = Instant::now() + SETTLE;
+    while !broker.log().contains("tls reload failed") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        broker.log().contains("tls reload failed"),
+        "{}",
+        broker.log_tail()
+    );
+    let (ok, _) = run(
+        "mosquitto_pub",
+        &old_args,
+        &["-t", &unique("tls/x"), "-m", "x"],
+    );
+    assert!(ok, "the previous certificate still serves");
+    std::fs::write(pki.path("server.pem"), &good_cert).expect("restore");
+
+    // A new server certificate from the other CA, taken up by the mtime poll.
+    pki.issue(
+        "other-ca",
+        "server2",
+        "/CN=localhost",
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        30,
+    );
+    std::fs::copy(pki.path("server2.key"), pki.path("server.key")).expect("key");
+    std::fs::copy(pki.path("server2.pem"), pki.path("server.pem")).expect("cert");
+    let new_args = tls_args(&broker, &pki, "other-ca", "car");
+    let deadline = Instant::now() + SETTLE;
+    let mut switched = false;
+    while !switched && Instant::now() < deadline {
+        switched = run(
+            "mosquitto_pub",
+            &new_args,
+            &["-t", &unique("tls/y"), "-m", "y"],
+        )
+        .0;
+    }
+    assert!(switched, "new certificate served: {}", broker.log_tail());
+    broker.signal(libc::SIGHUP);
+    let (ok, _) = run(
+        "mosquitto_pub",
+        &new_args,
+        &["-t", &topic, "-m", "after", "-q", "1"],
+    );
+    assert!(ok);
+    // The subscriber connected under the old certificate is still served.
+    assert_eq!(sub.line(TOOL_WAIT).as_deref(), Some("after"));
+    let (status, _) = sub.finish(TOOL_WAIT);
+    assert!(status.is_some_and(|s| s.success()));
+}
+
+/// Python paho-mqtt with `tls_set` and a client certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paho_over_mtls() {
+    let pki = Pki::new();
+    pki.client("ca", "car", "car-9", 30);
+    let broker =
+        BrokerProcess::start_with_config(&tls_config(&pki, "client_auth = \"required\"\n"), &[]);
+    let addr = broker.listener("tls", 0);
+    let script = format!(
+        r#"
+import paho.mqtt.client as mqtt, threading, sys
+done = threading.Event()
+got = []
+def on_connect(c, u, f, rc, p):
+    c.subscribe("paho/tls/t", qos=1)
+def on_subscribe(c, u, mid, codes, p):
+    c.publish("paho/tls/t", b"x" * 40000, qos=1)
+def on_message(c, u, m):
+    got.append(len(m.payload)); done.set()
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="paho-tls", protocol=mqtt.MQTTv5)
+c.tls_set(ca_certs={ca:?}, certfile={cert:?}, keyfile={key:?})
+c.on_connect, c.on_subscribe, c.on_message = on_connect, on_subscribe, on_message
+c.connect("127.0.0.1", {port})
+c.loop_start()
+ok = done.wait(10)
+c.disconnect(); c.loop_stop()
+print(got); sys.exit(0 if ok and got == [40000] else 1)
+"#,
+        ca = pki.path("ca.pem"),
+        cert = pki.path("car.pem"),
+        key = pki.path("car.key"),
+        port = addr.port()
+    );
+    let (status, lines) =
+        mosquitto::spawn("python3", &["-c", &script]).finish(Duration::from_secs(20));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "paho over mtls: {lines:?}"
+    );
+}
