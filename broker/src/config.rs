@@ -422,6 +422,15 @@ addresses = ["10.0.0.0/8", "2001:db8::1"]
     }
 
     #[test]
+    fn shipped_secure_example_parses() {
+        // Its files are an operator's (/etc/ringmq/...): parsed here, not loaded.
+        let text = include_str!("../../examples/secure.toml");
+        let c: Config = toml::from_str(text).expect("examples/secure.toml parses");
+        assert_eq!(c.listeners.len(), 3);
+        assert!(c.listen.is_empty());
+    }
+
+    #[test]
     fn bad_listener_is_named() {
         let text = listener_error("[[listener]]\nkind = \"quic\"\naddr = \"127.0.0.1:0\"\n");
         assert!(text.contains("kind") && text.contains("quic"), "{text}");

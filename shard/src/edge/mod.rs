@@ -735,6 +735,7 @@ fn feed(
             None => return Ok(false),
             Some((source, rest)) => {
                 if let (Some(source), Some(meta)) = (source, layer.meta.as_deref_mut()) {
+                    debug!(peer = %source, proxy = ?meta.peer, listener = meta.listener, "proxy protocol header accepted");
                     meta.peer = Some(source);
                 }
                 layer.proxy = None;
