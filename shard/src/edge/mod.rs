@@ -321,7 +321,7 @@ pub struct Layer {
     kind: ListenerKind,
     /// Set while the PROXY header has not arrived whole.
     proxy: Option<proxy::ProxyStage>,
-    tls: Option<Box<rustls::ServerConnection>>,
+    tls: Option<Box<tls::TlsSession>>,
     ws: Option<ws::WsStage>,
     /// Transport facts, given to the engine once every handshake is done (before any MQTT byte).
     meta: Option<Box<ConnMeta>>,
@@ -378,6 +378,8 @@ struct Scratch {
     ws_in: BytesMut,
     /// WebSocket replies (HTTP response, pongs, close) before encryption.
     reply: BytesMut,
+    /// Received TLS records being decrypted (a partial record left over plus new bytes).
+    records: BytesMut,
 }
 
 /// What the ring must do for an edge decision made inside its poll.
@@ -496,7 +498,7 @@ impl Edge {
         let tls = match (&l.spec.tls, &mut l.tls) {
             (Some(source), Some(current)) => {
                 source.refresh(current);
-                match rustls::ServerConnection::new(current.1.clone()) {
+                match tls::TlsSession::new(current.1.clone()) {
                     Ok(c) => Some(Box::new(c)),
                     Err(err) => {
                         debug!(error = %err, "cannot start a tls session");
@@ -656,8 +658,7 @@ impl Edge {
         match &mut layer.tls {
             Some(tls) => {
                 tls::write_plaintext(tls, &scratch.plain, &mut scratch.tx);
-                tls.send_close_notify();
-                tls::write_records(tls, &mut scratch.tx);
+                tls::close_notify(tls, &mut scratch.tx);
             }
             None => scratch.tx.extend_from_slice(&scratch.plain),
         }
@@ -750,18 +751,20 @@ fn feed(
         mqtt,
         ws_in,
         reply,
+        records,
     } = scratch;
+    let mut tls_closed = false;
     let stream: &[u8] = match &mut layer.tls {
         Some(tls) => {
             plain.clear();
-            tls::read(tls, input, plain, tx)?;
+            tls_closed = tls::read(tls, input, records, plain, tx)?;
             plain
         }
         None => input,
     };
     let Some(ws) = &mut layer.ws else {
         mqtt.extend_from_slice(stream);
-        return Ok(false);
+        return Ok(tls_closed);
     };
     reply.clear();
     let outcome = ws.feed(stream, spec, ws_in, mqtt, reply);
@@ -769,7 +772,7 @@ fn feed(
         Some(tls) => tls::write_plaintext(tls, reply, tx),
         None => tx.extend_from_slice(reply),
     }
-    Ok(outcome? == ws::WsOutcome::Closing)
+    Ok(outcome? == ws::WsOutcome::Closing || tls_closed)
 }
 
 /// Publishes the edge counters' deltas (called by the shard's metrics loop).

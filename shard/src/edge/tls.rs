@@ -1,5 +1,5 @@
-//! TLS for `tls` and `wss` listeners with rustls' `ServerConnection` over byte slices: received
-//! records in, plaintext out, records to send out. mTLS verifies client certificates against
+//! TLS for `tls` and `wss` listeners with rustls' unbuffered API ([`TlsSession`]) over byte
+//! slices: received records in, plaintext out, records to send out. mTLS verifies client certificates against
 //! `ca_file` (`WebPkiClientVerifier`) and takes the certificate's CN and subjectAltNames into
 //! `ConnMeta::identity`.
 //!
@@ -9,18 +9,19 @@
 //! to load (logged). Shards pick the new set up at their next accept on the listener;
 //! established connections keep the configuration they started with.
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use engine::{IdentityMapping, IdentitySource, PeerIdentity};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::UnbufferedServerConnection;
 use rustls::server::WebPkiClientVerifier;
-use rustls::{CertificateError, ServerConfig, ServerConnection};
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
+use rustls::{CertificateError, ServerConfig};
 use tracing::{info, warn};
 
 use super::{invalid, ClientAuth, EdgeConfigError, Failure, Listener, TlsConfig};
@@ -247,76 +248,194 @@ pub fn failure_of(err: &rustls::Error) -> Failure {
     }
 }
 
-/// Feeds received records; plaintext is appended to `plain`, records to answer with to `tx`
-/// (alerts included when it fails).
+/// A TLS session over rustls' unbuffered API: received records are decrypted from the shard's
+/// scratch buffer, so an idle session keeps no record buffer; only a record that arrived in
+/// part waits in `pending` (at most one record, 16 KiB plus its header and tag).
+pub struct TlsSession {
+    conn: UnbufferedServerConnection,
+    /// The start of a record whose end has not arrived; empty (no allocation) otherwise.
+    pending: BytesMut,
+}
+
+impl TlsSession {
+    pub fn new(config: Arc<ServerConfig>) -> Result<TlsSession, rustls::Error> {
+        Ok(TlsSession {
+            conn: UnbufferedServerConnection::new(config)?,
+            pending: BytesMut::new(),
+        })
+    }
+
+    pub fn is_handshaking(&self) -> bool {
+        self.conn.is_handshaking()
+    }
+}
+
+/// Lets `write` fill the end of `tx`, growing it to the size it asks for (`Err(required)`;
+/// `Err(0)`: it cannot write at all). False if nothing could be written.
+fn append(
+    tx: &mut BytesMut,
+    first_guess: usize,
+    mut write: impl FnMut(&mut [u8]) -> Result<usize, usize>,
+) -> bool {
+    let mut want = first_guess.max(64);
+    // Two rounds suffice: the second has the size rustls asked for.
+    for _ in 0..3 {
+        let start = tx.len();
+        tx.resize(start + want, 0);
+        match write(&mut tx[start..]) {
+            Ok(n) => {
+                tx.truncate(start + n);
+                return true;
+            }
+            Err(required) => {
+                tx.truncate(start);
+                if required <= want {
+                    return false;
+                }
+                want = required;
+            }
+        }
+    }
+    false
+}
+
+fn encode_error(e: EncodeError) -> usize {
+    match e {
+        EncodeError::InsufficientSize(i) => i.required_size,
+        _ => 0,
+    }
+}
+
+fn encrypt_error(e: EncryptError) -> usize {
+    match e {
+        EncryptError::InsufficientSize(i) => i.required_size,
+        _ => 0,
+    }
+}
+
+/// Room for `len` bytes of application data in records (16 KiB each, 5-byte header, type byte
+/// and a 16-byte tag, rounded up).
+fn records_len(len: usize) -> usize {
+    len + (len / 16_384 + 1) * 64
+}
+
+/// Feeds received records: plaintext is appended to `plain`, records to answer with (handshake
+/// flights, session tickets) to `tx`. `work` is the shard's scratch. True when the peer closed
+/// the session (close_notify).
 pub fn read(
-    tls: &mut ServerConnection,
+    s: &mut TlsSession,
     input: &[u8],
+    work: &mut BytesMut,
     plain: &mut BytesMut,
     tx: &mut BytesMut,
-) -> Result<(), Failure> {
-    let mut rest = input;
-    loop {
-        if !rest.is_empty() {
-            match tls.read_tls(&mut rest) {
-                Ok(0) => return Err(Failure::TlsProtocol),
-                Ok(_) => {}
-                Err(err) => {
-                    tracing::debug!(error = %err, "tls record refused");
+) -> Result<bool, Failure> {
+    work.clear();
+    work.extend_from_slice(&s.pending);
+    work.extend_from_slice(input);
+    s.pending = BytesMut::new();
+    let mut start = 0;
+    let mut closed = false;
+    // Each round consumes input or produces output; the bound only guards against a stall.
+    for _ in 0..1024 {
+        let UnbufferedStatus { mut discard, state } =
+            s.conn.process_tls_records(&mut work[start..]);
+        let state = state.map_err(|err| {
+            tracing::debug!(error = %err, "tls session failed");
+            failure_of(&err)
+        })?;
+        let mut more = true;
+        match state {
+            ConnectionState::ReadTraffic(mut records) => {
+                while let Some(record) = records.next_record() {
+                    let record = record.map_err(|err| failure_of(&err))?;
+                    discard += record.discard;
+                    plain.extend_from_slice(record.payload);
+                }
+            }
+            ConnectionState::ReadEarlyData(mut records) => {
+                // Early data is not enabled (max_early_data_size 0): nothing should come here.
+                while let Some(record) = records.next_record() {
+                    discard += record.map_err(|err| failure_of(&err))?.discard;
+                }
+            }
+            ConnectionState::EncodeTlsData(mut flight) => {
+                if !append(tx, 4096, |buf| flight.encode(buf).map_err(encode_error)) {
                     return Err(Failure::TlsProtocol);
                 }
             }
-        }
-        let state = match tls.process_new_packets() {
-            Ok(state) => state,
-            Err(err) => {
-                tracing::debug!(error = %err, "tls session failed");
-                write_records(tls, tx);
-                return Err(failure_of(&err));
+            // `tx` goes to the ring right after this read.
+            ConnectionState::TransmitTlsData(sent) => sent.done(),
+            ConnectionState::PeerClosed | ConnectionState::Closed => {
+                closed = true;
+                more = false;
             }
-        };
-        let n = state.plaintext_bytes_to_read();
-        if n > 0 {
-            let start = plain.len();
-            plain.resize(start + n, 0);
-            let got = tls.reader().read(&mut plain[start..]).unwrap_or(0);
-            plain.truncate(start + got);
+            // BlockedHandshake, WriteTraffic: everything whole has been read.
+            _ => more = false,
         }
-        if rest.is_empty() {
+        start += discard;
+        if !more {
             break;
         }
     }
-    write_records(tls, tx);
-    Ok(())
+    if !closed && start < work.len() {
+        s.pending = BytesMut::from(&work[start..]);
+    }
+    Ok(closed)
+}
+
+/// Runs the session until it may encrypt (encoding whatever flight it still owes), then lets
+/// `write` encrypt into `tx`. False if the session cannot send.
+fn with_write_traffic(
+    s: &mut TlsSession,
+    tx: &mut BytesMut,
+    mut write: impl FnMut(
+        &mut rustls::unbuffered::WriteTraffic<'_, rustls::server::ServerConnectionData>,
+        &mut BytesMut,
+    ) -> bool,
+) -> bool {
+    for _ in 0..8 {
+        let UnbufferedStatus { state, .. } = s.conn.process_tls_records(&mut []);
+        match state {
+            Ok(ConnectionState::WriteTraffic(mut traffic)) => return write(&mut traffic, tx),
+            Ok(ConnectionState::EncodeTlsData(mut flight)) => {
+                if !append(tx, 4096, |buf| flight.encode(buf).map_err(encode_error)) {
+                    return false;
+                }
+            }
+            Ok(ConnectionState::TransmitTlsData(sent)) => sent.done(),
+            _ => return false,
+        }
+    }
+    false
 }
 
 /// Encrypts `data` into records appended to `tx`.
-pub fn write_plaintext(tls: &mut ServerConnection, data: &[u8], tx: &mut BytesMut) {
-    let mut rest = data;
-    while !rest.is_empty() {
-        let n = tls.writer().write(rest).unwrap_or(0);
-        rest = &rest[n..];
-        write_records(tls, tx);
-        if n == 0 {
-            // Only a closed session refuses plaintext: what is left cannot go out.
-            break;
-        }
+pub fn write_plaintext(s: &mut TlsSession, data: &[u8], tx: &mut BytesMut) {
+    if data.is_empty() {
+        return;
+    }
+    let ok = with_write_traffic(s, tx, |traffic, tx| {
+        append(tx, records_len(data.len()), |buf| {
+            traffic.encrypt(data, buf).map_err(encrypt_error)
+        })
+    });
+    if !ok {
+        tracing::debug!(len = data.len(), "tls session cannot send; output dropped");
     }
 }
 
-/// Appends the records rustls has ready to `tx`.
-pub fn write_records(tls: &mut ServerConnection, tx: &mut BytesMut) {
-    while tls.wants_write() {
-        match tls.write_tls(&mut (&mut *tx).writer()) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-    }
+/// Appends a close_notify alert to `tx`.
+pub fn close_notify(s: &mut TlsSession, tx: &mut BytesMut) {
+    with_write_traffic(s, tx, |traffic, tx| {
+        append(tx, 64, |buf| {
+            traffic.queue_close_notify(buf).map_err(encrypt_error)
+        })
+    });
 }
 
 /// The verified client certificate's names (`None` without a client certificate).
-pub fn identity_of(tls: &ServerConnection) -> Option<PeerIdentity> {
-    let cert = tls.peer_certificates()?.first()?;
+pub fn identity_of(tls: &TlsSession) -> Option<PeerIdentity> {
+    let cert = tls.conn.peer_certificates()?.first()?;
     let (_, x509) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
     let common_name = x509
         .subject()
