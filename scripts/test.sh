@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs ringmq's whole test suite on a fresh Debian machine, installing what it needs first:
 #   mosquitto + mosquitto-clients (independent MQTT clients, and the comparison broker),
-#   openssl (test certificates) and haproxy (a real PROXY protocol v2 sender),
+#   openssl (test certificates), haproxy (a real PROXY protocol v2 sender), nodejs + npm
+#   (MQTT.js over WebSocket; the test installs mqtt@5 into a temp dir),
 #   cmake (librdkafka's build), kafka-python and paho-mqtt (independent Kafka / MQTT clients),
 #   tansu (a real Kafka-protocol broker; ~11 minutes to build the first time, then reused).
 # Then: rustfmt and clippy (warnings are errors), unit, property, simulation and end-to-end tests
@@ -17,7 +18,7 @@ if [[ "${RINGMQ_SKIP_INSTALL:-0}" != 1 ]]; then
     say "system packages"
     need=()
     # make and gcc build jemalloc (the broker's allocator) and librdkafka.
-    for pair in mosquitto:mosquitto mosquitto_sub:mosquitto-clients openssl:openssl haproxy:haproxy cmake:cmake curl:curl make:make gcc:gcc; do
+    for pair in mosquitto:mosquitto mosquitto_sub:mosquitto-clients openssl:openssl haproxy:haproxy node:nodejs npm:npm cmake:cmake curl:curl make:make gcc:gcc; do
         command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair##*:}")
     done
     if ((${#need[@]})); then

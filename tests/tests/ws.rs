@@ -220,3 +220,76 @@ async fn wrong_path_is_refused() {
     let (_c, head) = WsClient::connect(broker.listener("ws", 0), "/other").await;
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
 }
+
+/// A directory with MQTT.js installed (`npm install mqtt@5`, once per machine); `None` (the test
+/// skips loudly) without node/npm or the registry.
+fn mqtt_js() -> Option<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join("ringmq-tests-mqttjs");
+    if dir.join("node_modules/mqtt/package.json").exists() {
+        return Some(dir);
+    }
+    std::fs::create_dir_all(&dir).ok()?;
+    let (status, _) = mosquitto::spawn(
+        "npm",
+        &[
+            "install",
+            "--prefix",
+            &dir.display().to_string(),
+            "--silent",
+            "--no-audit",
+            "--no-fund",
+            "mqtt@5",
+        ],
+    )
+    .finish(Duration::from_secs(180));
+    if status.is_some_and(|s| s.success()) && dir.join("node_modules/mqtt/package.json").exists() {
+        Some(dir)
+    } else {
+        eprintln!("\n!!!!! SKIPPED: MQTT.js not installable (npm install mqtt) !!!!!\n");
+        None
+    }
+}
+
+/// MQTT.js in Node over ws:// and wss://, unchanged: connect, subscribe, receive its own
+/// QoS 1 publish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_js_over_ws_and_wss() {
+    let Some(dir) = mqtt_js() else { return };
+    let pki = Pki::new();
+    let config = format!(
+        "{WS_CONFIG}[[listener]]\nkind = \"wss\"\naddr = \"127.0.0.1:0\"\n[listener.tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+        pki.path("server.pem"),
+        pki.path("server.key")
+    );
+    let broker = BrokerProcess::start_with_config(&config, &[]);
+    for (url, id) in [
+        (
+            format!("ws://127.0.0.1:{}/mqtt", broker.listener("ws", 0).port()),
+            unique("mqttjs-ws"),
+        ),
+        (
+            format!("wss://localhost:{}/mqtt", broker.listener("wss", 0).port()),
+            unique("mqttjs-wss"),
+        ),
+    ] {
+        let script = format!(
+            r#"
+const mqtt = require({module:?});
+const fs = require("fs");
+const c = mqtt.connect({url:?}, {{ clientId: {id:?}, ca: fs.readFileSync({ca:?}), protocolVersion: 5 }});
+const timer = setTimeout(() => {{ console.log("timeout"); process.exit(1); }}, 10000);
+c.on("connect", () => c.subscribe({id:?} + "/t", {{ qos: 1 }}, () => c.publish({id:?} + "/t", "from mqtt.js", {{ qos: 1 }})));
+c.on("message", (t, m) => {{ console.log(m.toString()); clearTimeout(timer); c.end(false, () => process.exit(m.toString() === "from mqtt.js" ? 0 : 1)); }});
+c.on("error", (e) => {{ console.log("error " + e.message); process.exit(1); }});
+"#,
+            module = dir.join("node_modules/mqtt").display().to_string(),
+            ca = pki.path("ca.pem"),
+        );
+        let (status, lines) =
+            mosquitto::spawn("node", &["-e", &script]).finish(Duration::from_secs(20));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "mqtt.js over {url}: {lines:?}"
+        );
+    }
+}
