@@ -62,8 +62,23 @@ fn certificate_cn_becomes_the_client_id() {
     );
     assert_eq!(code, ReasonCode::Success);
     assert_eq!(sim.shard_of(first), 1);
-    let (second, code) = connect_with(&mut sim, ProtocolVersion::V5, "", meta(Some(&cn), mapping));
-    assert_eq!(code, ReasonCode::Success);
+    let second = sim.open(0);
+    sim.set_meta(second, meta(Some(&cn), mapping));
+    sim.send(
+        second,
+        &Packet::Connect(Box::new(connect(ProtocolVersion::V5, ""))),
+    );
+    sim.run_until_idle();
+    let ack = sim.expect_connack(second);
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    // [MQTT-3.2.2-16] an empty client id gets the id it was given: the certificate's.
+    assert_eq!(
+        ack.properties
+            .assigned_client_identifier
+            .as_ref()
+            .map(|id| id.as_str()),
+        Some(cn.as_str())
+    );
     assert_eq!(sim.shard_of(second), 1);
     // [MQTT-3.1.4-3] the same client id: the first connection is taken over.
     assert_eq!(

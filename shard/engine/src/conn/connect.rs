@@ -100,6 +100,13 @@ impl Conn {
         self.drive_live(sh, now)
     }
 
+    /// True when the listener makes the certificate's name the client id.
+    fn client_id_from_certificate(&self) -> bool {
+        self.meta
+            .as_deref()
+            .is_some_and(|m| m.mapping.as_client_id != crate::IdentitySource::None)
+    }
+
     /// Replaces username and client id by the verified certificate's names as the listener's
     /// [`IdentityMapping`](crate::IdentityMapping) says (Mosquitto's `use_identity_as_username`:
     /// no certificate name refuses as bad credentials); the refusal's reason code otherwise.
@@ -264,6 +271,10 @@ impl Conn {
             if version == ProtocolVersion::V5 {
                 ack_props.assigned_client_identifier = Some(client_id.clone());
             }
+        } else if version == ProtocolVersion::V5 && self.client_id_from_certificate() {
+            // The id is the certificate's, whatever the client sent (maybe nothing): tell it,
+            // as [MQTT-3.2.2-16] asks for a server-chosen id.
+            ack_props.assigned_client_identifier = Some(client_id.clone());
         }
         let will = will_of(&connect, now);
         // Moved, not cloned: a clone would give the session's id a shared-ownership header, 32
