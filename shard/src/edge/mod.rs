@@ -501,8 +501,10 @@ impl Edge {
                 match tls::TlsSession::new(current.1.clone()) {
                     Ok(c) => Some(Box::new(c)),
                     Err(err) => {
-                        debug!(error = %err, "cannot start a tls session");
-                        None
+                        // Never serve a TLS listener without TLS: refuse the connection.
+                        debug!(error = %err, "cannot start a tls session; closed");
+                        self.counters.fail(Failure::TlsProtocol);
+                        return false;
                     }
                 }
             }
