@@ -336,6 +336,23 @@ fn killed_node_is_dropped_and_its_restart_rejoins() {
         cluster.metric(1, "ringmq_cluster_remote_routes", &["origin=\"3\""]) >= 1.0
     });
 
+    // A retained message published while node 3 is up; its restart must see it too.
+    let retained_topic = format!("{topic}/retained");
+    mosquitto::run(
+        "mosquitto_pub",
+        &[
+            "-p",
+            &port(&a),
+            "-t",
+            &retained_topic,
+            "-m",
+            "kept",
+            "-q",
+            "1",
+            "-r",
+        ],
+        LINE_WAIT,
+    );
     drop(sub_c);
     c.kill_hard();
     for i in [0, 1] {
@@ -363,6 +380,26 @@ fn killed_node_is_dropped_and_its_restart_rejoins() {
         ],
     );
     publish_until_seen(&sub_c, &a, &format!("{topic}/new/x"), "after-restart");
+    // [MQTT-3.3.1-6] on a node that joined after the retained message was published: the peers
+    // hand their retained set over when the link comes up.
+    cluster.wait_for("retained message on the restarted node", || {
+        let (_, lines) = mosquitto::spawn(
+            "mosquitto_sub",
+            &[
+                "-p",
+                &port(&c),
+                "-t",
+                &retained_topic,
+                "-v",
+                "-C",
+                "1",
+                "-W",
+                "2",
+            ],
+        )
+        .finish(LINE_WAIT);
+        lines.iter().any(|l| l == &format!("{retained_topic} kept"))
+    });
     for i in [0, 1] {
         cluster.wait_for(
             &format!("node {} holds exactly node 3's new route", i + 1),

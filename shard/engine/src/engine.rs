@@ -443,12 +443,14 @@ impl Engine {
     /// `origin_age` is how long ago its origin node accepted it, so retained updates of one
     /// topic order by the origin's time on every node (last writer wins). It goes to this node's
     /// subscribers and retained store only, never to a peer again.
-    /// `groups` are the shared groups the peer picked this node for.
+    /// `groups` are the shared groups the peer picked this node for; `retained_sync` marks the
+    /// peer's retained set handed over when a link came up (stored, not delivered).
     pub fn publish_from_peer(
         &mut self,
         publish: Publish,
         origin_age: Duration,
         groups: &[crate::message::GroupPick],
+        retained_sync: bool,
         now: Instant,
     ) {
         let expires_at = publish
@@ -461,6 +463,12 @@ impl Engine {
             expires_at,
             received_at: now.checked_sub(origin_age).unwrap_or(now),
         });
+        if retained_sync {
+            if message.publish.retain {
+                self.state.retain_from_peer(message);
+            }
+            return;
+        }
         self.state.publish_from_peer(message, groups, now);
     }
 

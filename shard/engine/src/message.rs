@@ -98,6 +98,9 @@ pub struct ClusterForward {
     /// A retained message goes to every peer node (each keeps the retained set), whether or not
     /// it has a subscriber.
     pub all_nodes: bool,
+    /// Set for the retained set handed to a peer whose link just came up: the peer stores it
+    /// (last writer wins) and delivers it to nobody.
+    pub retained_sync: bool,
 }
 
 /// Per-shard statistics sent to shard 0 for `$SYS`.

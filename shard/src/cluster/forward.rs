@@ -1,11 +1,12 @@
 //! The bytes of a `PeerFrame::Forward`: the publishes one node sends another in one loop turn.
 //!
-//! A batch is a run of records, each `len u32 BE | origin_time_us u64 BE | groups u16 BE |
+//! A batch is a run of records, each `len u32 BE | origin_time_us u64 BE | flags u8 | groups u16 BE |
 //! groups × (filter_len u16 BE, filter, group_len u16 BE, group) | MQTT v5 PUBLISH`, where `len`
 //! counts the bytes after it, `origin_time_us` is the wall-clock time (µs since the Unix epoch)
 //! the origin node accepted the message (retained updates of one topic are ordered by it on every
 //! node), and the groups are the shared groups the origin picked this destination for (each
-//! group gets a message once cluster-wide). The PUBLISH is the wire crate's own v5 encoding (a v3 publisher's message
+//! group gets a message once cluster-wide). Flag bit 0 ([`FLAG_RETAINED_SYNC`]): a retained
+//! message handed over when the link came up, to be stored and delivered to nobody. The PUBLISH is the wire crate's own v5 encoding (a v3 publisher's message
 //! simply has no properties), so the receiver decodes it with the same validated decoder as
 //! client input. Per-delivery fields are not carried: the packet id is a placeholder (1) for
 //! QoS 1/2, DUP is clear, no topic alias, no subscription identifier.
@@ -18,7 +19,9 @@ use engine::message::{GroupPick, Message};
 use wire::{Packet, ProtocolVersion, Publish};
 
 /// Bytes of a record's fixed header: its length, the origin time and the group count.
-pub const RECORD_HEADER_BYTES: usize = 4 + 8 + 2;
+pub const RECORD_HEADER_BYTES: usize = 4 + 8 + 1 + 2;
+/// Record flag: store the retained message, deliver it to nobody.
+pub const FLAG_RETAINED_SYNC: u8 = 1;
 /// Shared-group picks one record may carry; more are dropped (counted as `too_large`).
 pub const RECORD_GROUPS_MAX: usize = 64;
 /// A batch is sent as one frame once it reaches this size (the frame limit is 1 MiB).
@@ -90,12 +93,13 @@ pub fn encode_publish(
 pub fn append_record(
     batch: &mut Vec<u8>,
     origin_us: u64,
+    flags: u8,
     groups: &[&GroupPick],
     publish: &[u8],
 ) -> Result<(), ForwardError> {
     let groups = groups.get(..RECORD_GROUPS_MAX).unwrap_or(groups);
     let group_bytes: usize = groups.iter().map(|(f, g)| 4 + f.len() + g.len()).sum();
-    let len = 8 + 2 + group_bytes + publish.len();
+    let len = RECORD_HEADER_BYTES - 4 + group_bytes + publish.len();
     let too_large = ForwardError::TooLarge {
         len,
         max: FORWARD_RECORD_MAX_BYTES,
@@ -106,6 +110,7 @@ pub fn append_record(
     let len = u32::try_from(len).map_err(|_| too_large)?;
     batch.extend_from_slice(&len.to_be_bytes());
     batch.extend_from_slice(&origin_us.to_be_bytes());
+    batch.push(flags);
     batch.extend_from_slice(&(groups.len() as u16).to_be_bytes());
     for (filter, group) in groups {
         for s in [filter, group] {
@@ -146,6 +151,8 @@ pub struct ForwardedPublish {
     pub publish: Publish,
     pub origin_age: Duration,
     pub groups: Vec<GroupPick>,
+    /// [`FLAG_RETAINED_SYNC`] was set.
+    pub retained_sync: bool,
 }
 
 /// Reads every record of a batch. Records before a bad one are returned with the error.
@@ -171,6 +178,7 @@ pub fn decode_batch(
         }
         let mut record = rest.split_to(len);
         let origin_us = record.get_u64();
+        let flags = record.get_u8();
         let count = usize::from(record.get_u16()).min(RECORD_GROUPS_MAX);
         let mut groups = Vec::new();
         for _ in 0..count {
@@ -192,6 +200,7 @@ pub fn decode_batch(
             publish,
             origin_age: Duration::from_micros(now_us.saturating_sub(origin_us)),
             groups,
+            retained_sync: flags & FLAG_RETAINED_SYNC != 0,
         });
     }
     Ok(())
@@ -234,7 +243,8 @@ mod tests {
         for (i, m) in sent.iter().enumerate() {
             let origin = encode_publish(m, now, now_us, &mut scratch).expect("encodes");
             let groups: Vec<&GroupPick> = if i == 2 { vec![&pick] } else { vec![] };
-            append_record(&mut batch, origin, &groups, &scratch).expect("fits");
+            let flags = if i == 1 { FLAG_RETAINED_SYNC } else { 0 };
+            append_record(&mut batch, origin, flags, &groups, &scratch).expect("fits");
         }
         let mut got = Vec::new();
         decode_batch(Bytes::from(batch), now_us, &mut got).expect("decodes");
@@ -248,6 +258,7 @@ mod tests {
         }
         assert!(got[0].groups.is_empty());
         assert_eq!(got[2].groups, vec![pick]);
+        assert!(got[1].retained_sync && !got[0].retained_sync);
     }
 
     #[test]
@@ -263,7 +274,7 @@ mod tests {
         .expect("encodes");
         let pick: GroupPick = (Arc::from("a"), Arc::from("g"));
         let mut batch = Vec::new();
-        append_record(&mut batch, origin, &[&pick], &scratch).expect("fits");
+        append_record(&mut batch, origin, 0, &[&pick], &scratch).expect("fits");
         for cut in 0..batch.len() {
             let mut got = Vec::new();
             let result = decode_batch(Bytes::copy_from_slice(&batch[..cut]), 1, &mut got);

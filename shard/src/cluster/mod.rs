@@ -328,7 +328,19 @@ impl ClusterRuntime {
                         send_batch(&mut node, &mut stats, to, full);
                     }
                     let batch = io.batches.entry(to).or_default();
-                    match forward::append_record(&mut batch.bytes, origin_us, &groups, &scratch) {
+                    let flags = if f.retained_sync {
+                        forward::FLAG_RETAINED_SYNC
+                    } else {
+                        0
+                    };
+                    let appended = forward::append_record(
+                        &mut batch.bytes,
+                        origin_us,
+                        flags,
+                        &groups,
+                        &scratch,
+                    );
+                    match appended {
                         Ok(()) => {
                             batch.messages += 1;
                             batch.qos = batch.qos.max(qos as u8);
@@ -470,6 +482,7 @@ impl ClusterRuntime {
                         record.publish,
                         record.origin_age,
                         &record.groups,
+                        record.retained_sync,
                         now,
                     );
                 }
@@ -480,8 +493,15 @@ impl ClusterRuntime {
                 if let Some(l) = self.io.borrow().links.get(&link) {
                     l.set_peer(peer.node_id);
                 }
-                info!(link = link.0, peer = %peer, "peer link up");
-                false
+                // The peer may have joined after our retained messages were published: hand
+                // it the set (it keeps the newer of each topic). Sent at the end of the next turn.
+                let retained = ctx
+                    .engine
+                    .borrow_mut()
+                    .state
+                    .sync_retained_to(PeerNode(peer.node_id.0));
+                info!(link = link.0, peer = %peer, retained, "peer link up");
+                retained > 0
             }
             ClusterEvent::LinkDown { link, reason } => {
                 self.stats.borrow_mut().links_down += 1;

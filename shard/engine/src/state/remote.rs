@@ -238,6 +238,7 @@ impl ShardState {
             nodes,
             shared,
             all_nodes,
+            retained_sync: false,
         };
         if self.id == 0 {
             self.queue_cluster_forward(forward);
@@ -274,6 +275,37 @@ impl ShardState {
             .as_deref_mut()
             .map(|c| std::mem::take(&mut c.forwards))
             .unwrap_or_default()
+    }
+
+    /// Shard 0: queues this node's retained set for `peer`, whose link just came up (it may have
+    /// joined after the messages were published). Bounded like any forward: past
+    /// [`CLUSTER_FORWARDS_MAX`] or the link's bound the rest is dropped and counted.
+    pub fn sync_retained_to(&mut self, peer: PeerNode) -> usize {
+        let messages: Vec<Arc<Message>> = self.retained.values().map(|r| r.0.clone()).collect();
+        let count = messages.len();
+        for message in messages {
+            let mut nodes = SmallVec::new();
+            nodes.push(peer);
+            self.queue_cluster_forward(ClusterForward {
+                message,
+                nodes,
+                shared: SmallVec::new(),
+                all_nodes: false,
+                retained_sync: true,
+            });
+        }
+        count
+    }
+
+    /// A retained message a peer handed over when its link came up: stored on every shard (last
+    /// writer wins by the origin's time), delivered to nobody.
+    pub fn retain_from_peer(&mut self, message: Arc<Message>) {
+        self.store_retained(&message);
+        for shard in 0..self.shard_count {
+            if shard != self.id {
+                self.send_to(shard, ShardMsg::Retain(message.clone()));
+            }
+        }
     }
 
     /// Remote filters installed on this shard (for metrics).
