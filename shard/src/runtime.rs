@@ -1,20 +1,21 @@
 //! The runtime seam: starts one glommio executor per shard, gives each its own io_uring data
 //! plane ([`uring::Ring`]) and its engine ([`engine::Engine`]), wires the N×N cross-shard
-//! channels, and runs the shard loop ([`data_plane_loop`]) beside a few housekeeping tasks
-//! (channel receivers, metrics, `$SYS`, the Kafka bridge loops, shutdown).
+//! channels (flume, announced by ring kicks), and runs the shard loop ([`data_plane_loop`])
+//! beside a few housekeeping tasks (metrics, `$SYS`, the Kafka bridge loops, shutdown).
 //!
 //! One loop turn: (1) batches from other shards (route changes first, so a subscription made
 //! there is seen by the publishes read in this turn), (2) the ring's completions (accepts,
 //! received bytes, sends done, closes), (3) due timers, (4) `Engine::process` drives every
 //! connection with work once, (5) its outputs become ring sends/closes/hand-offs, (6) one batch
-//! per destination shard, (7) one `io_uring_enter` for everything. Then it waits on the ring's
-//! eventfd, a kick from another task, or the next deadline.
+//! per destination shard (and a kick of its ring), (7) one `io_uring_enter` for everything.
+//! While busy that enter also sleeps until the next completion (`Ring::submit_and_wait`); idle,
+//! the loop sleeps through glommio on the ring's eventfd (docs/architecture.md, "Waiting").
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{OwnedFd, RawFd};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU16, Ordering};
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
@@ -22,9 +23,6 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use engine::message::{ShardId, ShardMsg, SHARDS_MAX};
 use engine::{ConnId, Engine, Output};
-use glommio::channels::shared_channel::{
-    self, ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender,
-};
 use glommio::{LocalExecutorBuilder, Placement};
 use tracing::{debug, error, info, warn};
 use uring::{ConnKey, Event, Ring, RingConfig};
@@ -51,11 +49,15 @@ const TICK: Duration = Duration::from_millis(100);
 /// How often the engine's deadlines are checked (keepalive is enforced at 1.5× its interval, so
 /// this precision is ample).
 const TIMER_TICK: Duration = Duration::from_millis(10);
-/// How late the loop may notice what woke it (eventfd and executor latency on a loaded host, or a
-/// wake-up that only `timer_loop`'s tick delivered): input read after a sleep is taken to have
-/// arrived at most this long before the wake-up. Larger only means a publish that preceded a
-/// subscription by up to this much may still reach it.
-const WAKE_SLACK: Duration = Duration::from_millis(25);
+/// While the shard is busy it sleeps in its own ring (`Ring::submit_and_wait`: one
+/// io_uring_enter submits the turn's sends and waits for the next completion) instead of going
+/// through glommio's reactor, which costs several syscalls and a membarrier per sleep. Other
+/// glommio tasks (Kafka answers, `$SYS`, metrics, glommio timers) run when the loop yields to
+/// glommio, at least this often.
+const GLOMMIO_YIELD_PERIOD: Duration = Duration::from_millis(1);
+/// After this long with nothing to do the loop sleeps through glommio instead
+/// (`wait_for_work`), which has no periodic wake-up of its own.
+const DEEP_SLEEP_AFTER: Duration = Duration::from_millis(20);
 /// How long shutdown waits for connections to be told and outboxes to drain.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(3);
 
@@ -118,6 +120,18 @@ struct Links {
     detaching: ahash::AHashMap<u64, Detaching>,
     /// Sockets ready to go to each shard with this turn's batch.
     handoffs: Vec<Vec<HandOff>>,
+    /// Connections added to the ring recently, by ring user: their first bytes may have waited
+    /// in the kernel until the receive was armed, so they are handed in with this floor
+    /// (`Engine::handle_input_since`) until a poll has reported everything from before the arm.
+    armed: ahash::AHashMap<u64, ArmedFloor>,
+}
+
+/// See `Links::armed`.
+struct ArmedFloor {
+    /// The earliest its bytes can have arrived at.
+    floor: Instant,
+    /// When its receive was queued.
+    added_at: Instant,
 }
 
 impl Links {
@@ -150,8 +164,11 @@ pub struct ShardCtx {
     links: RefCell<Links>,
     /// TLS, WebSocket and PROXY layers of the connections that have one.
     edge: RefCell<crate::edge::Edge>,
-    /// Batches received from other shards, applied at the start of the next turn.
-    inbox: RefCell<Vec<Batch>>,
+    /// Batches from other shards (`receivers[from]`), applied at the start of each turn. A
+    /// sender kicks this shard's ring after it sent (`Ring::kick`), which wakes the loop.
+    receivers: Vec<Option<flume::Receiver<Batch>>>,
+    /// Other shards' ring fds, by shard id (own entry unused): targets of `Ring::kick`.
+    peer_rings: Vec<RawFd>,
     /// Set when another task gave the engine work (a batch, a Kafka answer, `$SYS`).
     kicked: Cell<bool>,
     loop_waker: Cell<Option<Waker>>,
@@ -287,16 +304,16 @@ pub fn start(
         first_listeners.push(Some(l));
     }
     // senders[from][to], receivers[to][from]
-    let mut senders: Vec<Vec<Option<SharedSender<Batch>>>> = (0..count)
+    let mut senders: Vec<Vec<Option<flume::Sender<Batch>>>> = (0..count)
         .map(|_| (0..count).map(|_| None).collect())
         .collect();
-    let mut receivers: Vec<Vec<Option<SharedReceiver<Batch>>>> = (0..count)
+    let mut receivers: Vec<Vec<Option<flume::Receiver<Batch>>>> = (0..count)
         .map(|_| (0..count).map(|_| None).collect())
         .collect();
     for from in 0..count {
         for to in 0..count {
             if from != to {
-                let (tx, rx) = shared_channel::new_bounded(CROSS_SHARD_CHANNEL_BATCHES);
+                let (tx, rx) = flume::bounded(CROSS_SHARD_CHANNEL_BATCHES);
                 senders[from][to] = Some(tx);
                 receivers[to][from] = Some(rx);
             }
@@ -306,6 +323,10 @@ pub fn start(
     crate::edge::tls::spawn_reloader(&config.listeners, shutdown.clone())
         .map_err(|e| ShardError::Runtime(format!("cannot start the tls reloader: {e}")))?;
     let started = Arc::new(AtomicU16::new(0));
+    let rings: Arc<RingTable> = Arc::new(RingTable {
+        fds: (0..count).map(|_| AtomicI32::new(-1)).collect(),
+        ready: AtomicU16::new(0),
+    });
     let failed: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -344,6 +365,7 @@ pub fn start(
             listeners: own_listeners,
             tx_row,
             rx_row,
+            rings: rings.clone(),
             shutdown: shutdown.clone(),
             started: started.clone(),
             failed: failed.clone(),
@@ -380,14 +402,22 @@ pub fn start(
     })
 }
 
+/// Every shard's ring fd, published at start-up so shards can kick each other's rings.
+struct RingTable {
+    fds: Vec<AtomicI32>,
+    /// Shards whose ring exists (their `fds` entry is set).
+    ready: AtomicU16,
+}
+
 /// What one shard thread starts with.
 struct ShardSetup {
     id: ShardId,
     count: u16,
     config: RuntimeConfig,
     listeners: Vec<std::net::TcpListener>,
-    tx_row: Vec<Option<SharedSender<Batch>>>,
-    rx_row: Vec<Option<SharedReceiver<Batch>>>,
+    tx_row: Vec<Option<flume::Sender<Batch>>>,
+    rx_row: Vec<Option<flume::Receiver<Batch>>>,
+    rings: Arc<RingTable>,
     shutdown: Arc<AtomicBool>,
     started: Arc<AtomicU16>,
     failed: Arc<std::sync::Mutex<Option<String>>>,
@@ -429,6 +459,23 @@ async fn run_shard(setup: ShardSetup) {
             return;
         }
     }
+    // Publish this ring for the others' kicks, then wait until every shard's ring exists.
+    if let Some(slot) = setup.rings.fds.get(usize::from(id)) {
+        slot.store(ring.ring_fd(), Ordering::Release);
+    }
+    setup.rings.ready.fetch_add(1, Ordering::AcqRel);
+    while setup.rings.ready.load(Ordering::Acquire) < setup.count {
+        if setup.shutdown.load(Ordering::Acquire) {
+            return;
+        }
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+    let peer_rings: Vec<RawFd> = setup
+        .rings
+        .fds
+        .iter()
+        .map(|fd| fd.load(Ordering::Acquire))
+        .collect();
     let acks = setup.bridge.as_ref().map(|b| b.acks.clone());
     let bridge: Option<Box<dyn engine::bridge::Bridge>> = setup.bridge.map(|b| {
         Box::new(crate::bridge::KafkaBridge {
@@ -456,7 +503,8 @@ async fn run_shard(setup: ShardSetup) {
             setup.config.listen.len(),
             &setup.config.listeners,
         )),
-        inbox: RefCell::new(Vec::new()),
+        receivers: setup.rx_row,
+        peer_rings,
         kicked: Cell::new(false),
         loop_waker: Cell::new(None),
         cluster,
@@ -470,28 +518,7 @@ async fn run_shard(setup: ShardSetup) {
     if let Some(inbound) = setup.inbound {
         glommio::spawn_local(crate::bridge::inbound_loop(ctx.clone(), inbound)).detach();
     }
-    // Connect the channel ends (each side awaits its peer).
-    let connect_rx = async {
-        let mut out = Vec::new();
-        for rx in setup.rx_row.into_iter().flatten() {
-            out.push(rx.connect().await);
-        }
-        out
-    };
-    let connect_tx = async {
-        let mut out = Vec::new();
-        for tx in setup.tx_row {
-            match tx {
-                Some(tx) => out.push(Some(tx.connect().await)),
-                None => out.push(None),
-            }
-        }
-        out
-    };
-    let (rx, tx) = futures_lite::future::zip(connect_rx, connect_tx).await;
-    for rx in rx {
-        glommio::spawn_local(receive_loop(ctx.clone(), rx)).detach();
-    }
+    let tx = setup.tx_row;
     setup.started.fetch_add(1, Ordering::AcqRel);
     info!(shard = id, "shard started");
     glommio::spawn_local(metrics_loop(ctx.clone())).detach();
@@ -514,50 +541,102 @@ async fn run_shard(setup: ShardSetup) {
 /// The shard loop: see the module docs for one turn.
 async fn data_plane_loop(
     ctx: &Rc<ShardCtx>,
-    tx: &[Option<ConnectedSender<Batch>>],
+    tx: &[Option<flume::Sender<Batch>>],
     stopping: &Rc<Cell<bool>>,
 ) {
     let mut drain_until: Option<Instant> = None;
+    let mut yielded_at = Instant::now();
+    let mut active_at = Instant::now();
     loop {
         let now = Instant::now();
         if stopping.get() && drain_until.is_none() {
             ctx.engine.borrow_mut().begin_shutdown();
             drain_until = Some(now + SHUTDOWN_DRAIN);
         }
-        turn(ctx, tx, now);
+        if turn(ctx, tx, now) {
+            active_at = now;
+        }
         if let Some(until) = drain_until {
             let done = {
                 let engine = ctx.engine.borrow();
                 engine.connection_count() == 0 && !engine.has_work()
             };
             if done || now >= until {
+                flush(ctx);
                 break;
             }
         }
-        if wait_for_work(ctx).await {
-            ctx.engine
-                .borrow_mut()
-                .note_wake(Instant::now(), WAKE_SLACK);
+        // Let glommio's other tasks run now and then (and whenever they asked to).
+        if now.duration_since(yielded_at) >= GLOMMIO_YIELD_PERIOD || ctx.kicked.get() {
+            flush(ctx);
+            futures_lite::future::yield_now().await;
+            yielded_at = Instant::now();
+            continue;
         }
+        if has_work(ctx) {
+            flush(ctx);
+            continue;
+        }
+        if now.duration_since(active_at) < DEEP_SLEEP_AFTER {
+            // Busy lately: sleep in the ring itself, until the next completion, the next
+            // deadline or the next yield to glommio.
+            let mut until = yielded_at + GLOMMIO_YIELD_PERIOD;
+            if let Some(at) = ctx.engine.borrow().poll_timeout() {
+                until = until.min(at);
+            }
+            let timeout = until.saturating_duration_since(now);
+            if let Err(err) = ctx.ring.borrow_mut().submit_and_wait(timeout) {
+                warn!(error = %err, "io_uring wait failed");
+            }
+            continue;
+        }
+        flush(ctx);
+        wait_for_work(ctx).await;
+        yielded_at = Instant::now();
     }
     // Give the last messages (wills sent to other shards) a moment to go out and be delivered.
     let end = Instant::now() + Duration::from_millis(100);
     while Instant::now() < end {
         turn(ctx, tx, Instant::now());
+        flush(ctx);
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
 }
 
-/// One loop turn.
-fn turn(ctx: &ShardCtx, tx: &[Option<ConnectedSender<Batch>>], now: Instant) {
+/// One io_uring_enter for what the turn queued (sends, re-arms, kicks).
+fn flush(ctx: &ShardCtx) {
+    if let Err(err) = ctx.ring.borrow_mut().flush() {
+        warn!(error = %err, "io_uring submit failed");
+    }
+}
+
+/// Whether the next turn has something to do without waiting.
+fn has_work(ctx: &ShardCtx) -> bool {
+    ctx.kicked.get()
+        || ctx.receivers.iter().flatten().any(|rx| !rx.is_empty())
+        || ctx.engine.borrow().has_work()
+}
+
+/// One loop turn; true if anything happened (a batch, a completion, an output). The caller
+/// submits what it queued.
+fn turn(ctx: &ShardCtx, tx: &[Option<flume::Sender<Batch>>], now: Instant) -> bool {
+    let mut active = false;
     let mut engine = ctx.engine.borrow_mut();
     let mut ring = ctx.ring.borrow_mut();
     let mut links = ctx.links.borrow_mut();
     let mut edge = ctx.edge.borrow_mut();
     ctx.kicked.set(false);
+    // What this turn's poll reports arrived after this (not after the previous turn: with
+    // DEFER_TASKRUN bytes that arrived during it became completions only at its enter).
+    let floor = ring.reported_through();
+    engine.set_input_floor(floor);
+    if !links.armed.is_empty() {
+        links.armed.retain(|_, a| a.added_at >= floor);
+    }
     // 1. Other shards first: their route changes precede this turn's publishes.
-    let inbox = std::mem::take(&mut *ctx.inbox.borrow_mut());
-    for batch in inbox {
+    let batches = ctx.receivers.iter().flatten().flat_map(|rx| rx.try_iter());
+    for batch in batches {
+        active = true;
         engine.handle_shard_msgs(batch.msgs, now);
         for h in batch.handoffs {
             let conn = engine.open_handed_off_since(&h.buffered, h.since, now);
@@ -567,6 +646,11 @@ fn turn(ctx: &ShardCtx, tx: &[Option<ConnectedSender<Batch>>], now: Instant) {
             match ring.add_conn(h.fd, conn.to_u64()) {
                 Ok(key) => {
                     links.insert(conn, key);
+                    let armed = ArmedFloor {
+                        floor: h.since.min(floor),
+                        added_at: Instant::now(),
+                    };
+                    links.armed.insert(conn.to_u64(), armed);
                     edge.adopt(conn, h.edge, &mut engine, now);
                 }
                 Err(err) => {
@@ -578,7 +662,9 @@ fn turn(ctx: &ShardCtx, tx: &[Option<ConnectedSender<Batch>>], now: Instant) {
     }
     // 2. The ring's completions.
     let mut accepted: smallvec::SmallVec<[(usize, OwnedFd); 8]> = Default::default();
-    ring.poll(|event| match event {
+    let completions = ring.poll(|event| match event {
+        // The batch it announces is taken at the start of the next turn (`has_work` sees it).
+        Event::Kicked { .. } => {}
         Event::Accepted { listener, fd } => accepted.push((listener, fd)),
         Event::Received { user, data } => {
             if let Some(d) = links.detaching.get_mut(&user) {
@@ -587,7 +673,11 @@ fn turn(ctx: &ShardCtx, tx: &[Option<ConnectedSender<Batch>>], now: Instant) {
                     None => d.buffered.extend_from_slice(data),
                 }
             } else {
-                edge.input(ConnId::from_u64(user), data, &mut engine, now);
+                let conn = ConnId::from_u64(user);
+                if let Some(a) = links.armed.get(&user) {
+                    engine.note_input_floor(conn, a.floor);
+                }
+                edge.input(conn, data, &mut engine, now);
             }
         }
         Event::Sent { user, queued_bytes } => {
@@ -598,6 +688,7 @@ fn turn(ctx: &ShardCtx, tx: &[Option<ConnectedSender<Batch>>], now: Instant) {
                 debug!(error = %err, "connection closed by the transport");
             }
             links.detaching.remove(&user);
+            links.armed.remove(&user);
             let conn = ConnId::from_u64(user);
             links.remove(conn);
             edge.closed(conn);
@@ -628,7 +719,15 @@ fn turn(ctx: &ShardCtx, tx: &[Option<ConnectedSender<Batch>>], now: Instant) {
             continue;
         }
         match ring.add_conn(fd, conn.to_u64()) {
-            Ok(key) => links.insert(conn, key),
+            Ok(key) => {
+                links.insert(conn, key);
+                // It was established after this turn's floor (its accept was reported now).
+                let armed = ArmedFloor {
+                    floor,
+                    added_at: Instant::now(),
+                };
+                links.armed.insert(conn.to_u64(), armed);
+            }
             Err(err) => {
                 warn!(error = %err, "cannot serve an accepted connection");
                 engine.handle_closed(conn, now);
@@ -647,7 +746,9 @@ fn turn(ctx: &ShardCtx, tx: &[Option<ConnectedSender<Batch>>], now: Instant) {
     // 4. Every connection with work, once.
     engine.process(now);
     // 5. Its outputs.
+    active |= completions > 0;
     while let Some(output) = engine.poll_output() {
+        active = true;
         apply_output(&mut ring, &mut links, &mut edge, output);
     }
     if let Some(cluster) = &ctx.cluster {
@@ -662,20 +763,25 @@ fn turn(ctx: &ShardCtx, tx: &[Option<ConnectedSender<Batch>>], now: Instant) {
             continue;
         }
         match sender.try_send(Batch { msgs, handoffs }) {
-            Ok(()) => {}
-            Err(glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(batch))) => {
+            Ok(()) => {
+                // Wake the destination (submitted with this turn's enter, no syscall of its own).
+                if let Some(&fd) = ctx.peer_rings.get(to) {
+                    ring.kick(fd, to as u32, u32::from(engine.id()));
+                }
+            }
+            Err(flume::TrySendError::Full(batch)) => {
                 // The channel is full: keep the batch for the next turn.
                 engine.unpoll_outbox(to as ShardId, batch.msgs);
                 links.handoffs[to].extend(batch.handoffs);
                 ctx.kicked.set(true);
             }
-            Err(err) => debug!(to, error = %err, "cross-shard channel closed; batch dropped"),
+            Err(flume::TrySendError::Disconnected(_)) => {
+                debug!(to, "cross-shard channel closed; batch dropped")
+            }
         }
     }
-    // 7. One io_uring_enter for everything this turn.
-    if let Err(err) = ring.flush() {
-        warn!(error = %err, "io_uring submit failed");
-    }
+    // 7. The caller submits everything this turn queued in one io_uring_enter.
+    active
 }
 
 fn apply_output(ring: &mut Ring, links: &mut Links, edge: &mut crate::edge::Edge, output: Output) {
@@ -724,19 +830,18 @@ fn apply_output(ring: &mut Ring, links: &mut Links, edge: &mut crate::edge::Edge
     }
 }
 
-/// Sleeps until the ring has completions, another task kicked the loop, or the next deadline.
-/// True if it slept (rather than only yielding).
+/// Sleeps through glommio's reactor until the ring has completions (the ring's eventfd) or
+/// another task kicked the loop; `timer_loop` bounds it for the engine's deadlines.
 // The ring stays borrowed while this task sleeps in `Ring::wait`: the only mutable borrow is
 // `turn`'s, on this same task, which is suspended here; the metrics task only `try_borrow`s.
 #[allow(clippy::await_holding_refcell_ref)]
-async fn wait_for_work(ctx: &Rc<ShardCtx>) -> bool {
-    let busy = ctx.kicked.get() || !ctx.inbox.borrow().is_empty() || ctx.engine.borrow().has_work();
-    if busy {
+async fn wait_for_work(ctx: &Rc<ShardCtx>) {
+    if has_work(ctx) {
         futures_lite::future::yield_now().await;
-        return false;
+        return;
     }
     let kicked = std::future::poll_fn(|cx| {
-        if ctx.kicked.get() || !ctx.inbox.borrow().is_empty() {
+        if ctx.kicked.get() {
             Poll::Ready(())
         } else {
             ctx.loop_waker.set(Some(cx.waker().clone()));
@@ -745,7 +850,6 @@ async fn wait_for_work(ctx: &Rc<ShardCtx>) -> bool {
     });
     let ring = ctx.ring.borrow();
     futures_lite::future::or(ring.wait(), kicked).await;
-    true
 }
 
 /// Wakes the loop every `TIMER_TICK`: runs the engine's deadlines (keepalive, will delay,
@@ -768,15 +872,6 @@ async fn watch_shutdown(ctx: Rc<ShardCtx>, flag: Arc<AtomicBool>, stopping: Rc<C
     }
     stopping.set(true);
     ctx.kick();
-}
-
-/// Applies what another shard sent: queued for the start of the next turn.
-async fn receive_loop(ctx: Rc<ShardCtx>, rx: ConnectedReceiver<Batch>) {
-    while let Some(batch) = rx.recv().await {
-        ctx.inbox.borrow_mut().push(batch);
-        ctx.kick();
-    }
-    debug!("cross-shard channel closed");
 }
 
 /// `$SYS` every `interval_secs`.

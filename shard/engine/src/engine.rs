@@ -83,9 +83,12 @@ pub struct Engine {
     /// `READ_CHUNK_BYTES` of input rather than one per message. Frames split off it stay
     /// zero-copy `Bytes`.
     read_buf: bytes::BytesMut,
-    /// Handed-off connections not driven yet, and when their input arrived on the accepting
-    /// shard. At most the hand-offs of one turn.
-    handoff_since: ahash::AHashMap<ConnId, Instant>,
+    /// Connections whose buffered input arrived before this turn's floor
+    /// (`set_input_floor`), with the earliest instant it can have arrived at: a handed-off
+    /// connection's input (it arrived on the accepting shard), input the runtime handed in with
+    /// `handle_input_since` (a socket whose bytes waited before its receive was armed), input
+    /// left buffered by an earlier drive. Sparse: a connection is here only while that holds.
+    input_floors: ahash::AHashMap<ConnId, Instant>,
     /// The driven connection's output (`Shared::out`); split off as one transmit after each
     /// drive, so its capacity is shared by every connection like `read_buf`'s.
     out: bytes::BytesMut,
@@ -115,7 +118,7 @@ impl Engine {
             ready_scratch: Vec::new(),
             pass: 0,
             read_buf: bytes::BytesMut::new(),
-            handoff_since: ahash::AHashMap::new(),
+            input_floors: ahash::AHashMap::new(),
             out: bytes::BytesMut::new(),
             admission,
         }
@@ -171,7 +174,7 @@ impl Engine {
         now: Instant,
     ) -> ConnId {
         let id = self.open_conn(true, 0, now);
-        self.handoff_since.insert(id, since);
+        self.input_floors.insert(id, since);
         self.handle_input(id, buffered, now);
         id
     }
@@ -266,6 +269,23 @@ impl Engine {
         self.state.ready.push(conn);
         if pause {
             self.outputs.push_back(Output::PauseReading { conn });
+        }
+    }
+
+    /// Like [`Engine::handle_input`], for bytes that may have arrived before this turn's floor
+    /// (`set_input_floor`), at `floor` at the earliest: a socket's first bytes, which waited in
+    /// the kernel until its receive was armed. Subscriptions they make count from `floor`.
+    pub fn handle_input_since(&mut self, conn: ConnId, data: &[u8], floor: Instant, now: Instant) {
+        self.note_input_floor(conn, floor);
+        self.handle_input(conn, data, now);
+    }
+
+    /// The next input of `conn` (until it is driven) may have arrived as early as `floor`; for
+    /// a runtime whose transport layers (TLS, WebSocket) call `handle_input` themselves.
+    pub fn note_input_floor(&mut self, conn: ConnId, floor: Instant) {
+        if floor < self.state.previous_turn_at {
+            let entry = self.input_floors.entry(conn).or_insert(floor);
+            *entry = (*entry).min(floor);
         }
     }
 
@@ -522,13 +542,14 @@ impl Engine {
         self.state.previous_turn_at = now;
     }
 
-    /// The loop slept and woke at `woke_at`: input handled from now on arrived after
-    /// `woke_at - slack` at the earliest (see `message::RouteChange::since`).
-    pub fn note_wake(&mut self, woke_at: Instant, slack: Duration) {
-        let floor = woke_at.checked_sub(slack).unwrap_or(woke_at);
-        if floor > self.state.previous_turn_at {
-            self.state.previous_turn_at = floor;
-        }
+    /// The earliest instant the input handed in from now on (until the next `process`) can have
+    /// arrived at, as the transport knows it (`uring::Ring::reported_through` before the turn's
+    /// poll). Subscriptions this input makes count from it (`message::RouteChange::since`), so
+    /// publishes that other shards read after it are replayed to them. Without a call, the
+    /// previous `process` time is used (right for a transport that hands bytes in as they
+    /// arrive, as the simulations do).
+    pub fn set_input_floor(&mut self, at: Instant) {
+        self.state.previous_turn_at = at;
     }
 
     fn drive(&mut self, id: ConnId, now: Instant) {
@@ -539,15 +560,15 @@ impl Engine {
             return;
         }
         slot.driven_in_pass = self.pass;
-        let handoff_since = if self.handoff_since.is_empty() {
+        let earlier = if self.input_floors.is_empty() {
             None
         } else {
-            self.handoff_since.remove(&id)
+            self.input_floors.remove(&id)
         };
         let turn_floor = self.state.previous_turn_at;
-        if let Some(since) = handoff_since {
+        if let Some(since) = earlier {
             self.state.previous_turn_at = since.min(turn_floor);
-            self.state.replay_local_since = Some(since);
+            self.state.replay_local_since = Some(since.min(turn_floor));
         }
         let Some(conn) = slot.conn.as_deref_mut() else {
             return;
@@ -564,7 +585,11 @@ impl Engine {
         if was_handshaking && !conn.is_handshaking() {
             self.admission.handshake_done();
         }
-        if handoff_since.is_some() {
+        if conn.input_buffered() > 0 && matches!(step, Step::Idle | Step::Again) {
+            // Handled in a later turn, whose floor is later than this input's arrival.
+            self.input_floors.insert(id, self.state.previous_turn_at);
+        }
+        if earlier.is_some() {
             self.state.previous_turn_at = turn_floor;
             self.state.replay_local_since = None;
         }
@@ -617,7 +642,6 @@ impl Engine {
                 });
             }
             Step::Closed => {
-                self.handoff_since.remove(&id);
                 self.free_conn(id);
                 self.outputs.push_back(Output::Close { conn: id });
             }
@@ -636,6 +660,9 @@ impl Engine {
     }
 
     fn free_conn(&mut self, id: ConnId) {
+        if !self.input_floors.is_empty() {
+            self.input_floors.remove(&id);
+        }
         if let Some(slot) = self.conns.get_mut(id.index as usize) {
             if slot.generation == id.generation {
                 if let Some(conn) = slot.conn.take() {

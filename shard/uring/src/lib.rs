@@ -34,7 +34,10 @@
 //! }
 //! ```
 //! `wait()` must be awaited inside a glommio executor (it reads the eventfd through glommio's
-//! ring); everything else is plain synchronous code.
+//! ring); everything else is plain synchronous code. A busy loop can instead sleep in the ring
+//! itself with [`Ring::submit_and_wait`] (one io_uring_enter that submits and waits), and rings
+//! wake each other with [`Ring::kick`] (IORING_OP_MSG_RING, reported as [`Event::Kicked`]).
+//! [`Ring::reported_through`] bounds from below when anything the next poll reports arrived.
 //!
 //! # Memory
 //! An idle connection costs the ring its slot, `size_of` = 32 bytes ([`CONN_SIZE_BYTES`],

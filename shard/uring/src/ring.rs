@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::marker::PhantomData;
 use std::net::TcpListener;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -108,6 +108,8 @@ pub enum Event<'a> {
     Sent { user: u64, queued_bytes: usize },
     /// Answer to [`Ring::detach`]: nothing is in flight any more and the fd is the caller's.
     Detached { user: u64, fd: OwnedFd },
+    /// Another ring's [`Ring::kick`] arrived; `from` is the id it passed.
+    Kicked { from: u32 },
 }
 
 /// How the kernel runs completion task work for this ring.
@@ -168,6 +170,14 @@ pub struct RingStats {
     pub waits: u64,
     /// `wait` calls that slept on the eventfd.
     pub wait_sleeps: u64,
+    /// [`Ring::submit_and_wait`] calls that blocked in the kernel, and those that ended with
+    /// their timeout.
+    pub direct_waits: u64,
+    pub direct_wait_timeouts: u64,
+    /// Kicks sent to other rings, received from them, and sends that failed.
+    pub kicks_sent: u64,
+    pub kicks_received: u64,
+    pub kick_errors: u64,
 }
 
 struct Listener {
@@ -212,6 +222,13 @@ pub struct Ring {
     wait_sleeps: Cell<u64>,
     accept_warned_at: Option<Instant>,
     accept_warn_suppressed: u64,
+    /// When the kernel last had nothing completed outside the CQ: taken just before an
+    /// io_uring_enter that ran deferred completion work (GETEVENTS), or when the SQ flags showed
+    /// none pending. Everything that arrived before it is in the CQ or already reported.
+    drained_at: Instant,
+    /// Everything that arrived before this instant has been reported by `poll` (see
+    /// [`Ring::reported_through`]).
+    reported_through: Instant,
     /// Set by Drop: nothing is re-armed any more.
     shutting_down: bool,
     _not_send: PhantomData<*const ()>,
@@ -361,6 +378,8 @@ impl Ring {
             waits: Cell::new(0),
             wait_sleeps: Cell::new(0),
             accept_warned_at: None,
+            drained_at: Instant::now(),
+            reported_through: Instant::now(),
             accept_warn_suppressed: 0,
             shutting_down: false,
             cfg,
@@ -521,17 +540,111 @@ impl Ring {
     pub fn flush(&mut self) -> io::Result<()> {
         self.drain_backlog();
         let pending = self.uring.submission().len();
+        let checked_at = Instant::now();
         let getevents = self.needs_getevents();
+        if !getevents && self.features.taskrun_flag {
+            // The flag is clear: no completion work was deferred at `checked_at`.
+            self.drained_at = checked_at;
+        }
         if pending == 0 && !getevents {
             return Ok(());
         }
         self.enter(getevents)
     }
 
+    /// This ring's file descriptor, for other threads' [`Ring::kick`]. Valid while the ring
+    /// lives.
+    pub fn ring_fd(&self) -> RawFd {
+        self.uring.as_raw_fd()
+    }
+
+    /// Queues a wake-up for another ring (IORING_OP_MSG_RING, submitted with the next
+    /// [`Ring::flush`] / [`Ring::submit_and_wait`]: no syscall of its own). The target reports
+    /// [`Event::Kicked`] with `from`, which wakes it from [`Ring::submit_and_wait`] or
+    /// [`Ring::wait`]. `target` must be a live ring's fd ([`Ring::ring_fd`]); a stale one fails
+    /// harmlessly (counted in `kick_errors`).
+    pub fn kick(&mut self, target: RawFd, target_id: u32, from: u32) {
+        self.stats.kicks_sent += 1;
+        let mut entry = opcode::MsgRingData::new(
+            Fd(target),
+            0,
+            Token::new(OpKind::Kick, from, 0).encode(),
+            None,
+        )
+        .build()
+        .user_data(Token::new(OpKind::KickSent, target_id, 0).encode());
+        if self.features.skip_cqe_on_success {
+            entry = entry.flags(squeue::Flags::SKIP_SUCCESS);
+        }
+        self.push(entry);
+    }
+
+    /// Submits what is queued and, unless work is already waiting, blocks in the kernel until a
+    /// completion arrives or `timeout` passes — one io_uring_enter for both. For a shard loop
+    /// that is the only runnable task of its executor: it sleeps here instead of going through
+    /// the executor's reactor (see [`Ring::wait`] for sleeping inside it). Returns false when the
+    /// timeout ended the wait with nothing completed.
+    pub fn submit_and_wait(&mut self, timeout: Duration) -> io::Result<bool> {
+        self.drain_backlog();
+        if !self.backlog.is_empty() || !self.finished.is_empty() || !self.nobufs.is_empty() {
+            self.flush()?;
+            return Ok(true);
+        }
+        if !self.uring.completion().is_empty() {
+            self.flush()?;
+            return Ok(true);
+        }
+        self.stats.direct_waits += 1;
+        let ts = Timespec::new()
+            .sec(timeout.as_secs())
+            .nsec(timeout.subsec_nanos());
+        let args = SubmitArgs::new().timespec(&ts);
+        let flags = if self.uring.params().is_feature_no_iowait() {
+            io_uring::EnterFlags::NO_IOWAIT
+        } else {
+            io_uring::EnterFlags::empty()
+        };
+        let started = Instant::now();
+        let result = self
+            .uring
+            .submitter()
+            .submit_with_args_and_flags(1, &args, flags);
+        self.stats.enters += 1;
+        match result {
+            Ok(submitted) => {
+                self.stats.sqes_submitted += submitted as u64;
+                self.drained_at = started;
+                Ok(true)
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ETIME) => {
+                self.drained_at = started;
+                self.stats.direct_wait_timeouts += 1;
+                Ok(!self.uring.completion().is_empty())
+            }
+            // A signal, or CQ overflow backlog (reaping makes room): the caller polls again.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)
+                ) =>
+            {
+                Ok(true)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Reaps every available completion (never blocks) and reports it; returns how many CQEs
     /// were handled. Call [`Ring::flush`] afterwards: handling queues re-arms and sends.
     pub fn poll(&mut self, mut f: impl FnMut(Event<'_>)) -> usize {
         let mut handled = 0;
+        if !self.features.taskrun_flag {
+            // Without the flag we cannot tell what is deferred; completion work then runs on
+            // the way back to user space (signalled or cooperative), so now is close enough.
+            self.drained_at = Instant::now();
+        }
+        let drained_at = self.drained_at;
+        let mut emptied = false;
         self.rearm_nobufs();
         self.report_finished(&mut f);
         // Bound one poll so a flood of completions cannot starve the rest of the shard loop.
@@ -546,6 +659,7 @@ impl Ring {
             }
             self.cqe_scratch = batch;
             if count == 0 {
+                emptied = true;
                 break;
             }
             handled += count;
@@ -553,7 +667,20 @@ impl Ring {
             self.rearm_nobufs();
             self.report_finished(&mut f);
         }
+        if emptied {
+            self.reported_through = drained_at;
+        }
         handled
+    }
+
+    /// A lower bound on when anything reported by later `poll`s arrived: every completion the
+    /// kernel produced for arrivals before this instant has been reported already. With
+    /// DEFER_TASKRUN a receive becomes a CQE only at the next io_uring_enter with GETEVENTS, so
+    /// this is the start of the last such enter before the last poll that emptied the CQ — not
+    /// the time of that poll. The shard loop gives it to the engine as the earliest arrival of
+    /// the turn's input (cross-shard replay, `RouteChange::since`).
+    pub fn reported_through(&self) -> Instant {
+        self.reported_through
     }
 
     /// Inside a glommio executor: resolves when the ring has work for `flush`/`poll` (see the
@@ -865,6 +992,17 @@ impl Ring {
                 }
             }
             OpKind::Recv => self.on_recv(token, res, cflags, f),
+            OpKind::Kick => {
+                self.stats.kicks_received += 1;
+                f(Event::Kicked { from: token.index });
+            }
+            OpKind::KickSent => {
+                // Only failures complete (SKIP_SUCCESS): the target ring is gone (shutdown).
+                if res < 0 {
+                    self.stats.kick_errors += 1;
+                    tracing::debug!(errno = errno_of(res), target = token.index, "kick failed");
+                }
+            }
             OpKind::Send => self.on_send(token, res, f),
             OpKind::Cancel => {
                 // ENOENT/EALREADY: the op ended on its own first; its own CQE tells us.
@@ -1134,6 +1272,7 @@ impl Ring {
         };
         loop {
             let pending = self.uring.submission().len() as u32;
+            let started = Instant::now();
             // SAFETY: no signal mask argument; SQEs were validated at push.
             let result = unsafe {
                 self.uring
@@ -1144,6 +1283,9 @@ impl Ring {
             match result {
                 Ok(submitted) => {
                     self.stats.sqes_submitted += submitted as u64;
+                    if getevents {
+                        self.drained_at = started;
+                    }
                     return Ok(());
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,

@@ -23,6 +23,10 @@ pub(crate) enum OpKind {
     Cancel = 5,
     /// The close/detach linger bound of a connection (index = slot).
     Linger = 6,
+    /// A wake-up another ring sent this one with IORING_OP_MSG_RING (index = the sender's id).
+    Kick = 7,
+    /// Our own MSG_RING op to another ring (index = the target's id); only failures complete.
+    KickSent = 8,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -54,6 +58,8 @@ impl Token {
             4 => OpKind::Send,
             5 => OpKind::Cancel,
             6 => OpKind::Linger,
+            7 => OpKind::Kick,
+            8 => OpKind::KickSent,
             _ => return None,
         };
         Some(Token {

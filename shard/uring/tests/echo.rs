@@ -89,6 +89,7 @@ fn echo_with(mode: TaskrunMode) {
                 }
                 Owned::Sent { .. } => {}
                 Owned::Detached { .. } => panic!("unexpected detach"),
+                Owned::Kicked { .. } => panic!("unexpected kick"),
             }
         }
     }

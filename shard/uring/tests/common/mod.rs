@@ -34,6 +34,9 @@ pub enum Owned {
         user: u64,
         fd: OwnedFd,
     },
+    Kicked {
+        from: u32,
+    },
 }
 
 pub fn own(ev: Event<'_>) -> Owned {
@@ -46,6 +49,7 @@ pub fn own(ev: Event<'_>) -> Owned {
         Event::Closed { user, error } => Owned::Closed { user, error },
         Event::Sent { user, queued_bytes } => Owned::Sent { user, queued_bytes },
         Event::Detached { user, fd } => Owned::Detached { user, fd },
+        Event::Kicked { from } => Owned::Kicked { from },
     }
 }
 
