@@ -6,6 +6,7 @@
 //! | `NotAuthorized`      | 0x87 Not authorized            | 5 not authorized                      |
 //! | `Banned`             | 0x8A Banned                    | 5 not authorized (3.1.1 has no "banned") |
 //! | `ServerBusy`         | 0x89 Server busy               | 3 server unavailable                  |
+//! | `QuotaExceeded`      | 0x97 Quota exceeded            | 3 server unavailable                  |
 //!
 //! An ACL refusal ([`Access::Deny`]) is SUBACK 0x80 (3.1.1) / 0x87 (5.0) for SUBSCRIBE, and
 //! PUBACK/PUBREC 0x87 (5.0) or a silent drop (QoS 0, and 3.1.1 as Mosquitto does) for PUBLISH.
@@ -43,6 +44,9 @@ pub enum Refusal {
     /// The auth worker queue is full: try again later.
     #[error("server busy")]
     ServerBusy,
+    /// The shard already waits on its most authentications at once: try again later.
+    #[error("quota exceeded (too many authentications in flight)")]
+    QuotaExceeded,
 }
 
 impl Refusal {
@@ -53,6 +57,7 @@ impl Refusal {
             Refusal::NotAuthorized(_) => 0x87,
             Refusal::Banned => 0x8A,
             Refusal::ServerBusy => 0x89,
+            Refusal::QuotaExceeded => 0x97,
         }
     }
 
@@ -61,7 +66,7 @@ impl Refusal {
         match self {
             Refusal::BadCredentials(_) => 4,
             Refusal::NotAuthorized(_) | Refusal::Banned => 5,
-            Refusal::ServerBusy => 3,
+            Refusal::ServerBusy | Refusal::QuotaExceeded => 3,
         }
     }
 
@@ -69,7 +74,7 @@ impl Refusal {
     pub fn reason(self) -> Option<FailureReason> {
         match self {
             Refusal::BadCredentials(reason) | Refusal::NotAuthorized(reason) => Some(reason),
-            Refusal::Banned | Refusal::ServerBusy => None,
+            Refusal::Banned | Refusal::ServerBusy | Refusal::QuotaExceeded => None,
         }
     }
 }
