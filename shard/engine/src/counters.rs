@@ -16,7 +16,7 @@ pub const DROP_REASONS: [DropReason; 7] = [
     DropReason::Offline,
 ];
 
-pub const CLOSE_REASONS: [&str; 7] = [
+pub const CLOSE_REASONS: [&str; 8] = [
     "client_disconnect",
     "connection_lost",
     "keepalive_timeout",
@@ -24,6 +24,7 @@ pub const CLOSE_REASONS: [&str; 7] = [
     "protocol_error",
     "server_shutting_down",
     "slow_consumer",
+    "credentials_expired",
 ];
 
 /// Plain counters, bumped on the shard's own thread.
@@ -50,6 +51,8 @@ pub struct Counters {
     pub subscriptions_over_limit: u64,
     /// Publishes forwarded late to a shard whose subscription arrived just after them.
     pub publishes_replayed: u64,
+    /// Authentication and ACL outcomes (see `state::acl`).
+    pub auth: crate::state::AuthCounters,
 }
 
 impl Counters {

@@ -15,6 +15,7 @@ use crate::admission::{Admission, Refusal};
 use crate::bridge::Bridge;
 use crate::config::{Limits, SubscribeAuthorizer};
 use crate::conn::meta::{ConnMeta, ListenerId};
+use crate::conn::auth::{AuthRequest, Authenticated};
 use crate::conn::{Conn, Shared, Step, TRANSPORT_QUEUED_MAX_BYTES};
 use crate::ids::{BarrierId, ConnId};
 use crate::message::{Message, ShardId, ShardMsg, ShardStats};
@@ -44,6 +45,13 @@ pub enum Output {
         since: Instant,
         /// The connection's transport facts; give them back with `Engine::set_meta` on `home`.
         meta: Option<Box<ConnMeta>>,
+    },
+    /// Decide this CONNECT (off the shard thread: hashing and signatures are expensive) and
+    /// answer with [`Engine::handle_auth_result`]. The connection waits, handling nothing,
+    /// until then or until its connect timeout.
+    Authenticate {
+        conn: ConnId,
+        request: Box<AuthRequest>,
     },
 }
 
@@ -228,6 +236,35 @@ impl Engine {
             c.listener = meta.listener;
         }
         c.meta = Some(Box::new(meta));
+    }
+
+    /// Whether CONNECTs wait for the runtime's authentication ([`Output::Authenticate`]).
+    pub fn set_authentication(&mut self, required: bool) {
+        self.state.authenticate = required;
+    }
+
+    /// Sets (or, on reload, replaces) the compiled ACL every check on this shard uses from now
+    /// on; `None` keeps only the `SubscribeAuthorizer` given at start. Sessions connected
+    /// before an ACL was first set have no principal and are refused by it.
+    pub fn set_acl(&mut self, acl: Option<Arc<auth::Acl>>) {
+        self.state.acl = acl;
+    }
+
+    /// The answer to an [`Output::Authenticate`] for `conn`: the connect goes on (session,
+    /// takeover, CONNACK) or is refused with the CONNACK for the refusal. Ignored when the
+    /// connection is gone or was not waiting.
+    pub fn handle_auth_result(
+        &mut self,
+        conn: ConnId,
+        result: Result<Authenticated, auth::Refusal>,
+        now: Instant,
+    ) {
+        let _ = now;
+        if let Some(c) = self.conn_mut(conn) {
+            if c.set_auth_result(result) {
+                self.state.ready.push(conn);
+            }
+        }
     }
 
     /// The transport facts of `conn`, if the runtime set any.
@@ -640,6 +677,10 @@ impl Engine {
                     since,
                     meta,
                 });
+            }
+            Step::Authenticate(request) => {
+                self.outputs
+                    .push_back(Output::Authenticate { conn: id, request });
             }
             Step::Closed => {
                 self.free_conn(id);

@@ -37,6 +37,7 @@ pub mod sys;
 pub mod trie;
 
 pub use config::{Limits, SubscribeAuthorizer, SubscribeRules};
+pub use conn::auth::{AuthRequest, Authenticated};
 pub use conn::meta::{ConnMeta, IdentityMapping, IdentitySource, ListenerId, PeerIdentity};
 pub use engine::{Engine, Output};
 pub use ids::ConnId;

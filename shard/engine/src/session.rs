@@ -29,6 +29,8 @@ pub enum CloseReason {
     ServerShuttingDown,
     /// The client stopped reading and its pending writes hit the limit.
     SlowConsumer,
+    /// The credentials the connection authenticated with expired (a token's `exp`).
+    CredentialsExpired,
 }
 
 impl CloseReason {
@@ -42,6 +44,7 @@ impl CloseReason {
             CloseReason::ProtocolError(_) => "protocol_error",
             CloseReason::ServerShuttingDown => "server_shutting_down",
             CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::CredentialsExpired => "credentials_expired",
         }
     }
 
@@ -195,6 +198,9 @@ pub struct Session {
     pub will_at: Option<Instant>,
     /// Outbound topic aliases in use (v5), created on first use.
     pub aliases_out: Option<Box<AHashMap<Utf8Bytes, u16>>>,
+    /// Who the ACL checks this session as (set at every attach while an ACL is configured, kept
+    /// offline for deliveries queued meanwhile); `None` without an ACL: nothing is checked.
+    pub principal: Option<Arc<auth::Identity>>,
 }
 
 /// A session's messages and packet identifiers in progress.
@@ -275,6 +281,7 @@ impl Session {
             expires_at: None,
             will_at: None,
             aliases_out: None,
+            principal: None,
         }
     }
 

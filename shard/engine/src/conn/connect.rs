@@ -11,6 +11,7 @@ use wire::{
     Utf8Bytes,
 };
 
+use super::auth::{principal_for, AuthStep, Authenticated};
 use super::{Conn, Phase, Shared, Step};
 use crate::message::Message;
 use crate::session::{PeerLimits, Will};
@@ -31,6 +32,14 @@ impl Conn {
         handed_off: bool,
         now: Instant,
     ) -> Step {
+        if self.auth_pending() {
+            // Held until the runtime answers (or the connect timeout closes it).
+            return if self.eof {
+                self.close_unattached()
+            } else {
+                Step::Idle
+            };
+        }
         let max = sh.state.limits.max_packet_size_bytes;
         let frame_len = match wire::check(&self.partial, max) {
             Ok(Framing::Complete { frame_len }) => frame_len,
@@ -62,7 +71,9 @@ impl Conn {
         };
         // The connect rate is charged where the socket was accepted, before the hand-off, so a
         // flood is refused without crossing shards (a handed-off CONNECT paid already).
-        if !handed_off && sh.admission.take_connect_token(now).is_err() {
+        // A CONNECT seen again with its authentication answer was admitted the first time.
+        let answered = self.auth_answered();
+        if !handed_off && !answered && sh.admission.take_connect_token(now).is_err() {
             if connect.protocol == ProtocolVersion::V5 {
                 refuse(
                     sh.out,
@@ -92,7 +103,24 @@ impl Conn {
             }
         }
         self.version = connect.protocol;
-        if !self.accept_connect(sh, *connect, now) {
+        if sh.state.authenticate && !answered {
+            // Bans, quotas and the CONNECT's own validity before the costly check.
+            let peer = self.meta.as_deref().and_then(|m| m.peer).map(|a| a.ip());
+            if let Err(code) = Self::check_connect(sh, &connect, peer, now, false) {
+                self.refuse_checked(sh, &connect, code);
+                return self.close_unattached();
+            }
+        }
+        let authenticated = match self.authenticate(sh.state, sh.out, &connect) {
+            AuthStep::Proceed(authenticated) => authenticated,
+            AuthStep::Ask(request) => {
+                // The CONNECT and what followed it stay buffered; decoded again on the answer.
+                self.partial = bytes::BytesMut::from(all);
+                return Step::Authenticate(request);
+            }
+            AuthStep::Refused => return self.close_unattached(),
+        };
+        if !self.accept_connect(sh, *connect, authenticated, now) {
             return self.close_unattached();
         }
         self.partial.extend_from_slice(&all[frame_len..]);
@@ -141,6 +169,15 @@ impl Conn {
         Ok(())
     }
 
+    /// Refuses a CONNECT that failed `check_connect`: CONNACK with `code`, counted.
+    fn refuse_checked(&self, sh: &mut Shared<'_>, connect: &Connect, code: ReasonCode) {
+        debug!(client_id = %connect.client_id.as_str(), reason = ?code, "connect refused");
+        if code == ReasonCode::QuotaExceeded || code == ReasonCode::ServerUnavailable {
+            sh.state.counters.sessions_refused += 1;
+        }
+        refuse(sh.out, code, connect.protocol);
+    }
+
     /// Answers a CONNECT that could not be decoded: a CONNACK where the spec asks for one.
     fn refuse_undecodable(&mut self, out: &mut bytes::BytesMut, frame: &[u8], code: ReasonCode) {
         let version = match (protocol_level(frame), code) {
@@ -163,6 +200,7 @@ impl Conn {
         connect: &Connect,
         peer: Option<std::net::IpAddr>,
         now: Instant,
+        admitted: bool,
     ) -> Result<Accepted, ReasonCode> {
         let version = connect.protocol;
         if sh.state.shutting_down {
@@ -171,10 +209,12 @@ impl Conn {
         // Bans before anything costly (session lookup, authentication): v5 0x8A Banned, which
         // 3.1.1 sends as return code 5 Not authorized.
         let username = connect.username.as_ref().map(|u| u.as_str());
-        if sh
-            .admission
-            .check_connect(connect.client_id.as_str(), username, peer, now)
-            .is_err()
+        // `admitted`: checked before authentication already (the admission counts each connect).
+        if !admitted
+            && sh
+                .admission
+                .check_connect(connect.client_id.as_str(), username, peer, now)
+                .is_err()
         {
             return Err(ReasonCode::Banned);
         }
@@ -249,17 +289,20 @@ impl Conn {
 
     /// Validates a CONNECT, binds the session and writes CONNACK. False if it was refused (the
     /// refusal's CONNACK is in `out`).
-    fn accept_connect(&mut self, sh: &mut Shared<'_>, connect: Connect, now: Instant) -> bool {
+    fn accept_connect(
+        &mut self,
+        sh: &mut Shared<'_>,
+        connect: Connect,
+        authenticated: Option<Authenticated>,
+        now: Instant,
+    ) -> bool {
         let version = connect.protocol;
         let peer = self.meta.as_deref().and_then(|m| m.peer).map(|a| a.ip());
-        let accepted = match Self::check_connect(sh, &connect, peer, now) {
+        let admitted = authenticated.is_some();
+        let accepted = match Self::check_connect(sh, &connect, peer, now, admitted) {
             Ok(a) => a,
             Err(code) => {
-                debug!(client_id = %connect.client_id.as_str(), reason = ?code, "connect refused");
-                if code == ReasonCode::QuotaExceeded || code == ReasonCode::ServerUnavailable {
-                    sh.state.counters.sessions_refused += 1;
-                }
-                refuse(sh.out, code, version);
+                self.refuse_checked(sh, &connect, code);
                 return false;
             }
         };
@@ -276,7 +319,21 @@ impl Conn {
             // as [MQTT-3.2.2-16] asks for a server-chosen id.
             ack_props.assigned_client_identifier = Some(client_id.clone());
         }
-        let will = will_of(&connect, now);
+        let principal = state
+            .acl
+            .is_some()
+            .then(|| principal_for(authenticated.as_ref(), client_id.as_str(), &connect));
+        let mut will = will_of(&connect, now);
+        if let (Some(acl), Some(principal), Some(w)) = (&state.acl, &principal, &will) {
+            // As a PUBLISH would be: a will to a topic the client may not write is dropped.
+            if !acl
+                .check_publish(principal, w.message.publish.topic.as_str())
+                .is_allowed()
+            {
+                state.counters.auth.will_denied += 1;
+                will = None;
+            }
+        }
         // Moved, not cloned: a clone would give the session's id a shared-ownership header, 32
         // more bytes for every session.
         let attached = state.attach(
@@ -295,6 +352,12 @@ impl Conn {
         self.slot = attached.slot;
         self.generation = attached.generation;
         self.key = key;
+        if let Some(session) = state.session_mut(attached.slot) {
+            session.principal = principal;
+        }
+        if let Some(at) = authenticated.and_then(|a| a.close_at) {
+            state.schedule_credentials_expiry(attached.slot, attached.generation, at);
+        }
         // The will carries its publisher's identity (for no-local), known only now.
         if let Some(mut w) = will {
             if let Some(message) = Arc::get_mut(&mut w.message) {

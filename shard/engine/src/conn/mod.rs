@@ -6,6 +6,7 @@
 //! Must run on the shard that owns the client id's session (see `state::home_shard`); a
 //! connection accepted elsewhere is handed off before it touches any session.
 
+pub mod auth;
 mod connect;
 pub mod meta;
 mod packets;
@@ -71,6 +72,8 @@ pub(crate) enum Step {
     Again,
     /// Its session lives on another shard: hand the socket and these bytes there.
     HandOff { home: ShardId, buffered: Bytes },
+    /// The CONNECT needs the runtime's authentication decision; the connection waits for it.
+    Authenticate(Box<auth::AuthRequest>),
     /// Closed: emit the last output, then close the transport.
     Closed,
 }
@@ -110,6 +113,9 @@ pub struct Conn {
     pub(crate) listener: meta::ListenerId,
     /// Per-client publish rates, when the broker has them: set at CONNACK.
     pub(crate) publish_budget: Option<Box<PublishBudget>>,
+    /// Set while authenticating: waiting for the runtime's answer, or holding it for the next
+    /// drive. `None` once connected and for connections nobody authenticates.
+    pub(crate) auth: Option<Box<auth::ConnAuth>>,
 }
 
 impl Conn {
@@ -136,6 +142,7 @@ impl Conn {
             meta: None,
             listener: 0,
             publish_budget: None,
+            auth: None,
         }
     }
 
@@ -390,6 +397,8 @@ impl Conn {
             CloseReason::ProtocolError(code) => Some(code),
             CloseReason::ServerShuttingDown => Some(ReasonCode::ServerShuttingDown),
             CloseReason::SlowConsumer => Some(ReasonCode::QuotaExceeded),
+            // DISCONNECT 0x87: the token the connection authenticated with expired.
+            CloseReason::CredentialsExpired => Some(ReasonCode::NotAuthorized),
             CloseReason::ClientDisconnect | CloseReason::ConnectionLost => None,
         };
         if let (Some(code), ProtocolVersion::V5, false) = (code, self.version, self.eof) {

@@ -67,6 +67,9 @@ impl Conn {
         let packet_id = publish.packet_id;
         let retain = publish.retain;
         sh.state.counters.messages_received[qos as usize] += 1;
+        if !sh.state.may_publish(self.slot, publish.topic.as_str()) {
+            return self.refuse_publish(sh, qos, packet_id);
+        }
         if qos == QoS::ExactlyOnce {
             let Some(id) = packet_id else {
                 return Flow::Close(CloseReason::ProtocolError(ReasonCode::ProtocolError));
@@ -152,6 +155,33 @@ impl Conn {
                 return Flow::Barrier;
             }
         }
+        self.write_packet(sh.out, &reply);
+        Flow::Continue
+    }
+
+    /// A PUBLISH the ACL refused: neither routed, retained nor bridged. As Mosquitto does: v5
+    /// QoS 1/2 get PUBACK/PUBREC 0x87 Not authorized (which ends a QoS 2 exchange
+    /// [MQTT-4.3.3-4]); 3.1.1 has no failure code, so QoS 1/2 get an ordinary PUBACK/PUBREC and the
+    /// message is dropped (the client does not resend it forever); QoS 0 is dropped. Counted in
+    /// `AuthCounters::publish_denied`.
+    fn refuse_publish(
+        &mut self,
+        sh: &mut Shared<'_>,
+        qos: QoS,
+        packet_id: Option<std::num::NonZeroU16>,
+    ) -> Flow {
+        let code = if self.version == ProtocolVersion::V5 {
+            ReasonCode::NotAuthorized
+        } else {
+            ReasonCode::Success
+        };
+        let reply = match (qos, packet_id) {
+            (QoS::AtLeastOnce, Some(id)) => Packet::PubAck(ack_packet(id, code)),
+            (QoS::ExactlyOnce, Some(id)) => Packet::PubRec(ack_packet(id, code)),
+            (QoS::AtMostOnce, _) => return Flow::Continue,
+            // QoS 1/2 without a packet id does not decode.
+            _ => return Flow::Close(CloseReason::ProtocolError(ReasonCode::ProtocolError)),
+        };
         self.write_packet(sh.out, &reply);
         Flow::Continue
     }

@@ -344,6 +344,16 @@ impl ShardState {
         if no_local && message.origin == Some(session.key) {
             return 0;
         }
+        // The read check per delivered topic, as Mosquitto does for every message: covers
+        // wildcard and shared subscriptions and grants changed by a reload.
+        if !super::acl::may_receive(
+            self.acl.as_deref(),
+            session.principal.as_deref(),
+            message.publish.topic.as_str(),
+        ) {
+            self.counters.auth.deliver_denied += 1;
+            return 0;
+        }
         let qos = message.publish.qos.min(granted);
         // [MQTT-3.3.1-12]/[MQTT-3.3.1-13]: RETAIN as published only when asked for.
         let retain = retain_as_published && message.publish.retain;

@@ -7,6 +7,7 @@
 //! cache); [`retained`]; [`timers`]; [`remote`] (peer nodes' routes, this node's export and
 //! forwards to peer nodes, when the broker runs in a cluster).
 
+mod acl;
 mod delivery;
 mod remote;
 mod retained;
@@ -14,6 +15,7 @@ mod routes;
 mod subscriptions;
 mod timers;
 
+pub use acl::AuthCounters;
 pub use delivery::Merged;
 pub use remote::{ClusterShard, ExportChange, CLUSTER_FORWARDS_MAX};
 pub use retained::RetainedOrder;
@@ -110,6 +112,8 @@ pub enum TimerKind {
     KeepAlive,
     WillDelay,
     SessionExpiry,
+    /// The connection's credentials (a token) expire: close it (per its link generation).
+    CredentialsExpiry,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -203,6 +207,11 @@ pub struct ShardState {
     pub limits: Limits,
     /// The subscription authorization hook.
     pub authorizer: Arc<dyn SubscribeAuthorizer>,
+    /// The compiled ACL, when one is configured (`[acl]` or `[auth]`): replaces `authorizer`
+    /// and is checked at SUBSCRIBE, PUBLISH and delivery. Swapped whole on reload.
+    pub acl: Option<Arc<auth::Acl>>,
+    /// Whether a CONNECT waits for the runtime's authentication (`Output::Authenticate`).
+    pub authenticate: bool,
     slots: Vec<Slot>,
     free_slots: Vec<u32>,
     by_client_id: ClientIndex,
@@ -289,6 +298,8 @@ impl ShardState {
             shard_count,
             limits,
             authorizer,
+            acl: None,
+            authenticate: false,
             slots: Vec::new(),
             free_slots: Vec::new(),
             by_client_id: ClientIndex::new(),

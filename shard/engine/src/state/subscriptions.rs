@@ -33,12 +33,7 @@ impl ShardState {
             self.counters.subscriptions_over_limit += 1;
             return SubscribeResult::Refused(ReasonCode::QuotaExceeded);
         }
-        // Borrowed, not cloned: cloning the id would add a shared-ownership header to it.
-        let client_id = self.session(slot).map_or("", |s| s.client_id.as_str());
-        if !self
-            .authorizer
-            .may_subscribe(client_id, topic_filter, full_filter)
-        {
+        if !self.may_subscribe(slot, full_filter, topic_filter) {
             self.counters.subscriptions_refused += 1;
             return SubscribeResult::Refused(ReasonCode::NotAuthorized);
         }
@@ -138,8 +133,18 @@ impl ShardState {
         now: Instant,
     ) {
         let mut owed: Vec<Delivery> = Vec::new();
+        // A retained message is a delivery like any other: the ACL's read check applies per
+        // topic, so `vehicle/+/speed`-style wildcards that SUBSCRIBE let through (or a grant
+        // narrowed on reload) cannot return another client's retained data.
+        let acl = self.acl.as_deref();
+        let principal = self.session(slot).and_then(|s| s.principal.as_deref());
+        let mut denied = 0u64;
         self.retained.for_each_name_matching(filter, |_, r| {
             if r.0.expires_at.is_some_and(|at| at <= now) {
+                return;
+            }
+            if !super::acl::may_receive(acl, principal, r.0.publish.topic.as_str()) {
+                denied += 1;
                 return;
             }
             owed.push(Delivery {
@@ -150,6 +155,7 @@ impl ShardState {
                 subscription_ids: id.into_iter().collect(),
             });
         });
+        self.counters.auth.deliver_denied += denied;
         if owed.is_empty() {
             return;
         }

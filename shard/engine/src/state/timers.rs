@@ -12,6 +12,11 @@ impl ShardState {
         self.push_timer(TimerKind::KeepAlive, slot, link, at);
     }
 
+    /// Closes connection `link` of session `slot` at `at`, when its credentials expire.
+    pub fn schedule_credentials_expiry(&mut self, slot: u32, link: u32, at: Instant) {
+        self.push_timer(TimerKind::CredentialsExpiry, slot, link, at);
+    }
+
     fn push_timer(&mut self, kind: TimerKind, slot: u32, link: u32, at: Instant) {
         let generation = self
             .slots
@@ -71,6 +76,17 @@ impl ShardState {
                     }
                     if let Some(at) = reschedule {
                         self.schedule_keepalive(entry.slot, entry.link, at);
+                    }
+                }
+                TimerKind::CredentialsExpiry => {
+                    let link = self
+                        .session_mut(entry.slot)
+                        .and_then(|s| s.link.as_mut())
+                        .filter(|l| l.generation == entry.link);
+                    if let Some(link) = link {
+                        link.close.get_or_insert(CloseReason::CredentialsExpired);
+                        link.wake();
+                        self.counters.auth.expired += 1;
                     }
                 }
                 TimerKind::WillDelay => {

@@ -131,6 +131,20 @@ struct HandOff {
     meta: Option<Box<ringmq_engine::ConnMeta>>,
 }
 
+/// A fake authenticator: decides an `Output::Authenticate` request (answered after
+/// [`Sim::set_authenticator`]'s delay in steps).
+pub type FakeAuthenticator = Box<
+    dyn FnMut(&ringmq_engine::AuthRequest) -> Result<ringmq_engine::Authenticated, auth::Refusal>,
+>;
+
+/// An authentication request waiting for its answer.
+struct PendingAuth {
+    due_step: u64,
+    shard: ShardId,
+    conn: ConnId,
+    request: Box<ringmq_engine::AuthRequest>,
+}
+
 /// N engines, a fake clock and the links between them.
 pub struct Sim {
     pub engines: Vec<Engine>,
@@ -148,6 +162,12 @@ pub struct Sim {
     handoffs: Vec<HandOff>,
     clients: Vec<ClientState>,
     by_conn: HashMap<(ShardId, ConnId), Client>,
+    /// Answers `Output::Authenticate` after `auth_delay_steps`; requests wait in `auth_pending`.
+    authenticator: Option<FakeAuthenticator>,
+    auth_delay_steps: u64,
+    auth_pending: Vec<PendingAuth>,
+    /// Every request the engines made, for assertions.
+    pub auth_requests: Vec<ringmq_engine::AuthRequest>,
 }
 
 impl Drop for Sim {
@@ -226,6 +246,47 @@ impl Sim {
             handoffs: Vec::new(),
             clients: Vec::new(),
             by_conn: HashMap::new(),
+            authenticator: None,
+            auth_delay_steps: 0,
+            auth_pending: Vec::new(),
+            auth_requests: Vec::new(),
+        }
+    }
+
+    /// Every engine asks before accepting a CONNECT; `decide` answers each request
+    /// `delay_steps` steps later (held requests count as work for `run_until_idle`).
+    pub fn set_authenticator(&mut self, delay_steps: u64, decide: FakeAuthenticator) {
+        for engine in &mut self.engines {
+            engine.set_authentication(true);
+        }
+        self.authenticator = Some(decide);
+        self.auth_delay_steps = delay_steps;
+    }
+
+    /// Sets the compiled ACL on every engine.
+    pub fn set_acl(&mut self, acl: Option<Arc<auth::Acl>>) {
+        for engine in &mut self.engines {
+            engine.set_acl(acl.clone());
+        }
+    }
+
+    /// Authentication requests not answered yet.
+    pub fn auth_pending(&self) -> usize {
+        self.auth_pending.len()
+    }
+
+    fn answer_auth(&mut self, now: Instant) {
+        let step = self.step_no;
+        let (due, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.auth_pending)
+            .into_iter()
+            .partition(|p| p.due_step <= step);
+        self.auth_pending = rest;
+        for p in due {
+            let Some(decide) = self.authenticator.as_mut() else {
+                continue;
+            };
+            let result = decide(&p.request);
+            self.engines[usize::from(p.shard)].handle_auth_result(p.conn, result, now);
         }
     }
 
@@ -501,6 +562,7 @@ impl Sim {
         self.step_no += 1;
         let now = self.now();
         self.deliver_batches(now);
+        self.answer_auth(now);
         for h in std::mem::take(&mut self.handoffs) {
             let conn = self.engines[usize::from(h.home)].open_handed_off(&h.buffered, now);
             if let Some(meta) = h.meta {
@@ -579,7 +641,8 @@ impl Sim {
                 | Output::PauseReading { conn }
                 | Output::ResumeReading { conn }
                 | Output::Close { conn }
-                | Output::HandOff { conn, .. } => *conn,
+                | Output::HandOff { conn, .. }
+                | Output::Authenticate { conn, .. } => *conn,
             };
             let Some(&client) = self.by_conn.get(&(shard, conn)) else {
                 panic!("shard {shard} output for a connection it never had: {output:?}");
@@ -613,6 +676,15 @@ impl Sim {
                     c.conn = None;
                     self.by_conn.remove(&(shard, conn));
                 }
+                Output::Authenticate { request, .. } => {
+                    self.auth_requests.push((*request).clone());
+                    self.auth_pending.push(PendingAuth {
+                        due_step: self.step_no + self.auth_delay_steps,
+                        shard,
+                        conn,
+                        request,
+                    });
+                }
                 Output::HandOff {
                     home,
                     buffered,
@@ -643,7 +715,10 @@ impl Sim {
                 link.is_empty() || self.held.contains(&(from as ShardId, to as ShardId))
             })
         });
-        links_idle && self.handoffs.is_empty() && self.engines.iter().all(|e| !e.has_work())
+        links_idle
+            && self.handoffs.is_empty()
+            && self.auth_pending.is_empty()
+            && self.engines.iter().all(|e| !e.has_work())
     }
 
     /// Steps until no engine has work and no batch or hand-off is on its way (held links
