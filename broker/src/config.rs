@@ -10,6 +10,9 @@ use anyhow::{bail, Context};
 use serde::Deserialize;
 use shard::{Limits, SubscribeRules};
 
+/// `[auth]`, `[auth.jwt]` (see `shard/auth/src/config.rs` for every key).
+pub use auth::{AclConfig, AuthConfig};
+
 /// The configuration compiled in: what `ringmq` runs with no arguments.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../ringmq.toml");
 
@@ -40,8 +43,13 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub limits: Limits,
+    /// `[auth]`: `allow_anonymous`, `password_file`, `[auth.jwt]`.
     #[serde(default)]
-    pub acl: SubscribeRules,
+    pub auth: AuthConfig,
+    /// `[acl]`: `file` (Mosquitto acl_file syntax) and `deny` (filters nobody may subscribe to
+    /// or receive).
+    #[serde(default)]
+    pub acl: AclConfig,
     #[serde(default)]
     pub bridge: BridgeSection,
     #[serde(default)]
@@ -241,6 +249,29 @@ fn default_metrics_listen() -> String {
 }
 
 impl Config {
+    /// The `[acl] deny` filters as the engine's plain subscribe rule (used when no ACL file and
+    /// no authentication is configured; otherwise they are part of the compiled ACL).
+    pub fn subscribe_rules(&self) -> SubscribeRules {
+        SubscribeRules {
+            deny: self.acl.deny.clone(),
+        }
+    }
+
+    /// What the runtime's auth service needs; relative paths resolve against `base_dir`.
+    pub fn auth_setup(&self, base_dir: &Path) -> shard::auth::AuthSetup {
+        shard::auth::AuthSetup {
+            auth: self.auth.clone(),
+            acl: self.acl.clone(),
+            base_dir: base_dir.to_path_buf(),
+            // A listener that takes the username from certificates: anonymous defaults off.
+            certificate_identity: self.listeners.iter().any(|l| {
+                l.tls
+                    .as_ref()
+                    .is_some_and(|t| t.identity_as_username != Default::default())
+            }),
+        }
+    }
+
     /// Parses and validates a configuration text. `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> anyhow::Result<Config> {
         // toml's message names the key (or the unknown one) and shows the line.
@@ -283,7 +314,9 @@ impl Config {
             other => bail!("log.format: {other:?} is not one of \"text\", \"json\""),
         }
         self.limits.validate()?;
-        self.acl.validate()?;
+        // Each names its key (`auth.password_file: ...`, `acl.deny: rule 0 ...`).
+        self.auth.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        self.acl.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
         self.overload.validate()?;
         if let Some(kafka) = &self.bridge.kafka {
             kafka
@@ -481,6 +514,34 @@ addresses = ["10.0.0.0/8", "2001:db8::1"]
         let zero = text.replace("node_id = 1", "node_id = 0");
         let err = Config::parse(&zero, "t.toml").unwrap_err();
         assert!(format!("{err:#}").contains("node_id"), "{err:#}");
+    }
+
+    #[test]
+    fn auth_keys() {
+        let c = Config::parse(EMBEDDED_DEFAULT, "embedded").expect("embedded");
+        let setup = c.auth_setup(Path::new("."));
+        assert!(!setup.is_active(), "the embedded default stays anonymous");
+        let text = "[auth]\npassword_file = \"passwd\"\n[auth.jwt]\nsecret_file = \"s\"\n[acl]\nfile = \"acl\"\ndeny = [\"secret/#\"]\n";
+        let c = Config::parse(text, "t.toml").expect("auth config parses");
+        let setup = c.auth_setup(Path::new("/etc/ringmq"));
+        assert!(setup.authenticates() && setup.uses_acl());
+        assert!(!c.auth.allow_anonymous_effective(false));
+        assert_eq!(c.subscribe_rules().deny, ["secret/#"]);
+        let c = Config::parse("[auth]\nallow_anonymous = false\n", "t.toml").expect("parses");
+        assert!(c.auth_setup(Path::new(".")).authenticates());
+        let err = Config::parse("[auth]\npasword_file = \"p\"\n", "t.toml").unwrap_err();
+        assert!(format!("{err:#}").contains("pasword_file"), "{err:#}");
+        let err = Config::parse(
+            "[auth.jwt]\nsecret_file = \"s\"\nalgorithms = [\"none\"]\n",
+            "t.toml",
+        )
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("auth.jwt.algorithms"),
+            "{err:#}"
+        );
+        let err = Config::parse("[acl]\nfile = \"\"\n", "t.toml").unwrap_err();
+        assert!(format!("{err:#}").contains("acl.file"), "{err:#}");
     }
 
     #[test]

@@ -166,6 +166,27 @@ fn run() -> anyhow::Result<()> {
 
     let cluster = cluster_setup(&config);
 
+    // Password file, token keys and ACL file are loaded now (a bad one stops the start, naming
+    // its key); SIGHUP reloads them, keeping the old set if the new one fails.
+    let base_dir = args
+        .config
+        .as_deref()
+        .and_then(|p| p.parent())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let auth_setup = config.auth_setup(&base_dir);
+    let auth = if auth_setup.is_active() {
+        let service = shard::auth::AuthService::start(auth_setup)
+            .context("cannot set up authentication / acl")?;
+        info!(
+            authenticates = service.authenticates(),
+            "authentication and acl ready"
+        );
+        Some(service)
+    } else {
+        None
+    };
+
     let broker = shard::start(
         shard::RuntimeConfig {
             listen: config.listen.clone(),
@@ -174,8 +195,9 @@ fn run() -> anyhow::Result<()> {
             pin: config.pin_shards,
             listen_backlog: config.listen_backlog,
             limits: shard_limits,
-            rules: config.acl.clone(),
+            rules: config.subscribe_rules(),
             cluster,
+            auth,
         },
         bridge_link,
     )?;

@@ -6,11 +6,13 @@
 //! [`engine::Engine`]; the shard loop that feeds the engine bytes, time and other shards'
 //! messages and carries out its outputs; the N×N cross-shard channels (glommio shared channels,
 //! one [`runtime::Batch`] per destination per turn, handed-off sockets travelling beside the
-//! engine's messages); the Kafka bridge glue ([`bridge`]); publishing the shards' counters into
-//! the process's metrics recorder ([`metrics`]); closing sockets the engine's admission refuses
-//! at accept ([`overload`]); on shard 0 of a clustered broker, the cluster node's sockets, peer
-//! links and forwarding ([`cluster`]); the byte-stream layer of `[[listener]]`s ([`edge`]:
-//! PROXY protocol, TLS with rustls, WebSocket) between the ring and the engine.
+//! engine's messages); the Kafka bridge glue ([`bridge`]); authentication and the ACL's reload
+//! ([`auth`]: ringmq-auth's worker pool, never hashing on a shard thread); publishing the
+//! shards' counters into the process's metrics recorder ([`metrics`]); closing sockets the
+//! engine's admission refuses at accept ([`overload`]); on shard 0 of a clustered broker, the
+//! cluster node's sockets, peer links and forwarding ([`cluster`]); the byte-stream layer of
+//! `[[listener]]`s ([`edge`]: PROXY protocol, TLS with rustls, WebSocket) between the ring and
+//! the engine.
 //!
 //! **Must not touch**: MQTT behaviour (the engine's, in `shard/engine`), configuration parsing
 //! or logging setup (the `broker` binary's), another shard's state (only batches cross).
@@ -19,6 +21,7 @@
 //! holding the `Engine`, the `Ring` and the links between the engine's connection ids and the
 //! ring's keys.
 
+pub mod auth;
 pub mod bridge;
 pub mod cluster;
 pub mod edge;

@@ -76,6 +76,8 @@ pub struct RuntimeConfig {
     pub rules: SubscribeRules,
     /// `[cluster]`: shard 0 drives the cluster node (see [`crate::cluster`]); None runs alone.
     pub cluster: Option<crate::cluster::ClusterSetup>,
+    /// Authentication and the compiled ACL (`crate::auth`); `None`: anonymous, `rules` only.
+    pub auth: Option<Arc<crate::auth::AuthService>>,
 }
 
 /// A socket on its way to the shard that owns its client id's session.
@@ -174,6 +176,8 @@ pub struct ShardCtx {
     loop_waker: Cell<Option<Waker>>,
     /// Shard 0 of a clustered broker: the cluster driver, handed each turn's forwards.
     cluster: Option<Rc<crate::cluster::ClusterRuntime>>,
+    /// This shard's end of authentication, when configured.
+    pub auth: Option<crate::auth::ShardAuth>,
 }
 
 impl ShardCtx {
@@ -492,6 +496,13 @@ async fn run_shard(setup: ShardSetup) {
         bridge,
     );
     let cluster = crate::cluster::start_on_shard(id, setup.config.cluster.clone(), &mut engine);
+    let (auth, auth_replies) = match setup.config.auth.clone() {
+        Some(service) => {
+            let (shard, replies) = crate::auth::ShardAuth::new(service, &mut engine);
+            (Some(shard), Some(replies))
+        }
+        None => (None, None),
+    };
     let ctx = Rc::new(ShardCtx {
         engine: RefCell::new(engine),
         ring: RefCell::new(ring),
@@ -508,9 +519,14 @@ async fn run_shard(setup: ShardSetup) {
         kicked: Cell::new(false),
         loop_waker: Cell::new(None),
         cluster,
+        auth,
     });
     if let Some(cluster) = &ctx.cluster {
         cluster.spawn(&ctx);
+    }
+    if let Some(replies) = auth_replies {
+        glommio::spawn_local(crate::auth::reply_loop(ctx.clone(), replies)).detach();
+        glommio::spawn_local(crate::auth::acl_watch_loop(ctx.clone())).detach();
     }
     if let Some(acks) = acks {
         glommio::spawn_local(crate::bridge::ack_loop(ctx.clone(), acks)).detach();
@@ -749,6 +765,10 @@ fn turn(ctx: &ShardCtx, tx: &[Option<flume::Sender<Batch>>], now: Instant) -> bo
     active |= completions > 0;
     while let Some(output) = engine.poll_output() {
         active = true;
+        if let Output::Authenticate { conn, request } = output {
+            crate::auth::submit(ctx.auth.as_ref(), &mut engine, conn, *request, now);
+            continue;
+        }
         apply_output(&mut ring, &mut links, &mut edge, output);
     }
     if let Some(cluster) = &ctx.cluster {
@@ -808,6 +828,8 @@ fn apply_output(ring: &mut Ring, links: &mut Links, edge: &mut crate::edge::Edge
                 ring.resume_recv(key);
             }
         }
+        // Handled by `turn` (the engine answers it, not the ring).
+        Output::Authenticate { .. } => {}
         Output::HandOff {
             conn,
             home,

@@ -116,6 +116,7 @@ fn heap_per_idle_connection_with_one_subscription() {
         },
         rules: Default::default(),
         cluster: None,
+        auth: None,
     };
     let broker = ringmq_shard::runtime::start(config, None).expect("broker starts");
     let addr = broker.local_addrs[0];

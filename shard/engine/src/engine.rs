@@ -14,8 +14,8 @@ use wire::{Packet, ProtocolVersion, PubAck, Publish, QoS, ReasonCode, Utf8Bytes}
 use crate::admission::{Admission, Refusal};
 use crate::bridge::Bridge;
 use crate::config::{Limits, SubscribeAuthorizer};
-use crate::conn::meta::{ConnMeta, ListenerId};
 use crate::conn::auth::{AuthRequest, Authenticated};
+use crate::conn::meta::{ConnMeta, ListenerId};
 use crate::conn::{Conn, Shared, Step, TRANSPORT_QUEUED_MAX_BYTES};
 use crate::ids::{BarrierId, ConnId};
 use crate::message::{Message, ShardId, ShardMsg, ShardStats};
