@@ -265,6 +265,7 @@ fn heap_per_idle_tls_connection_next_to_plain() {
         },
         rules: Default::default(),
         cluster: None,
+        auth: None,
     };
     let broker = ringmq_shard::runtime::start(config, None).expect("broker starts");
     let (plain_addr, tls_addr) = (broker.local_addrs[0], broker.local_addrs[1]);
