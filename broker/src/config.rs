@@ -159,7 +159,7 @@ impl OverloadConfig {
         listeners: &[SocketAddr],
         connection_ceiling: u64,
     ) -> anyhow::Result<shard::admission::Overload> {
-        use shard::admission::{BanList, Flapping, Overload};
+        use shard::admission::{Flapping, Overload};
         self.validate()?;
         let ceiling = u32::try_from(connection_ceiling).unwrap_or(u32::MAX).max(1);
         let max_connections = self.max_connections.unwrap_or(ceiling);
@@ -176,13 +176,6 @@ impl OverloadConfig {
         }
         let f = &self.flapping;
         let on = |n: u32| if f.enabled { n } else { 0 };
-        let mut addresses = Vec::new();
-        for a in &self.ban.addresses {
-            addresses.push(
-                a.parse()
-                    .map_err(|e| anyhow::anyhow!("overload.ban.addresses: {e}"))?,
-            );
-        }
         Ok(Overload {
             max_connections,
             listener_max_connections,
@@ -200,11 +193,23 @@ impl OverloadConfig {
                 window: Duration::from_secs(u64::from(f.window_secs)),
                 ban: Duration::from_secs(u64::from(f.ban_secs)),
             },
-            ban: BanList {
-                client_ids: self.ban.client_ids.clone(),
-                usernames: self.ban.usernames.clone(),
-                addresses,
-            },
+            ban: self.ban_list()?,
+        })
+    }
+
+    /// The static ban list as the shards take it (also on a reload).
+    pub fn ban_list(&self) -> anyhow::Result<shard::admission::BanList> {
+        let mut addresses = Vec::new();
+        for a in &self.ban.addresses {
+            addresses.push(
+                a.parse()
+                    .map_err(|e| anyhow::anyhow!("overload.ban.addresses: {e}"))?,
+            );
+        }
+        Ok(shard::admission::BanList {
+            client_ids: self.ban.client_ids.clone(),
+            usernames: self.ban.usernames.clone(),
+            addresses,
         })
     }
 }

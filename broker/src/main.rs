@@ -3,6 +3,7 @@
 //! the shards and waits for SIGTERM/SIGINT to shut down gracefully (SIGHUP asks for a reload of
 //! certificates, password and ACL files: see `shard::reload`).
 
+mod ban_reload;
 mod config;
 mod limits;
 mod listeners;
@@ -215,6 +216,9 @@ fn run() -> anyhow::Result<()> {
         println!("listening {addr}");
     }
 
+    if let Some(path) = &args.config {
+        ban_reload::watch(path.clone())?;
+    }
     let signal = wait_for_signal(&signals);
     info!(
         signal,

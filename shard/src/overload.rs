@@ -3,12 +3,62 @@
 //! record. A refused socket is closed here at once (the client sees the connection closed; it has
 //! sent nothing, so there is nothing to answer). Everything else about overload (rates, flapping,
 //! bans, publish budgets) is the engine's.
+//!
+//! Also the hand-over of a reloaded ban list: the broker publishes it ([`publish_ban_list`]) and
+//! each shard's [`reload_loop`] gives it to its engine within [`RELOAD_TICK`].
 
 use std::os::fd::OwnedFd;
-use std::time::Instant;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use engine::admission::BanList;
 use engine::{ConnId, ConnMeta, Engine, ListenerId};
-use tracing::debug;
+use tracing::{debug, info};
+
+use crate::runtime::ShardCtx;
+
+/// How often a shard looks for a new ban list (one relaxed load when there is none).
+pub const RELOAD_TICK: Duration = Duration::from_secs(1);
+
+/// Bumped by every [`publish_ban_list`]; shards compare it with the one they applied.
+static BAN_GENERATION: AtomicU64 = AtomicU64::new(0);
+/// The latest published ban list (read by each shard once per publish, never on a hot path).
+static BAN_LIST: Mutex<Option<Arc<BanList>>> = Mutex::new(None);
+
+/// Gives every shard a new static ban list (the broker calls it after a reload).
+pub fn publish_ban_list(ban: BanList) {
+    if let Ok(mut slot) = BAN_LIST.lock() {
+        *slot = Some(Arc::new(ban));
+        BAN_GENERATION.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// Applies published ban lists to the shard's engine.
+pub async fn reload_loop(ctx: Rc<ShardCtx>) {
+    let mut applied = BAN_GENERATION.load(Ordering::Acquire);
+    loop {
+        glommio::timer::sleep(RELOAD_TICK).await;
+        let generation = BAN_GENERATION.load(Ordering::Acquire);
+        if generation == applied {
+            continue;
+        }
+        applied = generation;
+        let ban = BAN_LIST.lock().ok().and_then(|slot| slot.clone());
+        if let Some(ban) = ban {
+            let mut engine = ctx.engine.borrow_mut();
+            engine.set_ban_list((*ban).clone());
+            info!(
+                shard = engine.id(),
+                client_ids = ban.client_ids.len(),
+                usernames = ban.usernames.len(),
+                addresses = ban.addresses.len(),
+                "ban list reloaded"
+            );
+        }
+    }
+}
 
 /// Admits and opens a connection for `fd`, accepted on ring listener `listener` (the ring adds
 /// listeners in configuration order, so its index is the [`ListenerId`]). `None` if refused: the

@@ -539,6 +539,7 @@ async fn run_shard(setup: ShardSetup) {
     info!(shard = id, "shard started");
     glommio::spawn_local(metrics_loop(ctx.clone())).detach();
     glommio::spawn_local(timer_loop(ctx.clone())).detach();
+    glommio::spawn_local(crate::overload::reload_loop(ctx.clone())).detach();
     let sys_interval = ctx.engine.borrow().state.limits.sys_interval_secs;
     if sys_interval > 0 {
         glommio::spawn_local(sys_loop(ctx.clone(), sys_interval)).detach();

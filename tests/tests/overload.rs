@@ -110,7 +110,7 @@ async fn connect_flood_and_flapping_client_are_limited_while_others_keep_working
     let metrics = free_port();
     let config = "\
 [overload]
-max_connection_rate = 10
+max_connection_rate = 2
 connection_rate_burst = 60
 [overload.flapping]
 max_connects = 5
@@ -374,5 +374,55 @@ publish_rate_per_client = 50
     let mut p = publish(&topic, b"after", QoS::AtLeastOnce, false);
     p.packet_id = Some(pid(1));
     assert_eq!(publisher.publish_packet(p).await, ReasonCode::Success);
+    broker.assert_alive();
+}
+
+/// SIGHUP reloads `[overload.ban]` from the configuration file: a client id added to it is
+/// refused from then on; a file that no longer parses keeps the previous list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ban_list_reloads_on_sighup() {
+    let mut broker = BrokerProcess::start_with_config("[overload.ban]\nclient_ids = []\n", &[]);
+    let addr = broker.addr;
+    let car = unique("stolen");
+    assert_eq!(
+        raw_attempt(addr, connect_v5(&car)).await,
+        Some(ReasonCode::Success)
+    );
+    let path = broker.config_path().expect("config file").to_path_buf();
+    std::fs::write(&path, format!("[overload.ban]\nclient_ids = [\"{car}\"]\n")).expect("rewrite");
+    broker.signal(libc::SIGHUP);
+    let mut banned = false;
+    for _ in 0..40 {
+        if raw_attempt(addr, connect_v5(&car)).await == Some(ReasonCode::Banned) {
+            banned = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        banned,
+        "not banned after the reload; log:\n{}",
+        broker.log_tail()
+    );
+    std::fs::write(&path, "[overload.ban]\nclient_ids = 5\n").expect("rewrite");
+    broker.signal(libc::SIGHUP);
+    let mut failed = false;
+    for _ in 0..40 {
+        if broker.log_tail().contains("reload failed") {
+            failed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(failed, "no reload failure logged:\n{}", broker.log_tail());
+    assert_eq!(
+        raw_attempt(addr, connect_v5(&car)).await,
+        Some(ReasonCode::Banned),
+        "the previous list stays"
+    );
+    assert_eq!(
+        raw_attempt(addr, connect_v5(&unique("other"))).await,
+        Some(ReasonCode::Success)
+    );
     broker.assert_alive();
 }

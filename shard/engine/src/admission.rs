@@ -550,6 +550,13 @@ impl Admission {
         &self.config
     }
 
+    /// Replaces the static ban list (a reload); connections already up stay up.
+    pub fn set_ban_list(&mut self, ban: BanList) {
+        self.banned_client_ids = ban.client_ids.iter().cloned().collect();
+        self.banned_usernames = ban.usernames.iter().cloned().collect();
+        self.config.ban = ban;
+    }
+
     /// Whether any rule looks at the client's address (the runtime then finds the peer address
     /// of every accepted socket).
     pub fn wants_peer_address(&self) -> bool {

@@ -148,6 +148,11 @@ impl Engine {
         &self.admission
     }
 
+    /// Replaces the static ban list (SIGHUP); connections already up stay up.
+    pub fn set_ban_list(&mut self, ban: crate::admission::BanList) {
+        self.admission.set_ban_list(ban);
+    }
+
     /// A socket was just accepted on `listener`: may this shard take it (its share of the
     /// connection and handshake bounds)? On `Err` the runtime closes the socket at once, without
     /// opening a connection; the refusal is counted and logged.
