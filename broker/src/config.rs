@@ -85,7 +85,7 @@ pub struct OverloadConfig {
     /// limit.
     pub publish_bytes_per_client: u32,
     /// Per listener, by its address as configured (`"0.0.0.0:1883" = 10000`): connections from
-    /// it the broker holds.
+    /// it the broker holds. A `[[listener]]` may say `max_connections` itself instead.
     pub listener_max_connections: BTreeMap<String, u32>,
     pub flapping: FlappingConfig,
     pub ban: BanConfig,
@@ -152,11 +152,12 @@ impl OverloadConfig {
         Ok(())
     }
 
-    /// What the shards enforce. `listeners`: the listener addresses in listener-id order;
-    /// `connection_ceiling`: what the host's open-file limit allows (for the unset defaults).
+    /// What the shards enforce. `listeners`: each listener's address and own `max_connections`
+    /// (0 for `listen` entries), in listener-id order; `connection_ceiling`: what the host's
+    /// open-file limit allows (for the unset defaults).
     pub fn resolve(
         &self,
-        listeners: &[SocketAddr],
+        listeners: &[(SocketAddr, u32)],
         connection_ceiling: u64,
     ) -> anyhow::Result<shard::admission::Overload> {
         use shard::admission::{Flapping, Overload};
@@ -164,14 +165,17 @@ impl OverloadConfig {
         let ceiling = u32::try_from(connection_ceiling).unwrap_or(u32::MAX).max(1);
         let max_connections = self.max_connections.unwrap_or(ceiling);
         let max_handshakes = self.max_handshakes.unwrap_or((max_connections / 2).max(1));
-        let mut listener_max_connections = vec![0; listeners.len()];
+        let mut listener_max_connections: Vec<u32> = listeners.iter().map(|l| l.1).collect();
         for (key, max) in &self.listener_max_connections {
             let addr: SocketAddr = key.parse().with_context(|| {
                 format!("overload.listener_max_connections: {key:?} is not an address:port")
             })?;
-            let Some(i) = listeners.iter().position(|l| *l == addr) else {
+            let Some(i) = listeners.iter().position(|l| l.0 == addr) else {
                 bail!("overload.listener_max_connections: {key:?} is not a listener address");
             };
+            if listener_max_connections[i] != 0 {
+                bail!("overload.listener_max_connections: {key:?} has max_connections in its [[listener]] entry already; keep one");
+            }
             listener_max_connections[i] = *max;
         }
         let f = &self.flapping;
@@ -297,6 +301,16 @@ impl Config {
         Config::parse(&text, &path.display().to_string())
     }
 
+    /// Every listener's address and own `max_connections`, by listener id (`listen` entries
+    /// first, then `[[listener]]` entries, in file order).
+    pub fn listener_bounds(&self) -> Vec<(SocketAddr, u32)> {
+        self.listen
+            .iter()
+            .map(|a| (*a, 0))
+            .chain(self.listeners.iter().map(|l| (l.addr, l.max_connections)))
+            .collect()
+    }
+
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.listen.is_empty() && self.listeners.is_empty() {
             bail!("listen: at least one address (or a [[listener]]) is needed");
@@ -369,7 +383,7 @@ mod tests {
     #[test]
     fn overload_defaults_follow_the_host() {
         let c = Config::parse("", "empty").expect("empty parses");
-        let listen = c.listen.clone();
+        let listen: Vec<_> = c.listen.iter().map(|a| (*a, 0)).collect();
         let o = c.overload.resolve(&listen, 19_872).expect("resolves");
         assert_eq!(o.max_connections, 19_872);
         assert_eq!(o.max_handshakes, 9_936);
@@ -400,7 +414,8 @@ usernames = ["mallory"]
 addresses = ["10.0.0.0/8", "2001:db8::1"]
 "#;
         let c = Config::parse(text, "t.toml").expect("parses");
-        let o = c.overload.resolve(&c.listen, 1000).expect("resolves");
+        let listen: Vec<_> = c.listen.iter().map(|a| (*a, 0)).collect();
+        let o = c.overload.resolve(&listen, 1000).expect("resolves");
         assert_eq!(o.max_connections, 0, "0 turns the bound off");
         assert_eq!(o.max_handshakes, 100);
         assert_eq!(o.connection_rate_burst, 50, "burst defaults to the rate");
@@ -409,8 +424,31 @@ addresses = ["10.0.0.0/8", "2001:db8::1"]
         assert_eq!(o.ban.addresses.len(), 2);
         let bad = "[overload]\nlistener_max_connections = { \"127.0.0.1:9\" = 1 }\n";
         let c = Config::parse(bad, "t.toml").expect("parses");
-        let err = c.overload.resolve(&c.listen, 1000).unwrap_err();
+        let listen: Vec<_> = c.listen.iter().map(|a| (*a, 0)).collect();
+        let err = c.overload.resolve(&listen, 1000).unwrap_err();
         assert!(format!("{err:#}").contains("not a listener"), "{err:#}");
+    }
+
+    #[test]
+    fn listener_entries_carry_their_own_maximum() {
+        let text = r#"
+listen = ["127.0.0.1:1883"]
+[[listener]]
+kind = "tcp"
+addr = "127.0.0.1:1885"
+max_connections = 7
+"#;
+        let c = Config::parse(text, "t.toml").expect("parses");
+        let o = c
+            .overload
+            .resolve(&c.listener_bounds(), 1000)
+            .expect("resolves");
+        assert_eq!(o.listener_max_connections, vec![0, 7]);
+        let twice =
+            format!("{text}[overload]\nlistener_max_connections = {{ \"127.0.0.1:1885\" = 3 }}\n");
+        let c = Config::parse(&twice, "t.toml").expect("parses");
+        let err = c.overload.resolve(&c.listener_bounds(), 1000).unwrap_err();
+        assert!(format!("{err:#}").contains("keep one"), "{err:#}");
     }
 
     #[test]
@@ -466,6 +504,13 @@ addresses = ["10.0.0.0/8", "2001:db8::1"]
         let c: Config = toml::from_str(text).expect("examples/secure.toml parses");
         assert_eq!(c.listeners.len(), 3);
         assert!(c.listen.is_empty());
+        c.overload.validate().expect("overload keys valid");
+        let o = c
+            .overload
+            .resolve(&c.listener_bounds(), 100_000)
+            .expect("overload resolves");
+        assert_eq!(o.listener_max_connections, vec![0, 20_000, 0]);
+        assert_eq!(o.max_connection_rate, 2000);
     }
 
     #[test]

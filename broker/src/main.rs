@@ -154,7 +154,9 @@ fn run() -> anyhow::Result<()> {
 
     let mut shard_limits = config.limits.clone();
     let ceiling = limits::connection_ceiling(&host, usize::from(shards));
-    shard_limits.overload = config.overload.resolve(&config.listen, ceiling)?;
+    shard_limits.overload = config
+        .overload
+        .resolve(&config.listener_bounds(), ceiling)?;
     let o = &shard_limits.overload;
     info!(
         max_connections = o.max_connections,

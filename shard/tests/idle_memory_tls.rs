@@ -249,6 +249,7 @@ fn heap_per_idle_tls_connection_next_to_plain() {
         path: None,
         handshake_timeout_secs: 10,
         tls: Some(tls),
+        max_connections: 0,
     };
     let config = ringmq_shard::runtime::RuntimeConfig {
         listeners: vec![

@@ -184,15 +184,6 @@ impl BrokerProcess {
         }
     }
 
-    /// Sends `signal` (e.g. `libc::SIGHUP`) to the broker process.
-    pub fn signal(&self, signal: libc::c_int) {
-        let child = self.child.as_ref().expect("broker process");
-        let pid = libc::pid_t::try_from(child.id()).expect("pid fits");
-        // SAFETY: kill(2) on the pid of our own, not yet reaped, child.
-        let rc = unsafe { libc::kill(pid, signal) };
-        assert_eq!(rc, 0, "kill({pid}, {signal})");
-    }
-
     /// The `--config` file [`BrokerProcess::start_with_config`] wrote (to rewrite it before a
     /// reload).
     pub fn config_path(&self) -> Option<&Path> {

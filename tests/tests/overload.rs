@@ -408,7 +408,7 @@ async fn ban_list_reloads_on_sighup() {
     broker.signal(libc::SIGHUP);
     let mut failed = false;
     for _ in 0..40 {
-        if broker.log_tail().contains("reload failed") {
+        if broker.log().contains("reload failed") {
             failed = true;
             break;
         }

@@ -110,6 +110,11 @@ pub struct ListenerConfig {
     pub handshake_timeout_secs: u32,
     /// `[listener.tls]`: required for tls/wss.
     pub tls: Option<TlsConfig>,
+    /// Connections from this listener the broker holds; beyond it new sockets are closed at
+    /// accept (`ringmq_connections_refused_total{reason="listener_max_connections"}`). 0
+    /// (default): no bound of its own. Enforced by `engine::admission` like `[overload]`.
+    #[serde(default)]
+    pub max_connections: u32,
 }
 
 fn default_handshake_timeout_secs() -> u32 {
