@@ -120,9 +120,8 @@ impl Conn {
                         password: connect.password.as_ref().map(|p| p.to_vec()),
                         // `apply_identity` replaced the username by the verified certificate's
                         // name: it needs no password (Mosquitto's use_identity_as_username).
-                        username_from_certificate: meta.is_some_and(|m| {
-                            m.mapping.as_username != crate::IdentitySource::None
-                        }),
+                        username_from_certificate: meta
+                            .is_some_and(|m| m.mapping.as_username != crate::IdentitySource::None),
                     },
                     peer: meta.and_then(|m| m.peer),
                     identity: meta.and_then(|m| m.identity.clone()),
