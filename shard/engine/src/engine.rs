@@ -216,24 +216,14 @@ impl Engine {
     }
 
     fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
-        let slot = self.conns.get_mut(id.index as usize)?;
-        if slot.generation != id.generation {
-            return None;
-        }
-        slot.conn.as_deref_mut()
+        conn_in(&mut self.conns, id)
     }
 
     /// Sets what the transport knows about `conn` (peer address, listener, certificate names).
     /// Call right after `open*`, before its input. Unknown connections are ignored.
     pub fn set_meta(&mut self, conn: ConnId, meta: ConnMeta) {
-        let Some(slot) = self.conns.get_mut(conn.index as usize) else {
-            return;
-        };
-        let Some(c) = slot
-            .conn
-            .as_deref_mut()
-            .filter(|_| slot.generation == conn.generation)
-        else {
+        // A free function, not `conn_mut`: the caller also borrows other fields of `self`.
+        let Some(c) = conn_in(&mut self.conns, conn) else {
             return;
         };
         if c.listener != meta.listener {
@@ -285,14 +275,8 @@ impl Engine {
     pub fn handle_input(&mut self, conn: ConnId, data: &[u8], now: Instant) {
         let _ = now;
         self.state.counters.bytes_received += data.len() as u64;
-        let Some(slot) = self.conns.get_mut(conn.index as usize) else {
-            return;
-        };
-        let Some(c) = slot
-            .conn
-            .as_deref_mut()
-            .filter(|_| slot.generation == conn.generation)
-        else {
+        // A free function, not `conn_mut`: the caller also borrows other fields of `self`.
+        let Some(c) = conn_in(&mut self.conns, conn) else {
             return;
         };
         if c.input_buffered() == 0 {
@@ -753,4 +737,13 @@ impl Engine {
     pub fn has_work(&self) -> bool {
         !self.state.ready.is_empty() || !self.outputs.is_empty()
     }
+}
+
+/// The live connection `id` names in `conns`, if its slot still holds that generation.
+fn conn_in(conns: &mut [ConnSlot], id: ConnId) -> Option<&mut Conn> {
+    let slot = conns.get_mut(id.index as usize)?;
+    if slot.generation != id.generation {
+        return None;
+    }
+    slot.conn.as_deref_mut()
 }
