@@ -236,6 +236,7 @@ fn heap_per_idle_tls_connection_next_to_plain() {
         cert_file: dir.join("server.pem"),
         key_file: dir.join("server.key"),
         ca_file: None,
+        crl_file: None,
         client_auth: Default::default(),
         identity_as_username: Default::default(),
         identity_as_client_id: Default::default(),

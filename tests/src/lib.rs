@@ -798,7 +798,7 @@ pub mod certs {
                 String::from_utf8_lossy(&out.stdout).trim().to_owned()
             };
             let conf = format!(
-                "[ca]\ndefault_ca = d\n[d]\ndatabase = {db}/index.txt\nnew_certs_dir = {db}\nserial = {db}/serial\ndefault_md = sha256\npolicy = p\nunique_subject = no\ncopy_extensions = none\n[p]\ncommonName = supplied\n[x]\n{ext}",
+                "[ca]\ndefault_ca = d\n[d]\ndatabase = {db}/index.txt\nnew_certs_dir = {db}\nserial = {db}/serial\ncrlnumber = {db}/crlnumber\ndefault_crl_days = 30\ndefault_md = sha256\npolicy = p\nunique_subject = no\ncopy_extensions = none\n[p]\ncommonName = supplied\n[x]\n{ext}",
                 db = ca_dir.display(),
             );
             std::fs::write(self.dir.join(format!("{name}.cnf")), conf).expect("ca conf");
@@ -830,6 +830,53 @@ pub mod certs {
                     &stamp(&end),
                 ],
             );
+        }
+
+        /// Revokes `{name}.pem` (issued by `ca` with [`Pki::issue`]) in `ca`'s database.
+        pub fn revoke(&self, ca: &str, name: &str) {
+            openssl(
+                &self.dir,
+                &[
+                    "ca",
+                    "-config",
+                    &format!("{name}.cnf"),
+                    "-cert",
+                    &format!("{ca}.pem"),
+                    "-keyfile",
+                    &format!("{ca}.key"),
+                    "-revoke",
+                    &format!("{name}.pem"),
+                ],
+            );
+        }
+
+        /// Writes `ca`'s current CRL to `{ca}.crl.pem` (the revocations so far) and returns its
+        /// path. `any` names a certificate `ca` issued, whose openssl config holds the database.
+        pub fn crl(&self, ca: &str, any: &str) -> String {
+            let db = self.dir.join(format!("{ca}-db")).join("crlnumber");
+            if !db.exists() {
+                std::fs::write(&db, "1000\n").expect("crlnumber");
+            }
+            let out = format!("{ca}.crl.pem.new");
+            openssl(
+                &self.dir,
+                &[
+                    "ca",
+                    "-config",
+                    &format!("{any}.cnf"),
+                    "-cert",
+                    &format!("{ca}.pem"),
+                    "-keyfile",
+                    &format!("{ca}.key"),
+                    "-gencrl",
+                    "-out",
+                    &out,
+                ],
+            );
+            // Renamed into place, so a broker watching the file never reads half of it.
+            let path = self.dir.join(format!("{ca}.crl.pem"));
+            std::fs::rename(self.dir.join(&out), &path).expect("crl in place");
+            path.display().to_string()
         }
 
         /// A client certificate `{name}.pem` with CN `cn` (and SAN DNS `{cn}.fleet`, URI

@@ -360,3 +360,109 @@ print(got); sys.exit(0 if ok and got == [40000] else 1)
         "paho over mtls: {lines:?}"
     );
 }
+
+/// `crl_file`: a client certificate its CA has revoked is refused at the handshake and counted
+/// as `tls_certificate_revoked`, while a good one from the same CA connects; a revocation added
+/// later (the CRL file replaced, then SIGHUP) refuses new connections with that certificate and
+/// leaves the established ones up, as the other TLS files reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_client_certificates_are_refused() {
+    if !mosquitto::available() {
+        return;
+    }
+    let pki = Pki::new();
+    pki.client("ca", "good", "car-1", 30);
+    pki.client("ca", "stolen", "car-2", 30);
+    pki.client("ca", "later", "car-3", 30);
+    pki.revoke("ca", "stolen");
+    let crl = pki.crl("ca", "good");
+    let metrics = free_port();
+    let broker = BrokerProcess::start_with_config(
+        &tls_config(
+            &pki,
+            &format!("client_auth = \"required\"\ncrl_file = {crl:?}\n"),
+        ),
+        &["--metrics-listen", &format!("127.0.0.1:{metrics}")],
+    );
+    let topic = unique("tls/crl");
+    let (ok, _) = run(
+        "mosquitto_pub",
+        &tls_args(&broker, &pki, "ca", "stolen"),
+        &["-t", &topic, "-m", "x", "-i", &unique("stolen")],
+    );
+    assert!(!ok, "a revoked certificate must be refused");
+    assert_eq!(
+        wait_for_counter(
+            metrics,
+            "ringmq_edge_handshake_failures_total",
+            "reason=\"tls_certificate_revoked\"",
+            1
+        ),
+        1
+    );
+
+    // A subscriber with the certificate that is revoked next stays connected across the reload.
+    let later_args = tls_args(&broker, &pki, "ca", "later");
+    let mut sub_args: Vec<&str> = later_args.iter().map(String::as_str).collect();
+    let sub_id = unique("later");
+    sub_args.extend([
+        "-t", &topic, "-C", "2", "-W", "40", "-q", "1", "-i", &sub_id,
+    ]);
+    let sub = mosquitto::spawn("mosquitto_sub", &sub_args);
+    let good_args = tls_args(&broker, &pki, "ca", "good");
+    let (ok, _) = run(
+        "mosquitto_pub",
+        &good_args,
+        &["-t", &topic, "-m", "probe", "-r", "-q", "1"],
+    );
+    assert!(ok, "a good certificate from the same CA connects");
+    assert_eq!(sub.line(TOOL_WAIT).as_deref(), Some("probe"));
+
+    pki.revoke("ca", "later");
+    pki.crl("ca", "good");
+    broker.signal(libc::SIGHUP);
+    let deadline = Instant::now() + SETTLE;
+    let mut refused = false;
+    while !refused && Instant::now() < deadline {
+        refused = !run(
+            "mosquitto_pub",
+            &later_args,
+            &["-t", &unique("tls/z"), "-m", "z", "-i", &unique("again")],
+        )
+        .0;
+        if !refused {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+    assert!(refused, "new revocation taken up: {}", broker.log_tail());
+    let (ok, _) = run(
+        "mosquitto_pub",
+        &good_args,
+        &["-t", &topic, "-m", "after", "-q", "1"],
+    );
+    assert!(ok);
+    assert_eq!(sub.line(TOOL_WAIT).as_deref(), Some("after"));
+    let (status, _) = sub.finish(TOOL_WAIT);
+    assert!(status.is_some_and(|s| s.success()));
+
+    // A CRL without client certificates to check is a configuration error naming the key.
+    let path = std::env::temp_dir().join(format!("{}.toml", unique("ringmq-crl-config")));
+    std::fs::write(
+        &path,
+        tls_config(
+            &pki,
+            &format!("client_auth = \"none\"\ncrl_file = {crl:?}\n"),
+        ),
+    )
+    .expect("config");
+    let out = std::process::Command::new(broker_bin())
+        .arg("--config")
+        .arg(&path)
+        .arg("--check-config")
+        .output()
+        .expect("broker runs");
+    let _ = std::fs::remove_file(&path);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("listener[0].tls.crl_file"), "{text}");
+}

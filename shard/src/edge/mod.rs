@@ -132,6 +132,11 @@ pub struct TlsConfig {
     /// PEM: the CAs client certificates are verified against (needed unless `client_auth` is
     /// `none`).
     pub ca_file: Option<std::path::PathBuf>,
+    /// PEM: certificate revocation lists issued by the CAs of `ca_file`. A client certificate
+    /// listed in one is refused; one whose issuer has no CRL here is refused too (OpenSSL's
+    /// `X509_V_FLAG_CRL_CHECK`, as Mosquitto's `crlfile`). Only the client's own certificate is
+    /// checked, not its intermediates.
+    pub crl_file: Option<std::path::PathBuf>,
     #[serde(default)]
     pub client_auth: ClientAuth,
     #[serde(default)]
@@ -262,7 +267,9 @@ pub enum Failure {
     TlsCertificateExpired,
     /// The client certificate is not signed by `ca_file`.
     TlsUnknownCa,
-    /// Another certificate problem (revoked, bad usage, bad encoding).
+    /// The client certificate is listed in `crl_file`.
+    TlsCertificateRevoked,
+    /// Another certificate problem (bad usage, bad encoding, no CRL for its issuer).
     TlsBadCertificate,
     /// A TLS protocol error (no shared version or cipher, bad record, alert from the peer).
     TlsProtocol,
@@ -273,13 +280,14 @@ pub enum Failure {
 }
 
 impl Failure {
-    pub const ALL: [Failure; 10] = [
+    pub const ALL: [Failure; 11] = [
         Failure::Timeout,
         Failure::ProxyUntrusted,
         Failure::ProxyHeader,
         Failure::TlsNoCertificate,
         Failure::TlsCertificateExpired,
         Failure::TlsUnknownCa,
+        Failure::TlsCertificateRevoked,
         Failure::TlsBadCertificate,
         Failure::TlsProtocol,
         Failure::WsRequest,
@@ -294,6 +302,7 @@ impl Failure {
             Failure::TlsNoCertificate => "tls_no_certificate",
             Failure::TlsCertificateExpired => "tls_certificate_expired",
             Failure::TlsUnknownCa => "tls_unknown_ca",
+            Failure::TlsCertificateRevoked => "tls_certificate_revoked",
             Failure::TlsBadCertificate => "tls_bad_certificate",
             Failure::TlsProtocol => "tls_protocol",
             Failure::WsRequest => "ws_request",

@@ -3,7 +3,7 @@
 //! `ca_file` (`WebPkiClientVerifier`) and takes the certificate's CN and subjectAltNames into
 //! `ConnMeta::identity`.
 //!
-//! Certificates, key and CA reload atomically ([`TlsSource`]): one thread per process
+//! Certificates, key, CA and CRL reload atomically ([`TlsSource`]): one thread per process
 //! ([`spawn_reloader`]) rebuilds the `ServerConfig` on SIGHUP (`crate::reload::generation`) or
 //! when a file's modification time changes, and keeps the previous set when the new one fails
 //! to load (logged). Shards pick the new set up at their next accept on the listener;
@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 use bytes::BytesMut;
 use engine::{IdentityMapping, IdentitySource, PeerIdentity};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::UnbufferedServerConnection;
 use rustls::server::WebPkiClientVerifier;
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
@@ -67,6 +67,22 @@ fn read_certs(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>, Ed
     Ok(certs)
 }
 
+fn read_crls(
+    path: &Path,
+    key: &str,
+) -> Result<Vec<CertificateRevocationListDer<'static>>, EdgeConfigError> {
+    let crls = CertificateRevocationListDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| invalid(key, format!("{}: {e}", path.display())))?;
+    if crls.is_empty() {
+        return Err(invalid(
+            key,
+            format!("{}: no PEM X509 CRL in it", path.display()),
+        ));
+    }
+    Ok(crls)
+}
+
 /// Builds a server configuration from the files; errors name the key of the file at fault.
 pub fn build(cfg: &TlsConfig, key: &str) -> Result<Arc<ServerConfig>, EdgeConfigError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -81,6 +97,12 @@ pub fn build(cfg: &TlsConfig, key: &str) -> Result<Arc<ServerConfig>, EdgeConfig
         .with_safe_default_protocol_versions()
         .map_err(|e| invalid(key, e.to_string()))?;
     let builder = match cfg.client_auth {
+        ClientAuth::None if cfg.crl_file.is_some() => {
+            return Err(invalid(
+                format!("{key}.crl_file"),
+                "a CRL needs client certificates: set client_auth = \"required\" (or \"optional\")",
+            ));
+        }
         ClientAuth::None => builder.with_no_client_auth(),
         ClientAuth::Optional | ClientAuth::Required => {
             let ca_key = format!("{key}.ca_file");
@@ -101,6 +123,10 @@ pub fn build(cfg: &TlsConfig, key: &str) -> Result<Arc<ServerConfig>, EdgeConfig
             if cfg.client_auth == ClientAuth::Optional {
                 verifier = verifier.allow_unauthenticated();
             }
+            if let Some(crl_file) = &cfg.crl_file {
+                let crls = read_crls(crl_file, &format!("{key}.crl_file"))?;
+                verifier = verifier.with_crls(crls).only_check_end_entity_revocation();
+            }
             let verifier = verifier
                 .build()
                 .map_err(|e| invalid(&ca_key, e.to_string()))?;
@@ -117,7 +143,7 @@ pub fn build(cfg: &TlsConfig, key: &str) -> Result<Arc<ServerConfig>, EdgeConfig
 }
 
 /// Modification times of the files a configuration was built from.
-type Stamps = [Option<SystemTime>; 3];
+type Stamps = [Option<SystemTime>; 4];
 
 /// A listener's TLS material, shared by every shard; replaced whole on reload.
 pub struct TlsSource {
@@ -146,6 +172,7 @@ fn stamps_of(cfg: &TlsConfig) -> Stamps {
         mtime(&cfg.cert_file),
         mtime(&cfg.key_file),
         cfg.ca_file.as_ref().and_then(mtime),
+        cfg.crl_file.as_ref().and_then(mtime),
     ]
 }
 
@@ -243,6 +270,9 @@ pub fn failure_of(err: &rustls::Error) -> Failure {
             | CertificateError::NotValidYetContext { .. },
         ) => Failure::TlsCertificateExpired,
         rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => Failure::TlsUnknownCa,
+        rustls::Error::InvalidCertificate(CertificateError::Revoked) => {
+            Failure::TlsCertificateRevoked
+        }
         rustls::Error::InvalidCertificate(_) => Failure::TlsBadCertificate,
         _ => Failure::TlsProtocol,
     }
