@@ -4,7 +4,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::num::NonZeroU16;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use futures_lite::io::{ReadHalf, WriteHalf};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
 use wire::{
     ConnAck, Connect, ConnectProperties, Disconnect, Framing, Packet, ProtocolVersion, PubAck,
     Publish, QoS, ReasonCode, SubAck, Subscribe, SubscriptionOptions, Utf8Bytes,
@@ -27,6 +26,7 @@ use crate::plan::{self, MqttVersion, Role, Schedule};
 use crate::runner::{Phase, ThreadCtx};
 use crate::seq::SeqTracker;
 use crate::stats::{record_count, record_us, LiveCounters};
+use crate::transport::Stream;
 
 /// Largest inbound frame accepted from the broker.
 pub const INBOUND_FRAME_MAX: u32 = 32 * 1024 * 1024;
@@ -163,7 +163,7 @@ fn packet_id(counter: &mut u16) -> NonZeroU16 {
 }
 
 async fn read_packet(
-    reader: &mut ReadHalf<TcpStream>,
+    reader: &mut ReadHalf<Stream>,
     buf: &mut BytesMut,
     chunk: &mut usize,
     version: ProtocolVersion,
@@ -212,8 +212,8 @@ fn encode(
 }
 
 struct Handshake {
-    reader: ReadHalf<TcpStream>,
-    writer: WriteHalf<TcpStream>,
+    reader: ReadHalf<Stream>,
+    writer: WriteHalf<Stream>,
     buf: BytesMut,
     chunk: usize,
 }
@@ -223,7 +223,7 @@ struct Handshake {
 async fn handshake(
     ctx: &ThreadCtx,
     spec: &ClientSpec,
-    target: SocketAddr,
+    target_index: usize,
     filter: Option<&str>,
     started: Instant,
     first: bool,
@@ -231,7 +231,14 @@ async fn handshake(
     let settings = &ctx.shared.scenario.connection;
     let group = &ctx.shared.scenario.groups[spec.group];
     let version = version_of(settings.mqtt_version);
-    let stream = crate::net::start_connect(target, spec.source)?;
+    let target = ctx.shared.targets[target_index % ctx.shared.targets.len()];
+    let tcp = crate::net::start_connect(target, spec.source)?;
+    // TLS and WebSocket handshakes (nothing for plain TCP), inside the connect timeout.
+    let stream = ctx
+        .shared
+        .edge
+        .open(tcp, target_index, spec.global_index)
+        .await?;
     let (mut reader, mut writer) = futures_lite::io::split(stream);
     let mut properties = ConnectProperties::default();
     if version == ProtocolVersion::V5 && !settings.clean_session {
@@ -250,6 +257,7 @@ async fn handshake(
     let mut out = BytesMut::with_capacity(64);
     encode(&connect, version, &mut out)?;
     writer.write_all(&out).await?;
+    writer.flush().await?;
     let mut buf = BytesMut::new();
     let mut chunk = READ_CHUNK_MIN;
     let mut reads = 0;
@@ -296,6 +304,7 @@ async fn handshake(
         out.clear();
         encode(&subscribe, version, &mut out)?;
         writer.write_all(&out).await?;
+        writer.flush().await?;
         loop {
             match read_packet(&mut reader, &mut buf, &mut chunk, version, &mut reads).await? {
                 Packet::SubAck(SubAck { reason_codes, .. }) => {
@@ -364,7 +373,7 @@ fn ack(packet_id: NonZeroU16) -> PubAck {
 async fn reader_loop(
     ctx: Rc<ThreadCtx>,
     state: Rc<ClientState>,
-    mut reader: ReadHalf<TcpStream>,
+    mut reader: ReadHalf<Stream>,
     mut buf: BytesMut,
     mut chunk: usize,
     version: ProtocolVersion,
@@ -539,11 +548,10 @@ async fn connect(
     first: bool,
 ) -> Result<Handshake, ClientError> {
     let settings = &ctx.shared.scenario.connection;
-    let target = ctx.shared.targets[target_index % ctx.shared.targets.len()];
     let timeout = Duration::from_millis(settings.connect_timeout_ms.max(1));
     let started = Instant::now();
     futures_lite::future::or(
-        handshake(ctx, spec, target, filter, started, first),
+        handshake(ctx, spec, target_index, filter, started, first),
         async {
             glommio::timer::sleep(timeout).await;
             Err(ClientError::Timeout)
@@ -802,7 +810,7 @@ fn new_publisher(ctx: &ThreadCtx, spec: &ClientSpec) -> Publisher {
 /// socket ends cleanly.
 async fn close_politely(
     state: &ClientState,
-    writer: &mut WriteHalf<TcpStream>,
+    writer: &mut WriteHalf<Stream>,
     version: ProtocolVersion,
 ) {
     let mut out = BytesMut::new();
@@ -818,6 +826,7 @@ async fn close_politely(
     {
         let _ = writer.write_all(&out).await;
     }
+    // close() flushes what the TLS/WebSocket layers still hold, then ends our side.
     let _ = writer.close().await;
     let _ = futures_lite::future::or(
         async {
@@ -879,7 +888,7 @@ impl Publisher {
 async fn drive(
     ctx: &ThreadCtx,
     state: &ClientState,
-    writer: &mut WriteHalf<TcpStream>,
+    writer: &mut WriteHalf<Stream>,
     mut publisher: Option<&mut Publisher>,
     version: ProtocolVersion,
 ) -> Ending {
@@ -918,7 +927,12 @@ async fn drive(
             let _ = wire::encode(&Packet::PingReq, version, &mut out);
         }
         if !out.is_empty() {
-            if let Err(err) = writer.write_all(&out).await {
+            // The flush pushes out what a TLS or WebSocket layer kept back (a no-op on TCP).
+            let written = match writer.write_all(&out).await {
+                Ok(()) => writer.flush().await,
+                Err(err) => Err(err),
+            };
+            if let Err(err) = written {
                 return Ending::Lost(crate::net::io_reason(&err));
             }
             out.clear();

@@ -9,13 +9,18 @@
 //! bottleneck says so).
 //!
 //! Must not touch: MQTT encoding/decoding (that is `wire`'s; this crate only calls it) or
-//! anything of the broker. No TLS yet (left for the TLS issue).
+//! anything of the broker.
+//!
+//! Transports ([`transport`]): plain TCP, TLS (rustls), MQTT over WebSocket and over
+//! WebSocket + TLS, as byte-stream layers ([`transport::Stream`]) under the one MQTT client, so
+//! every scenario runs over any of them.
 //!
 //! Several brokers and reconnecting ([`failover`]: [`failover::BrokerPick`] round robin or
 //! random per client, [`failover::Backoff`] exponential with jitter) let a run drive and
 //! measure failover across cluster nodes.
 //!
-//! Main types: [`plan::Scenario`], [`runner::RunOptions`], [`stats::Summary`].
+//! Main types: [`plan::Scenario`], [`runner::RunOptions`], [`stats::Summary`],
+//! [`transport::Edge`].
 
 pub mod client;
 pub mod failover;
@@ -26,3 +31,4 @@ pub mod plan;
 pub mod runner;
 pub mod seq;
 pub mod stats;
+pub mod transport;

@@ -10,6 +10,7 @@ use ringmq_loadgen::plan::{
     ConnectionSettings, GroupSpec, MqttVersion, Role, RunSettings, Scenario,
 };
 use ringmq_loadgen::runner::{self, RunOptions};
+use ringmq_loadgen::transport::TransportKind;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -91,6 +92,25 @@ struct Common {
     /// Write the summary as JSON here.
     #[arg(long, global = true)]
     json: Option<PathBuf>,
+    /// Layers under MQTT: tcp, tls, ws (MQTT over WebSocket) or wss (WebSocket over TLS).
+    #[arg(long, global = true)]
+    transport: Option<TransportKind>,
+    /// PEM CA file the broker's certificate is verified against (tls, wss).
+    #[arg(long, global = true)]
+    cafile: Option<PathBuf>,
+    /// PEM client certificate for mTLS (with --key); every client presents it.
+    #[arg(long, global = true)]
+    cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long, global = true)]
+    key: Option<PathBuf>,
+    /// TLS server name (SNI, and the name the broker's certificate must carry); default: the
+    /// broker host as given.
+    #[arg(long, global = true)]
+    server_name: Option<String>,
+    /// HTTP path of the WebSocket upgrade (ws, wss); default /mqtt.
+    #[arg(long, global = true)]
+    ws_path: Option<String>,
     /// Broker process id on this host: report its CPU seconds and RSS per phase.
     #[arg(long, global = true)]
     broker_pid: Option<u32>,
@@ -267,6 +287,24 @@ fn apply_common(
     }
     if let Some(value) = common.mqtt_version {
         connection.mqtt_version = value;
+    }
+    if let Some(value) = common.transport {
+        connection.transport = value;
+    }
+    if let Some(value) = &common.cafile {
+        connection.tls_ca_file = Some(value.clone());
+    }
+    if let Some(value) = &common.cert {
+        connection.tls_cert_file = Some(value.clone());
+    }
+    if let Some(value) = &common.key {
+        connection.tls_key_file = Some(value.clone());
+    }
+    if let Some(value) = &common.server_name {
+        connection.tls_server_name = Some(value.clone());
+    }
+    if let Some(value) = &common.ws_path {
+        connection.ws_path = value.clone();
     }
     if let Some(value) = common.duration {
         run.duration_s = value;

@@ -126,8 +126,25 @@ impl Drop for FdGuard {
     }
 }
 
-/// Short stable names for the failure table.
+/// Short stable names for the failure table. TLS and WebSocket failures travel as I/O errors
+/// that carry the layer's own error; they are named after it (`tls_...`, `ws_...`).
 pub fn io_reason(err: &io::Error) -> String {
+    if let Some(inner) = err.get_ref() {
+        if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
+            return tls_reason(tls);
+        }
+        if let Some(handshake) = inner.downcast_ref::<wire::ws::ClientHandshakeError>() {
+            return match handshake {
+                wire::ws::ClientHandshakeError::Refused { status } => {
+                    format!("ws_refused_{status}")
+                }
+                other => format!("ws_handshake:{other}"),
+            };
+        }
+        if let Some(frame) = inner.downcast_ref::<wire::ws::FrameError>() {
+            return format!("ws_frame:{frame}");
+        }
+    }
     match err.raw_os_error() {
         Some(libc::ECONNREFUSED) => "refused".into(),
         Some(libc::ECONNRESET) | Some(libc::EPIPE) => "reset".into(),
@@ -138,6 +155,17 @@ pub fn io_reason(err: &io::Error) -> String {
         Some(code) => format!("errno_{code}"),
         None => format!("io_{:?}", err.kind()).to_lowercase(),
     }
+}
+
+/// `tls_` and the error's variant (and its detail), lowercase without spaces:
+/// `tls_invalidcertificate(unknownissuer)`, `tls_alertreceived(certificaterequired)`.
+fn tls_reason(err: &rustls::Error) -> String {
+    let detail: String = format!("{err:?}")
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .flat_map(char::to_lowercase)
+        .collect();
+    format!("tls_{detail}")
 }
 
 /// Raises the open-files soft limit to the hard limit (15,000 sockets need it).

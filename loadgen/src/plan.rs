@@ -4,12 +4,13 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::failover::{Backoff, BrokerEndpoint, BrokerPick, EndpointError};
+use crate::transport::{EdgeSettings, TransportKind};
 
 /// Largest payload the loadgen will build; keeps a per-thread zero buffer bounded.
 pub const PAYLOAD_SIZE_MAX: usize = 16 * 1024 * 1024;
@@ -104,6 +105,18 @@ pub struct ConnectionSettings {
     /// Backoff before reconnect attempt k: jittered within [d/2, d], d = min(min·2^k, max).
     pub reconnect_backoff_min_ms: u64,
     pub reconnect_backoff_max_ms: u64,
+    /// The layers under MQTT: `tcp`, `tls`, `ws` (MQTT over WebSocket) or `wss`.
+    pub transport: TransportKind,
+    /// PEM CA the broker's certificate is verified against (`tls`/`wss` need it).
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate and key for mTLS (both or neither); every client presents it.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// Name sent as SNI and checked against the broker's certificate; default: each broker's
+    /// host as written (an IP address is checked against the certificate's IP SANs).
+    pub tls_server_name: Option<String>,
+    /// HTTP path of the WebSocket upgrade (`ws`/`wss`).
+    pub ws_path: String,
 }
 
 impl Default for ConnectionSettings {
@@ -127,6 +140,12 @@ impl Default for ConnectionSettings {
             reconnect: false,
             reconnect_backoff_min_ms: 100,
             reconnect_backoff_max_ms: 5_000,
+            transport: TransportKind::Tcp,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_server_name: None,
+            ws_path: "/mqtt".into(),
         }
     }
 }
@@ -141,6 +160,18 @@ impl ConnectionSettings {
             }]);
         }
         BrokerEndpoint::parse_list(self.brokers.iter().map(String::as_str), self.port)
+    }
+
+    /// The transport settings as [`crate::transport::Edge::new`] takes them.
+    pub fn edge_settings(&self) -> EdgeSettings<'_> {
+        EdgeSettings {
+            kind: self.transport,
+            ca_file: self.tls_ca_file.as_deref(),
+            cert_file: self.tls_cert_file.as_deref(),
+            key_file: self.tls_key_file.as_deref(),
+            server_name: self.tls_server_name.as_deref(),
+            ws_path: &self.ws_path,
+        }
     }
 
     pub fn reconnect_backoff(&self) -> Backoff {

@@ -60,6 +60,8 @@ pub struct Shared {
     pub matcher: Matcher,
     /// Every broker of the run, resolved once; clients pick among them.
     pub targets: Vec<SocketAddr>,
+    /// The transport layers every connection gets (TLS configuration, WebSocket path).
+    pub edge: crate::transport::Edge,
     pub run_start: Instant,
     pub live: Vec<LiveCounters>,
     pub phase: AtomicU8,
@@ -267,7 +269,13 @@ pub fn run(options: RunOptions) -> anyhow::Result<Summary> {
     let cpus = crate::net::allowed_cpus();
     let threads = options.threads.unwrap_or(cpus.len()).max(1);
     let mut targets = Vec::new();
-    for endpoint in scenario.connection.broker_endpoints()? {
+    let endpoints = scenario.connection.broker_endpoints()?;
+    let hosts: Vec<(String, u16)> = endpoints
+        .iter()
+        .map(|endpoint| (endpoint.host.clone(), endpoint.port))
+        .collect();
+    let edge = crate::transport::Edge::new(&scenario.connection.edge_settings(), &hosts)?;
+    for endpoint in endpoints {
         let target = (endpoint.host.as_str(), endpoint.port)
             .to_socket_addrs()
             .with_context(|| format!("resolving broker address {}", endpoint.host))?
@@ -324,6 +332,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<Summary> {
         scenario,
         matcher,
         targets,
+        edge,
         run_start: Instant::now(),
         live: (0..threads).map(|_| LiveCounters::default()).collect(),
         phase: AtomicU8::new(Phase::Connecting as u8),
@@ -673,6 +682,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<Summary> {
             .collect::<Vec<_>>()
             .join(","),
         mqtt_version: version.into(),
+        transport: shared.edge.kind.name().into(),
         connections,
         messages,
         loadgen: health,

@@ -397,6 +397,8 @@ pub struct Summary {
     pub scenario: String,
     pub broker: String,
     pub mqtt_version: String,
+    /// tcp, tls, ws or wss.
+    pub transport: String,
     pub connections: ConnectionSummary,
     pub messages: MessageSummary,
     pub loadgen: LoadgenHealth,
@@ -420,8 +422,8 @@ impl Summary {
         let c = &self.connections;
         let m = &self.messages;
         println!(
-            "== ringmq-loadgen summary: {} ({}) against {} (MQTT {})",
-            self.scenario, self.mode, self.broker, self.mqtt_version
+            "== ringmq-loadgen summary: {} ({}) against {} (MQTT {} over {})",
+            self.scenario, self.mode, self.broker, self.mqtt_version, self.transport
         );
         println!(
             "connections: planned {} connected {} failed {} {:?} subscribe failures {} unexpected disconnects {:?}",

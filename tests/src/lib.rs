@@ -60,6 +60,15 @@ pub fn broker_bin() -> PathBuf {
     target.join("debug").join("ringmq")
 }
 
+/// Path of the load generator: `$RINGMQ_LOADGEN_BIN`, else next to the broker binary
+/// (`cargo build -p ringmq-loadgen` puts it there).
+pub fn loadgen_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("RINGMQ_LOADGEN_BIN") {
+        return PathBuf::from(path);
+    }
+    broker_bin().with_file_name("ringmq-loadgen")
+}
+
 /// A running `ringmq` process on a free loopback port. Dropping it stops the broker (SIGTERM,
 /// SIGKILL after [`STOP_GRACE`]); if the broker had died on its own during the test, the drop
 /// panics with the tail of its log, so a crash never goes unnoticed.
