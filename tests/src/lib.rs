@@ -2,8 +2,8 @@
 //! mosquitto_pub/sub) and raw-byte transcripts. This library holds only the harness: starting a
 //! broker on a free port ([`BrokerProcess`]), a raw MQTT socket that speaks through the `wire`
 //! codec ([`RawClient`]) and wrappers around the Mosquitto command-line clients
-//! ([`mosquitto`]). It must not link the broker's internals (`shard`, `broker`): everything is
-//! observed over TCP, as a client would.
+//! ([`mosquitto`]) and the Paho auth script ([`paho`]). It must not link the broker's internals
+//! (`shard`, `broker`): everything is observed over TCP, as a client would.
 //!
 //! Every wait is bounded: [`RECV_TIMEOUT`] for one packet, [`START_TIMEOUT`] for the broker to
 //! listen, [`STOP_GRACE`] before SIGKILL.
@@ -33,6 +33,8 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 pub const STOP_GRACE: Duration = Duration::from_secs(3);
 /// Default wait for one packet (or for a close).
 pub const RECV_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for a periodically exported metric to reach a value.
+pub const METRIC_WAIT: Duration = Duration::from_secs(15);
 /// Largest frame the raw client accepts from the broker.
 const FRAME_MAX_BYTES: u32 = 64 * 1024 * 1024;
 
@@ -1022,6 +1024,66 @@ pub mod mosquitto {
             other => panic!("{tool} {args:?} failed: {other:?}, output {lines:?}"),
         }
     }
+
+    /// Writes a password file with `mosquitto_passwd -b` (its default `$7$` PBKDF2-SHA512
+    /// hashes), one call per user, the first with `-c`.
+    pub fn passwd_file(path: &Path, users: &[(&str, &str)]) {
+        for (i, (user, pass)) in users.iter().enumerate() {
+            let mut cmd = Command::new("mosquitto_passwd");
+            if i == 0 {
+                cmd.arg("-c");
+            }
+            let status = cmd
+                .arg("-b")
+                .arg(path)
+                .args([user, pass])
+                .stdout(Stdio::null())
+                .status()
+                .expect("mosquitto_passwd runs");
+            assert!(status.success(), "mosquitto_passwd failed for {user}");
+        }
+    }
+}
+
+// ----- Eclipse Paho (Python) ----------------------------------------------------------------
+
+/// `tests/python/auth_checks.py` through python3 and paho-mqtt.
+pub mod paho {
+    use super::*;
+
+    /// Whether python3 can import paho-mqtt; prints a loud notice when not (the caller skips).
+    pub fn available() -> bool {
+        let ok = Command::new("python3")
+            .args(["-c", "import paho.mqtt.client"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if !ok {
+            eprintln!(
+                "\n!!!!! SKIPPED: python3 with paho-mqtt not found (scripts/test.sh installs it) !!!!!\n"
+            );
+        }
+        ok
+    }
+
+    /// Runs `auth_checks.py 127.0.0.1 PORT ARGS..` to completion (killed after `wait`); returns
+    /// the exit code (None when killed) and its stdout lines.
+    pub fn auth_check(port: u16, args: &[&str], wait: Duration) -> (Option<i32>, Vec<String>) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/auth_checks.py");
+        let port = port.to_string();
+        let mut all = vec![script, "127.0.0.1", port.as_str()];
+        all.extend_from_slice(args);
+        let (status, lines) = mosquitto::spawn("python3", &all).finish(wait);
+        (status.and_then(|s| s.code()), lines)
+    }
+
+    /// The number in the script's `connack N` line, if it printed one.
+    pub fn connack(lines: &[String]) -> Option<u8> {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix("connack "))
+            .and_then(|n| n.trim().parse().ok())
+    }
 }
 
 // ----- the metrics endpoint -----------------------------------------------------------------
@@ -1057,4 +1119,22 @@ pub fn metric_total(text: &str, metric: &str, labels: &[&str]) -> f64 {
         .filter(|l| labels.iter().all(|want| l.contains(want)))
         .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
         .sum()
+}
+
+/// Scrapes `/metrics` until the sum of `metric` over samples with `labels` reaches `at_least`
+/// (counters exported periodically lag the event); panics with the last scrape after
+/// [`METRIC_WAIT`]. Returns that scrape.
+pub fn wait_for_metric(port: u16, metric: &str, labels: &[&str], at_least: f64) -> String {
+    let deadline = Instant::now() + METRIC_WAIT;
+    loop {
+        let text = scrape_metrics(port);
+        if metric_total(&text, metric, labels) >= at_least {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{metric}{labels:?} stayed below {at_least} for {METRIC_WAIT:?}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
