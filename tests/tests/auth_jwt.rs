@@ -228,9 +228,14 @@ fn claims(username: &str, client_id: &str, exp_in: i64) -> Value {
 /// connections close when their token expires. Flapping detection is off: these tests connect
 /// one client id far more than 15 times a minute on purpose (with it on, CONNACK 0x8A Banned).
 fn jwt_broker(key_line: &str, metrics_port: u16) -> BrokerProcess {
+    jwt_broker_closing(key_line, metrics_port, true)
+}
+
+fn jwt_broker_closing(key_line: &str, metrics_port: u16, close_on_expiry: bool) -> BrokerProcess {
     let config = format!(
         "[auth.jwt]\n{key_line}\nleeway_secs = 0\nclaims = {{ sub = \"%u\", client_id = \"%c\" }}\n\
-         acl_claim = \"acl\"\nclose_on_expiry = true\n[overload.flapping]\nmax_connects = 0\n"
+         acl_claim = \"acl\"\nclose_on_expiry = {close_on_expiry}\n\
+         [overload.flapping]\nmax_connects = 0\n"
     );
     let metrics = format!("127.0.0.1:{metrics_port}");
     BrokerProcess::start_with_config(&config, &["--metrics-listen", &metrics])
@@ -734,4 +739,48 @@ fn connection_closes_when_its_token_expires() {
         2.0,
         "ringmq_auth_expired_total:\n{text}"
     );
+}
+
+/// A token that verified once is cached (a reconnecting vehicle is not verified again), but not
+/// past its `exp`: after it expires the same token is refused (0x86 / rc 4), also with
+/// `close_on_expiry = false` (which only means a live connection is left open).
+#[test]
+fn an_expired_token_is_not_accepted_from_the_cache() {
+    if !tools_available() {
+        return;
+    }
+    let keys = Keys::new();
+    let secret = format!("secret_file = {:?}", keys.path_str("hs.secret"));
+    for close_on_expiry in [false, true] {
+        let broker = jwt_broker_closing(&secret, free_port(), close_on_expiry);
+        let exp = now_secs() + 2;
+        let token = sign(
+            Algorithm::HS256,
+            &keys.hs256(),
+            None,
+            &json!({"sub": "car1", "client_id": "car1", "exp": exp}),
+        );
+        for version in ["5", "311"] {
+            let got = paho_connack(broker.port, version, "car1", "car1", &token);
+            assert_eq!(
+                got,
+                Some(0),
+                "close_on_expiry={close_on_expiry} v{version} before exp"
+            );
+        }
+        // Wait for the wall clock (not the broker) to pass exp; bounded.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while now_secs() <= exp {
+            assert!(std::time::Instant::now() < deadline, "clock stuck");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for (version, want) in [("5", BAD_CREDENTIALS.0), ("311", BAD_CREDENTIALS.1)] {
+            let got = paho_connack(broker.port, version, "car1", "car1", &token);
+            assert_eq!(
+                got,
+                Some(want),
+                "close_on_expiry={close_on_expiry} v{version}: an expired token was accepted"
+            );
+        }
+    }
 }

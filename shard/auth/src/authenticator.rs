@@ -106,6 +106,7 @@ impl Authenticator {
                 username: credentials.username.clone(),
                 claim_acl: grant.claim_acl.map(Arc::new),
                 expires_at: grant.expires_at,
+                valid_until: grant.valid_until,
             }),
             // The token is genuine but issued for another client.
             Err(FailureReason::TokenClaimMismatch) => {

@@ -155,8 +155,11 @@ pub struct Identity {
     pub username: Option<String>,
     /// Allow rules carried by the token's ACL claim; when set, the identity is default-deny.
     pub claim_acl: Option<Arc<ClaimAcl>>,
-    /// When the credentials stop being valid (the token's `exp`); the broker may close then.
+    /// When the broker closes the connection (the token's `exp` with `close_on_expiry`).
     pub expires_at: Option<SystemTime>,
+    /// When the credentials stop being valid (the token's `exp`), whether or not the broker
+    /// closes then: a cached verification is not reused past it.
+    pub valid_until: Option<SystemTime>,
 }
 
 impl Identity {
@@ -167,6 +170,7 @@ impl Identity {
             username,
             claim_acl: None,
             expires_at: None,
+            valid_until: None,
         }
     }
 }

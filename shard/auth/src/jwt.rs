@@ -59,8 +59,11 @@ pub enum JwtError {
 /// What a valid token contributes to the identity.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TokenGrant {
-    /// The token's `exp`, when it has one.
+    /// The token's `exp` when it has one and the connection is to be closed then
+    /// (`close_on_expiry`).
     pub expires_at: Option<SystemTime>,
+    /// The token's `exp`, when it has one: the end of its validity, for the cache.
+    pub valid_until: Option<SystemTime>,
     /// Topic grants from the configured ACL claim, when present in the token.
     pub claim_acl: Option<ClaimAcl>,
 }
@@ -315,6 +318,7 @@ impl JwtVerifier {
             } else {
                 None
             },
+            valid_until: expires_at,
             claim_acl,
         })
     }

@@ -103,9 +103,16 @@ struct Cache {
 impl Cache {
     fn get(&self, key: &CacheKey, now: SystemTime) -> Option<Identity> {
         let identity = self.entries.get(key)?;
-        match identity.expires_at {
-            Some(expires_at) if expires_at <= now => None,
-            _ => Some(identity.clone()),
+        // `valid_until` is set for every token with `exp`; `expires_at` only when the broker
+        // closes at expiry. Either passed: verify again (and refuse the expired token).
+        let ended = [identity.valid_until, identity.expires_at]
+            .into_iter()
+            .flatten()
+            .any(|at| at <= now);
+        if ended {
+            None
+        } else {
+            Some(identity.clone())
         }
     }
 

@@ -403,3 +403,20 @@ fn password_file_users_first_then_tokens() {
         Err(Refusal::BadCredentials(FailureReason::TokenMalformed))
     );
 }
+
+/// `close_on_expiry = false` leaves the connection open past `exp`, but the grant still says
+/// how long the token is valid, so the pool's cache does not accept it afterwards (found by
+/// tests/tests/auth_jwt.rs: an expired token reconnected from the cache).
+#[test]
+fn validity_is_kept_when_the_connection_is_not_closed_at_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = Some(UNIX_EPOCH + Duration::from_secs(NOW_SECS + 600));
+    let key = EncodingKey::from_secret(SECRET);
+    let token = sign(Algorithm::HS256, &key, &valid_claims(), None);
+    let verifier = hs_verifier(dir.path(), "close_on_expiry = false\n");
+    let grant = verifier.verify(&token, "c1", Some("car-1"), now()).unwrap();
+    assert_eq!((grant.expires_at, grant.valid_until), (None, exp));
+    let closing = hs_verifier(dir.path(), "");
+    let grant = closing.verify(&token, "c1", Some("car-1"), now()).unwrap();
+    assert_eq!((grant.expires_at, grant.valid_until), (exp, exp));
+}
