@@ -511,6 +511,12 @@ max_connections = 7
             .expect("overload resolves");
         assert_eq!(o.listener_max_connections, vec![0, 20_000, 0]);
         assert_eq!(o.max_connection_rate, 2000);
+        c.auth.validate().expect("[auth] keys valid");
+        c.acl.validate().expect("[acl] keys valid");
+        assert!(c.auth.password_file.is_some() && c.acl.file.is_some());
+        let jwt = c.auth.jwt.as_ref().expect("[auth.jwt]");
+        assert!(jwt.jwks_file.is_some() && jwt.close_on_expiry);
+        assert!(!c.auth.allow_anonymous_effective(true));
     }
 
     #[test]
