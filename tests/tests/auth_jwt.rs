@@ -586,8 +586,9 @@ fn acl_claim_is_honoured() {
                     "-t",
                     filter,
                     "-d",
+                    "-E",
                     "-W",
-                    "2",
+                    "10",
                 ],
             )
             .finish(TOOL_WAIT);
