@@ -10,7 +10,8 @@
 #      failures, broker CPU while connecting (ringmq's refusals from its metrics);
 #   2. telemetry fan-in: loadgen/scenarios/telemetry-fanin.toml (15,000 connections, 4,500
 #      publishing 100 B QoS 0, 4 subscribers in a $share group) at FANIN_RATE msgs/s for
-#      FANIN_S s, plain and TLS: broker CPU-s per million messages (utime+stime from
+#      FANIN_S s, plain (with and without a TLS listener configured) and TLS: broker CPU-s per
+#      million messages (utime+stime from
 #      /proc/PID/stat, publishing start to drain end, via the loadgen's --broker-pid);
 #   3. idle memory: loadgen/scenarios/idle.toml scaled to IDLE_CLIENTS (5,000) clients with one
 #      subscription each, plain and TLS: broker RSS delta per connection (VmRSS before the
@@ -19,7 +20,8 @@
 #
 # usage: bench/tls.sh [--no-docs] [--only mosquitto|ringmq]
 # env: LOADGEN, RINGMQ (release binaries), BROKER_CPU, LOADGEN_CPU, FANIN_RATE (5000),
-#      FANIN_S (20), IDLE_CLIENTS (5000), KEEP_WORK=1, REPORT_ONLY=DIR
+#      FANIN_S (20), IDLE_CLIENTS (5000), PARTS ("storm fanin idle"), KEEP_WORK=1,
+#      REPORT_ONLY=DIR
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -93,6 +95,9 @@ MOSQUITTO_SETTINGS="listener PLAIN 127.0.0.1; listener TLS 127.0.0.1 with certfi
 RINGMQ_SETTINGS='--listen 127.0.0.1:PLAIN --shards 1 (pinned); [[listener]] kind = "tls" with cert_file/key_file (client_auth none); defaults otherwise (max_handshakes 10000)'
 export MOSQUITTO_SETTINGS RINGMQ_SETTINGS
 
+# PLAIN_ONLY=1: the broker gets its plain listener only (the fan-in control row).
+PLAIN_ONLY=0
+
 start_broker() {
     local broker=$1
     PLAIN_PORT=$(free_port)
@@ -107,11 +112,11 @@ persistence false
 log_dest stderr
 listener $PLAIN_PORT 127.0.0.1
 max_connections -1
-listener $TLS_PORT 127.0.0.1
-max_connections -1
-certfile $WORK/server.pem
-keyfile $WORK/server.key
 CONF
+            if [[ $PLAIN_ONLY == 0 ]]; then
+                printf 'listener %s 127.0.0.1\nmax_connections -1\ncertfile %s\nkeyfile %s\n' \
+                    "$TLS_PORT" "$WORK/server.pem" "$WORK/server.key" >> "$WORK/mosquitto.conf"
+            fi
             taskset -c "$BROKER_CPU" mosquitto -c "$WORK/mosquitto.conf" 2>> "$WORK/mosquitto.log" &
             BROKER_PID=$!
             ;;
@@ -125,6 +130,7 @@ cert_file = "$WORK/server.pem"
 key_file = "$WORK/server.key"
 CONF
             METRICS_PORT=$(free_port)
+            if [[ $PLAIN_ONLY == 1 ]]; then : > "$WORK/ringmq.toml"; fi
             taskset -c "$BROKER_CPU" "$RINGMQ" --config "$WORK/ringmq.toml" \
                 --listen "127.0.0.1:$PLAIN_PORT" --shards 1 --metrics-listen "127.0.0.1:$METRICS_PORT" \
                 > "$WORK/ringmq.log" 2>&1 &
@@ -132,7 +138,7 @@ CONF
             ;;
     esac
     wait_port "$PLAIN_PORT"
-    wait_port "$TLS_PORT"
+    if [[ $PLAIN_ONLY == 0 ]]; then wait_port "$TLS_PORT"; fi
 }
 
 stop_broker() {
@@ -176,21 +182,36 @@ run_one() {
     stop_broker
 }
 
+# PARTS selects measurements (default all three): e.g. PARTS=fanin to repeat the fan-in only.
+PARTS=${PARTS:-storm fanin idle}
+export PARTS
+part() { [[ " $PARTS " == *" $1 "* ]]; }
+
 bench_broker() {
     local broker=$1
     local scale
     scale=$(python3 -c "print($FANIN_RATE/5000)")
     local idle_scale
     idle_scale=$(python3 -c "print($IDLE_CLIENTS/15000)")
-    run_one "$broker" storm-tls tls scenario "$SCENARIOS/conn-storm.toml"
-    run_one "$broker" storm-tls-c2000 tls --conn-concurrency 2000 scenario "$SCENARIOS/conn-storm.toml"
-    run_one "$broker" storm-plain tcp scenario "$SCENARIOS/conn-storm.toml"
-    run_one "$broker" fanin-plain tcp --duration "$FANIN_S" \
-        scenario "$SCENARIOS/telemetry-fanin.toml" --rate-scale "$scale"
-    run_one "$broker" fanin-tls tls --duration "$FANIN_S" \
-        scenario "$SCENARIOS/telemetry-fanin.toml" --rate-scale "$scale"
-    run_one "$broker" idle-plain tcp scenario "$SCENARIOS/idle.toml" --count-scale "$idle_scale"
-    run_one "$broker" idle-tls tls scenario "$SCENARIOS/idle.toml" --count-scale "$idle_scale"
+    if part storm; then
+        run_one "$broker" storm-tls tls scenario "$SCENARIOS/conn-storm.toml"
+        run_one "$broker" storm-tls-c2000 tls --conn-concurrency 2000 scenario "$SCENARIOS/conn-storm.toml"
+        run_one "$broker" storm-plain tcp scenario "$SCENARIOS/conn-storm.toml"
+    fi
+    if part fanin; then
+        PLAIN_ONLY=1
+        run_one "$broker" fanin-plain-only tcp --duration "$FANIN_S" \
+            scenario "$SCENARIOS/telemetry-fanin.toml" --rate-scale "$scale"
+        PLAIN_ONLY=0
+        run_one "$broker" fanin-plain tcp --duration "$FANIN_S" \
+            scenario "$SCENARIOS/telemetry-fanin.toml" --rate-scale "$scale"
+        run_one "$broker" fanin-tls tls --duration "$FANIN_S" \
+            scenario "$SCENARIOS/telemetry-fanin.toml" --rate-scale "$scale"
+    fi
+    if part idle; then
+        run_one "$broker" idle-plain tcp scenario "$SCENARIOS/idle.toml" --count-scale "$idle_scale"
+        run_one "$broker" idle-tls tls scenario "$SCENARIOS/idle.toml" --count-scale "$idle_scale"
+    fi
 }
 
 [[ -x "$LOADGEN" ]] || { echo "missing $LOADGEN: cargo build --release -p ringmq-loadgen" >&2; exit 1; }
@@ -208,6 +229,8 @@ if [[ -z "$ONLY" || "$ONLY" == ringmq ]]; then
     bench_broker ringmq
 fi
 ELAPSED=$SECONDS
+PARTS_NOTE=""
+[[ "$PARTS" == "storm fanin idle" ]] || PARTS_NOTE="PARTS='$PARTS' "
 LOAD_AFTER="loadavg $(cut -d' ' -f1-3 /proc/loadavg)"
 
 TABLE=$(python3 - "$WORK" <<PY
@@ -254,9 +277,9 @@ def lg_note(s, connecting):
         notes.append(f'send backlog grew {lg["backlog_growing_seconds"]} s')
     return "; ".join(notes) or "-"
 out = []
-out.append(f"## $START — TLS side by side with Mosquitto (\`$COMMAND\`)")
+out.append(f"## $START — TLS side by side with Mosquitto (\`${PARTS_NOTE}$COMMAND\`)")
 out.append("")
-out.append("Command: \`$COMMAND\` (took ${ELAPSED} s). Load before: $LOAD_BEFORE; after: $LOAD_AFTER.")
+out.append("Command: \`${PARTS_NOTE}$COMMAND\` (took ${ELAPSED} s). Load before: $LOAD_BEFORE; after: $LOAD_AFTER.")
 out.append("Revision $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown); "
            "$(mosquitto -h 2>/dev/null | head -1 || true); ringmq release build, one shard. "
            "Broker on CPU $BROKER_CPU, \`ringmq-loadgen --threads 1\` on CPU $LOADGEN_CPU; a fresh broker per row. "
@@ -266,6 +289,7 @@ out.append("")
 out.append("Mosquitto: " + os.environ["MOSQUITTO_SETTINGS"] + ".  ")
 out.append("ringmq: " + os.environ["RINGMQ_SETTINGS"] + ".")
 out.append("")
+marks = [("storm", len(out))]
 out.append("**1. Connection storm** (\`conn-storm.toml\`: 15,000 clients, concurrency 15,000, 4 source addresses)")
 out.append("")
 out.append("| broker | transport, handshakes in flight | connected | failed (loadgen's reason) | broker's refusals (ringmq metrics) | time to last CONNACK | connect p50 / p99 | broker CPU-s connecting | loadgen notes |")
@@ -288,28 +312,31 @@ out.append(f'Ratios, time to last CONNACK: TLS Mosquitto ÷ ringmq = {ratio(stor
            f'ringmq TLS ÷ plain = {ratio(storm.get(("ringmq","tls")), storm.get(("ringmq","plain")))}; '
            f'Mosquitto TLS ÷ plain = {ratio(storm.get(("mosquitto","tls")), storm.get(("mosquitto","plain")))}.')
 out.append("")
+marks.append(("fanin", len(out)))
 out.append(f"**2. Telemetry fan-in** (\`telemetry-fanin.toml\`: 15,000 connections, 4,500 publishers of 100 B QoS 0 at $FANIN_RATE msgs/s in total for $FANIN_S s, 4 subscribers in \`\$share/ingest/...\`)")
 out.append("")
-out.append("| broker | transport | sent | received | lost | broker CPU-s publishing | broker CPU-s per million messages | latency p50 / p99 | loadgen notes |")
-out.append("|---|---|---|---|---|---|---|---|---|")
+out.append("| broker | transport | sent | received | lost | broker CPU-s publishing | broker CPU-s per million messages | latency p50 / p99 | loadgen CPU-s | loadgen notes |")
+out.append("|---|---|---|---|---|---|---|---|---|---|")
 cpu = {}
 for b in brokers:
-    for t in ["plain", "tls"]:
+    for t, label in [("plain-only", "plain, no TLS listener configured"), ("plain", "plain"), ("tls", "tls")]:
         s = load(b, f"fanin-{t}")
         if not s:
-            out.append(f"| {b} | {t} | not run | | | | | | |"); continue
+            out.append(f"| {b} | {label} | not run | | | | | | | |"); continue
         m = s["messages"]; bp = s.get("broker_process") or {}
         sec = bp.get("cpu_s_publishing")
         per_m = sec / m["sent"] * 1e6 if sec and m["sent"] else None
         cpu[(b, t)] = per_m
         lat = m["latency_ms"]
-        out.append(f'| {b} | {t} | {m["sent"]} | {m["received"]} | {m["lost"]} | {sec or 0:.2f} | {per_m or 0:.1f} | {lat["p50"]:.2f} / {lat["p99"]:.2f} ms | {lg_note(s, False)}{"; connect failures " + fails(s) if s["connections"]["failed"] else ""} |')
+        out.append(f'| {b} | {label} | {m["sent"]} | {m["received"]} | {m["lost"]} | {sec or 0:.2f} | {per_m or 0:.1f} | {lat["p50"]:.2f} / {lat["p99"]:.2f} ms | {s["loadgen"].get("cpu_s_publishing") or 0:.1f} | {lg_note(s, False)}{"; connect failures " + fails(s) if s["connections"]["failed"] else ""} |')
 out.append("")
 out.append(f'Ratios, CPU-s per million: TLS Mosquitto ÷ ringmq = {ratio(cpu.get(("mosquitto","tls")), cpu.get(("ringmq","tls")))}; '
-           f'plain Mosquitto ÷ ringmq = {ratio(cpu.get(("mosquitto","plain")), cpu.get(("ringmq","plain")))}; '
+           f'plain Mosquitto ÷ ringmq = {ratio(cpu.get(("mosquitto","plain")), cpu.get(("ringmq","plain")))} '
+           f'({ratio(cpu.get(("mosquitto","plain-only")), cpu.get(("ringmq","plain-only")))} without a TLS listener); '
            f'ringmq TLS ÷ plain = {ratio(cpu.get(("ringmq","tls")), cpu.get(("ringmq","plain")))}; '
            f'Mosquitto TLS ÷ plain = {ratio(cpu.get(("mosquitto","tls")), cpu.get(("mosquitto","plain")))}.')
 out.append("")
+marks.append(("idle", len(out)))
 out.append(f"**3. Idle memory** (\`idle.toml\` scaled to $IDLE_CLIENTS clients, one subscription each; VmRSS before the first connection and when all are subscribed)")
 out.append("")
 out.append("| broker | transport | connected | RSS before | RSS ready | RSS per connection |")
@@ -330,7 +357,13 @@ out.append(f'Ratios, RSS per connection: TLS Mosquitto ÷ ringmq = {ratio(mem.ge
            f'plain Mosquitto ÷ ringmq = {ratio(mem.get(("mosquitto","plain")), mem.get(("ringmq","plain")))}; '
            f'ringmq TLS ÷ plain = {ratio(mem.get(("ringmq","tls")), mem.get(("ringmq","plain")))}; '
            f'Mosquitto TLS ÷ plain = {ratio(mem.get(("mosquitto","tls")), mem.get(("mosquitto","plain")))}.')
-print("\n".join(out))
+parts = "$PARTS".split()
+marks.append(("end", len(out)))
+kept = out[:marks[0][1]]
+for (name, start), (_, end) in zip(marks, marks[1:]):
+    if name in parts:
+        kept += out[start:end]
+print("\n".join(kept))
 PY
 )
 echo "$TABLE"
