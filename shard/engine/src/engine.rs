@@ -230,7 +230,7 @@ impl Engine {
             self.admission.moved_listener(c.listener, meta.listener);
             c.listener = meta.listener;
         }
-        c.meta = Some(Box::new(meta));
+        c.extra_mut().meta = Some(Box::new(meta));
     }
 
     /// Whether CONNECTs wait for the runtime's authentication ([`Output::Authenticate`]).
@@ -649,7 +649,7 @@ impl Engine {
                 let meta = self.conn_mut(id).and_then(|c| {
                     let listener = c.listener;
                     // The listener travels in the meta (so the home shard counts it there).
-                    match c.meta.take() {
+                    match c.take_meta() {
                         None if listener != 0 => Some(Box::new(ConnMeta {
                             listener,
                             ..ConnMeta::default()

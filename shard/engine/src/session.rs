@@ -111,8 +111,9 @@ pub struct Inflight {
 /// and to report it).
 #[derive(Debug, Clone)]
 pub struct SessionSubscription {
-    /// The filter as subscribed, including any `$share/group/` prefix.
-    pub filter: Box<str>,
+    /// The filter as subscribed, including any `$share/group/` prefix (shared with the trie's
+    /// key when it has none).
+    pub filter: Arc<str>,
     pub options: SubscriptionOptions,
     pub id: Option<u32>,
 }
@@ -174,6 +175,13 @@ pub struct PeerLimits {
     pub problem_information: bool,
 }
 
+/// The deadlines of an offline session (see [`Session::expires_at`], [`Session::will_at`]).
+#[derive(Debug, Default)]
+struct OfflineTimes {
+    expires_at: Option<Instant>,
+    will_at: Option<Instant>,
+}
+
 /// A session, owned by the shard its client id hashes to.
 #[derive(Debug)]
 pub struct Session {
@@ -192,10 +200,9 @@ pub struct Session {
     pub will: Option<Will>,
     /// Session expiry interval in seconds as granted; 0 = ends with the connection.
     pub expiry_secs: u32,
-    /// When an offline session expires. Set while offline.
-    pub expires_at: Option<Instant>,
-    /// When a delayed will is due. Set while offline with a will pending.
-    pub will_at: Option<Instant>,
+    /// When an offline session expires and its delayed will is due; `None` while online (most
+    /// sessions), so online ones do not carry two `Instant`s.
+    offline: Option<Box<OfflineTimes>>,
     /// Outbound topic aliases in use (v5), created on first use.
     pub aliases_out: Option<Box<AHashMap<Utf8Bytes, u16>>>,
     /// Who the ACL checks this session as (set at every attach while an ACL is configured, kept
@@ -278,8 +285,7 @@ impl Session {
             next_generation: 1,
             will: None,
             expiry_secs: 0,
-            expires_at: None,
-            will_at: None,
+            offline: None,
             aliases_out: None,
             principal: None,
         }
@@ -287,6 +293,40 @@ impl Session {
 
     pub fn is_online(&self) -> bool {
         self.link.is_some()
+    }
+
+    /// When the offline session expires, if it does.
+    pub fn expires_at(&self) -> Option<Instant> {
+        self.offline.as_deref().and_then(|o| o.expires_at)
+    }
+
+    /// When the offline session's delayed will is due, if one is.
+    pub fn will_at(&self) -> Option<Instant> {
+        self.offline.as_deref().and_then(|o| o.will_at)
+    }
+
+    pub fn set_expires_at(&mut self, at: Option<Instant>) {
+        self.offline_times().expires_at = at;
+        self.trim_offline();
+    }
+
+    pub fn set_will_at(&mut self, at: Option<Instant>) {
+        self.offline_times().will_at = at;
+        self.trim_offline();
+    }
+
+    fn offline_times(&mut self) -> &mut OfflineTimes {
+        self.offline.get_or_insert_with(Default::default)
+    }
+
+    fn trim_offline(&mut self) {
+        if self
+            .offline
+            .as_deref()
+            .is_some_and(|o| o.expires_at.is_none() && o.will_at.is_none())
+        {
+            self.offline = None;
+        }
     }
 
     /// Queues the connection, if any, to write or close this loop turn.

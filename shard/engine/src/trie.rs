@@ -14,6 +14,8 @@
 //! Both apply the rule that a name starting with `$` is not matched by a filter whose first level
 //! is a wildcard [MQTT-4.7.2-1].
 
+use std::sync::Arc;
+
 use ahash::AHashMap;
 use smallvec::SmallVec;
 
@@ -373,9 +375,11 @@ pub trait HasName {
 
 /// Topic filters → `V`, with filters free of wildcards in a hash map (one probe per publish) and
 /// only wildcard filters in the trie. Most fleet subscriptions are exact (`vehicle/<id>/command`),
-/// so this keeps both the match cost and the memory per subscription low.
+/// so this keeps both the match cost and the memory per subscription low. Exact keys are
+/// `Arc<str>` so the caller's copy of the filter (a session's subscription, a route change) and
+/// the key are one allocation.
 pub struct TopicMap<V> {
-    exact: AHashMap<Box<str>, V>,
+    exact: AHashMap<Arc<str>, V>,
     wild: TopicTrie<V>,
 }
 
@@ -421,18 +425,13 @@ impl<V> TopicMap<V> {
         }
     }
 
-    pub fn get_or_insert_with(&mut self, filter: &str, make: impl FnOnce() -> V) -> &mut V {
+    /// The value for `filter`, inserted by `make` if missing; an exact filter's key shares
+    /// `filter`'s allocation.
+    pub fn get_or_insert_with(&mut self, filter: &Arc<str>, make: impl FnOnce() -> V) -> &mut V {
         if has_wildcard(filter) {
             self.wild.get_or_insert_with(filter, make)
         } else {
-            if !self.exact.contains_key(filter) {
-                self.exact.insert(filter.into(), make());
-            }
-            // Inserted just above if it was missing.
-            match self.exact.get_mut(filter) {
-                Some(v) => v,
-                None => unreachable!("entry inserted above"),
-            }
+            self.exact.entry(filter.clone()).or_insert_with(make)
         }
     }
 

@@ -50,7 +50,7 @@ proptest! {
         for f in &filters {
             prop_assume!(wire::topic::validate_filter(f).is_ok());
             trie.insert(f, f.clone());
-            map.get_or_insert_with(f, || f.clone());
+            map.get_or_insert_with(&std::sync::Arc::from(f.as_str()), || f.clone());
             live.insert(f.clone());
         }
         for idx in &removed {

@@ -81,12 +81,12 @@ pub(crate) fn refusal_code(refusal: auth::Refusal) -> ReasonCode {
 impl Conn {
     /// Waiting for an authentication result.
     pub(super) fn auth_pending(&self) -> bool {
-        matches!(self.auth.as_deref(), Some(ConnAuth::Pending))
+        matches!(self.auth(), Some(ConnAuth::Pending))
     }
 
     /// The runtime answered; the next handshake drive takes the answer.
     pub(super) fn auth_answered(&self) -> bool {
-        matches!(self.auth.as_deref(), Some(ConnAuth::Done(_)))
+        matches!(self.auth(), Some(ConnAuth::Done(_)))
     }
 
     /// Stores the runtime's answer; false if the connection was not waiting for one.
@@ -94,7 +94,7 @@ impl Conn {
         if !self.auth_pending() {
             return false;
         }
-        self.auth = Some(Box::new(ConnAuth::Done(result)));
+        self.extra_mut().auth = Some(Box::new(ConnAuth::Done(result)));
         true
     }
 
@@ -108,11 +108,16 @@ impl Conn {
         if !state.authenticate {
             return AuthStep::Proceed(None);
         }
-        match self.auth.take().map(|a| *a) {
+        match self
+            .extra
+            .as_deref_mut()
+            .and_then(|e| e.auth.take())
+            .map(|a| *a)
+        {
             None | Some(ConnAuth::Pending) => {
-                self.auth = Some(Box::new(ConnAuth::Pending));
+                self.extra_mut().auth = Some(Box::new(ConnAuth::Pending));
                 state.counters.auth.requested += 1;
-                let meta = self.meta.as_deref();
+                let meta = self.meta();
                 AuthStep::Ask(Box::new(AuthRequest {
                     credentials: auth::Credentials {
                         client_id: connect.client_id.as_str().to_owned(),

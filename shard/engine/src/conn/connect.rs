@@ -105,7 +105,7 @@ impl Conn {
         self.version = connect.protocol;
         if sh.state.authenticate && !answered {
             // Bans, quotas and the CONNECT's own validity before the costly check.
-            let peer = self.meta.as_deref().and_then(|m| m.peer).map(|a| a.ip());
+            let peer = self.meta().and_then(|m| m.peer).map(|a| a.ip());
             if let Err(code) = Self::check_connect(sh, &connect, peer, now, false) {
                 self.refuse_checked(sh, &connect, code);
                 return self.close_unattached();
@@ -130,8 +130,7 @@ impl Conn {
 
     /// True when the listener makes the certificate's name the client id.
     fn client_id_from_certificate(&self) -> bool {
-        self.meta
-            .as_deref()
+        self.meta()
             .is_some_and(|m| m.mapping.as_client_id != crate::IdentitySource::None)
     }
 
@@ -139,7 +138,7 @@ impl Conn {
     /// [`IdentityMapping`](crate::IdentityMapping) says (Mosquitto's `use_identity_as_username`:
     /// no certificate name refuses as bad credentials); the refusal's reason code otherwise.
     fn apply_identity(&self, connect: &mut Connect) -> Result<(), ReasonCode> {
-        let Some(meta) = self.meta.as_deref() else {
+        let Some(meta) = self.meta() else {
             return Ok(());
         };
         let mapping = meta.mapping;
@@ -297,7 +296,7 @@ impl Conn {
         now: Instant,
     ) -> bool {
         let version = connect.protocol;
-        let peer = self.meta.as_deref().and_then(|m| m.peer).map(|a| a.ip());
+        let peer = self.meta().and_then(|m| m.peer).map(|a| a.ip());
         let admitted = authenticated.is_some();
         let accepted = match Self::check_connect(sh, &connect, peer, now, admitted) {
             Ok(a) => a,
@@ -368,7 +367,9 @@ impl Conn {
             }
         }
         state.counters.connections_accepted += 1;
-        self.publish_budget = sh.admission.publish_budget();
+        if let Some(budget) = sh.admission.publish_budget() {
+            self.extra_mut().publish_budget = Some(budget);
+        }
         if version == ProtocolVersion::V5 {
             let limits = &state.limits;
             ack_props.receive_maximum = Some(limits.receive_maximum);

@@ -94,28 +94,46 @@ pub struct Conn {
     pub(crate) transport_queued: usize,
     /// Set while reading is paused because `transport_queued` is over its bound.
     pub(crate) reading_paused: bool,
-    /// Inbound topic aliases (v5), created on first use.
-    aliases_in: InboundAliases,
-    /// A reply held until every other shard has applied what this one sent before it: a SUBACK
-    /// until the new subscriptions are routed everywhere, a PUBACK/PUBREC of a retained message
-    /// until every shard stores it.
-    pending_reply: Option<Box<(BarrierId, Packet)>>,
+    /// What few connections have, behind one pointer (`None` while all of it is unset, which
+    /// is an idle plain-TCP client's normal state): every idle connection pays this struct.
+    extra: Option<Box<ConnExtra>>,
     /// The reason chosen when the broker decided to close.
     closing: Option<CloseReason>,
     /// Publish the will even though the close is a DISCONNECT (v5 reason 0x04).
     will_on_disconnect: bool,
     /// The peer closed its side (or the transport failed).
     eof: bool,
+    /// The listener it is counted under (`Overload::listener_max_connections`).
+    pub(crate) listener: meta::ListenerId,
+}
+
+/// The parts of a [`Conn`] that most idle connections do not have.
+#[derive(Default)]
+pub(crate) struct ConnExtra {
+    /// Inbound topic aliases (v5), created on first use.
+    aliases_in: InboundAliases,
+    /// A reply held until every other shard has applied what this one sent before it: a SUBACK
+    /// until the new subscriptions are routed everywhere, a PUBACK/PUBREC of a retained message
+    /// until every shard stores it.
+    pending_reply: Option<Box<(BarrierId, Packet)>>,
     /// Transport facts (peer address, listener, certificate names); `None` when the runtime gave
     /// none.
     pub(crate) meta: Option<Box<meta::ConnMeta>>,
-    /// The listener it is counted under (`Overload::listener_max_connections`).
-    pub(crate) listener: meta::ListenerId,
     /// Per-client publish rates, when the broker has them: set at CONNACK.
     pub(crate) publish_budget: Option<Box<PublishBudget>>,
     /// Set while authenticating: waiting for the runtime's answer, or holding it for the next
     /// drive. `None` once connected and for connections nobody authenticates.
     pub(crate) auth: Option<Box<auth::ConnAuth>>,
+}
+
+impl ConnExtra {
+    fn is_empty(&self) -> bool {
+        self.aliases_in.is_none()
+            && self.pending_reply.is_none()
+            && self.meta.is_none()
+            && self.publish_budget.is_none()
+            && self.auth.is_none()
+    }
 }
 
 impl Conn {
@@ -134,21 +152,56 @@ impl Conn {
             partial: BytesMut::new(),
             transport_queued: 0,
             reading_paused: false,
-            aliases_in: None,
-            pending_reply: None,
+            extra: None,
             closing: None,
             will_on_disconnect: false,
             eof: false,
-            meta: None,
             listener: 0,
-            publish_budget: None,
-            auth: None,
+        }
+    }
+
+    /// The rare parts, created on first use.
+    pub(crate) fn extra_mut(&mut self) -> &mut ConnExtra {
+        self.extra.get_or_insert_with(Default::default)
+    }
+
+    /// Frees the rare parts once none is set (after authentication, a held reply...).
+    fn trim_extra(&mut self) {
+        if self.extra.as_deref().is_some_and(ConnExtra::is_empty) {
+            self.extra = None;
         }
     }
 
     /// The transport facts the runtime gave, if any.
     pub fn meta(&self) -> Option<&meta::ConnMeta> {
-        self.meta.as_deref()
+        self.extra.as_deref().and_then(|e| e.meta.as_deref())
+    }
+
+    /// Takes the transport facts (for a hand-off).
+    pub(crate) fn take_meta(&mut self) -> Option<Box<meta::ConnMeta>> {
+        self.extra.as_deref_mut().and_then(|e| e.meta.take())
+    }
+
+    /// The authentication state, while there is one.
+    pub(crate) fn auth(&self) -> Option<&auth::ConnAuth> {
+        self.extra.as_deref().and_then(|e| e.auth.as_deref())
+    }
+
+    fn pending_reply(&self) -> Option<&(BarrierId, Packet)> {
+        self.extra
+            .as_deref()
+            .and_then(|e| e.pending_reply.as_deref())
+    }
+
+    fn take_pending_reply(&mut self) -> Option<Box<(BarrierId, Packet)>> {
+        self.extra
+            .as_deref_mut()
+            .and_then(|e| e.pending_reply.take())
+    }
+
+    /// Holds `reply` until `barrier` completes.
+    fn hold_reply(&mut self, barrier: BarrierId, reply: Packet) {
+        self.extra_mut().pending_reply = Some(Box::new((barrier, reply)));
     }
 
     /// From open until CONNACK (what `overload.max_handshakes` bounds).
@@ -158,8 +211,9 @@ impl Conn {
 
     /// Whether it waits for its publish budget to refill (its input is not handled meanwhile).
     pub(crate) fn budget_blocked(&self, now: Instant) -> bool {
-        self.publish_budget
+        self.extra
             .as_deref()
+            .and_then(|e| e.publish_budget.as_deref())
             .is_some_and(|b| b.blocked(now))
     }
 
@@ -196,11 +250,13 @@ impl Conn {
     /// Runs the connection as far as it can go now: close decisions, a reply whose barrier
     /// completed, buffered frames, then what the session owes the client.
     pub(crate) fn drive(&mut self, sh: &mut Shared<'_>, now: Instant) -> Step {
-        match self.phase {
+        let step = match self.phase {
             Phase::Closed => Step::Closed,
             Phase::Handshake { handed_off } => self.drive_handshake(sh, handed_off, now),
             Phase::Live => self.drive_live(sh, now),
-        }
+        };
+        self.trim_extra();
+        step
     }
 
     fn drive_live(&mut self, sh: &mut Shared<'_>, now: Instant) -> Step {
@@ -221,11 +277,11 @@ impl Conn {
         }
         // 2. A reply whose barrier completed goes out; retained messages for the new
         // subscriptions were queued already and follow it.
-        if let Some(pending) = &self.pending_reply {
+        if let Some(pending) = self.pending_reply() {
             if !sh.state.barrier_done(pending.0) {
                 return Step::Idle;
             }
-            if let Some(pending) = self.pending_reply.take() {
+            if let Some(pending) = self.take_pending_reply() {
                 self.write_packet(sh.out, &pending.1);
             }
         }
@@ -245,16 +301,16 @@ impl Conn {
         }
         // 4. What the session owes, unless the transport is full or a reply waits for its
         // barrier (retained messages for a new subscription follow its SUBACK, as clients expect).
-        if self.pending_reply.is_none()
+        if self.pending_reply().is_none()
             && !self.write_blocked(sh.out.len())
             && self.write_session(sh, now)
         {
             step = Step::Again;
         }
-        if self.eof && self.partial.is_empty() && self.pending_reply.is_none() {
+        if self.eof && self.partial.is_empty() && self.pending_reply().is_none() {
             return self.finish(sh, CloseReason::ConnectionLost, now);
         }
-        if self.eof && step == Step::Idle && self.pending_reply.is_none() {
+        if self.eof && step == Step::Idle && self.pending_reply().is_none() {
             // A partial frame that can never complete.
             return self.finish(sh, CloseReason::ConnectionLost, now);
         }
@@ -342,7 +398,11 @@ impl Conn {
             // Over its publish budget the client waits with its input unhandled, and its reading
             // pauses (the engine sees `budget_blocked`): it is slowed, nothing is dropped. Once
             // the peer is gone its last frames are handled at once.
-            if let (Some(budget), false) = (self.publish_budget.as_deref_mut(), self.eof) {
+            let budget = self
+                .extra
+                .as_deref_mut()
+                .and_then(|e| e.publish_budget.as_deref_mut());
+            if let (Some(budget), false) = (budget, self.eof) {
                 if data.first().is_some_and(|b| b >> 4 == 3) {
                     if let Budget::Blocked { until, newly } = budget.take(frame_len, now) {
                         if newly {
@@ -388,7 +448,7 @@ impl Conn {
     /// the session: the will per the reason, expiry.
     fn finish(&mut self, sh: &mut Shared<'_>, reason: CloseReason, now: Instant) -> Step {
         self.phase = Phase::Closed;
-        if let Some(pending) = self.pending_reply.take() {
+        if let Some(pending) = self.take_pending_reply() {
             sh.state.forget_barrier(pending.0);
         }
         let code = match reason {

@@ -169,7 +169,7 @@ impl Conn {
         // starts after it anywhere reaches the subscriber.
         if route_changed {
             if let Some(barrier) = sh.state.start_barrier(self.id) {
-                self.pending_reply = Some(Box::new((barrier, suback)));
+                self.hold_reply(barrier, suback);
                 return Flow::Barrier;
             }
         }

@@ -30,6 +30,7 @@ impl Conn {
             return Err(CloseReason::ProtocolError(ReasonCode::TopicAliasInvalid));
         }
         let table = self
+            .extra_mut()
             .aliases_in
             .get_or_insert_with(|| vec![None; usize::from(topic_alias_maximum)].into_boxed_slice());
         let index = usize::from(alias - 1);
@@ -151,7 +152,7 @@ impl Conn {
         // anywhere sees it after the publisher got its answer.
         if retain {
             if let Some(barrier) = sh.state.start_barrier(self.id) {
-                self.pending_reply = Some(Box::new((barrier, reply)));
+                self.hold_reply(barrier, reply);
                 return Flow::Barrier;
             }
         }

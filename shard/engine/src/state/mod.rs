@@ -73,11 +73,50 @@ pub struct LocalGroup {
     pub next: Cell<u32>,
 }
 
-/// What the local trie stores per filter.
+/// What the local trie stores per filter. 32 bytes: the exact-filter table pays it per bucket,
+/// so the shared groups most filters do not have live behind one pointer.
 #[derive(Debug, Default)]
 pub struct FilterEntry {
     pub subscribers: SmallVec<[Subscriber; 1]>,
-    pub groups: Vec<LocalGroup>,
+    pub groups: LocalGroups,
+}
+
+/// A filter's shared groups on this shard: nothing allocated while there are none.
+#[derive(Debug, Default)]
+// A thin 8-byte pointer on purpose: a `Vec` (24 bytes) or a boxed slice (16) would be paid by
+// every filter entry, and the extra allocation only by the few filters that have groups.
+#[allow(clippy::box_collection)]
+pub struct LocalGroups(Option<Box<Vec<LocalGroup>>>);
+
+impl LocalGroups {
+    pub fn push(&mut self, group: LocalGroup) {
+        self.0.get_or_insert_with(Default::default).push(group);
+    }
+
+    pub fn remove(&mut self, index: usize) -> LocalGroup {
+        let groups = self
+            .0
+            .as_deref_mut()
+            .expect("remove from an empty group list");
+        let removed = groups.remove(index);
+        if groups.is_empty() {
+            self.0 = None;
+        }
+        removed
+    }
+}
+
+impl std::ops::Deref for LocalGroups {
+    type Target = [LocalGroup];
+    fn deref(&self) -> &[LocalGroup] {
+        self.0.as_deref().map_or(&[], |g| g.as_slice())
+    }
+}
+
+impl std::ops::DerefMut for LocalGroups {
+    fn deref_mut(&mut self) -> &mut [LocalGroup] {
+        self.0.as_deref_mut().map_or(&mut [], |g| g.as_mut_slice())
+    }
 }
 
 /// A shared group as the route table sees it: which shards have members.
@@ -116,9 +155,11 @@ pub enum TimerKind {
     CredentialsExpiry,
 }
 
+/// 24 bytes, as the timer heap holds one per idle connection (its keepalive): the due time is
+/// nanoseconds after `ShardState::timer_epoch` rather than a 16-byte `Instant`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct TimerEntry {
-    at: Instant,
+    at_ns: u64,
     kind: TimerKind,
     slot: u32,
     generation: u32,
@@ -249,6 +290,8 @@ pub struct ShardState {
     /// new connection the old one's generation, so the old task would keep serving.
     next_link_generation: u32,
     pub started_at: Instant,
+    /// What timer due times count from (a [`TimerEntry`] holds an offset, not an `Instant`).
+    timer_epoch: Instant,
     /// PUBACK/PUBRECs owed once Kafka acknowledges, by bridge token. Bounded by the clients'
     /// inflight windows (a client cannot have more unacknowledged publishes than its window).
     pub kafka_pending: AHashMap<u64, crate::bridge::PendingKafkaAck>,
@@ -319,6 +362,7 @@ impl ShardState {
             next_assigned_id: 0,
             next_link_generation: 1,
             started_at: Instant::now(),
+            timer_epoch: Instant::now(),
             kafka_pending: AHashMap::new(),
             next_kafka_token: 0,
             ready: ReadyQueue::default(),
@@ -451,8 +495,8 @@ impl ShardState {
                 self.end_session(slot, now);
             } else if let Some(session) = self.session_mut(slot) {
                 session_present = true;
-                session.expires_at = None;
-                session.will_at = None;
+                session.set_expires_at(None);
+                session.set_will_at(None);
                 session.peer = peer.clone();
             }
         }
@@ -547,7 +591,7 @@ impl ShardState {
                 will_now = Some(will);
             } else if let Some(session) = self.session_mut(slot) {
                 let delay = will.delay_secs.min(expiry_secs);
-                session.will_at = Some(now + Duration::from_secs(u64::from(delay)));
+                session.set_will_at(Some(now + Duration::from_secs(u64::from(delay))));
                 session.will = Some(will);
                 self.schedule(
                     TimerKind::WillDelay,
@@ -564,7 +608,7 @@ impl ShardState {
         } else if expiry_secs != u32::MAX {
             let at = now + Duration::from_secs(u64::from(expiry_secs));
             if let Some(session) = self.session_mut(slot) {
-                session.expires_at = Some(at);
+                session.set_expires_at(Some(at));
             }
             self.schedule(TimerKind::SessionExpiry, slot, at);
         }
@@ -587,7 +631,7 @@ impl ShardState {
         if session.link.is_some() {
             self.connections = self.connections.saturating_sub(1);
         }
-        if session.will_at.is_some() {
+        if session.will_at().is_some() {
             if let Some(will) = session.will {
                 self.publish_will(will, now);
             }

@@ -17,7 +17,7 @@ impl ShardState {
             return SubscribeResult::Refused(ReasonCode::TopicFilterInvalid);
         }
         let shared = match wire::topic::parse_shared(full_filter) {
-            Ok(s) => s.map(|s| (Arc::<str>::from(s.group), s.filter.to_owned())),
+            Ok(s) => s.map(|s| (Arc::<str>::from(s.group), s.filter)),
             Err(_) => return SubscribeResult::Refused(ReasonCode::TopicFilterInvalid),
         };
         let topic_filter: &str = match &shared {
@@ -42,9 +42,10 @@ impl ShardState {
             return SubscribeResult::Refused(ReasonCode::ProtocolError);
         }
         let subscriber = Subscriber { slot, options, id };
-        let entry = self
-            .subs
-            .get_or_insert_with(topic_filter, FilterEntry::default);
+        // One allocation of the filter for the trie key, the session and the route change (the
+        // session keeps the whole `$share/...` filter, so a shared one has its own).
+        let filter: Arc<str> = Arc::from(topic_filter);
+        let entry = self.subs.get_or_insert_with(&filter, FilterEntry::default);
         let mut existed = false;
         let mut route_change = None;
         match &shared {
@@ -86,7 +87,7 @@ impl ShardState {
         }
         let route_changed = route_change.is_some();
         if let Some(group) = route_change {
-            self.change_route(Arc::from(topic_filter), group, true);
+            self.change_route(filter.clone(), group, true);
         }
         if let Some(session) = self.session_mut(slot) {
             match session
@@ -99,7 +100,10 @@ impl ShardState {
                     s.id = id;
                 }
                 None => session.subscriptions.push(SessionSubscription {
-                    filter: full_filter.into(),
+                    filter: match shared {
+                        None => filter,
+                        Some(_) => Arc::from(full_filter),
+                    },
                     options,
                     id,
                 }),

@@ -23,8 +23,12 @@ impl ShardState {
             .get(slot as usize)
             .map(|s| s.generation)
             .unwrap_or(0);
+        // u64 nanoseconds last 584 years; a time before the epoch (there is none: `at` is
+        // derived from a `now` after start-up) would run at the first turn.
+        let at_ns = u64::try_from(at.saturating_duration_since(self.timer_epoch).as_nanos())
+            .unwrap_or(u64::MAX);
         self.timers.push(Reverse(TimerEntry {
-            at,
+            at_ns,
             kind,
             slot,
             generation,
@@ -39,14 +43,18 @@ impl ShardState {
 
     /// When the next timer is due.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse(t)| t.at)
+        self.timers
+            .peek()
+            .map(|Reverse(t)| self.timer_epoch + Duration::from_nanos(t.at_ns))
     }
 
     /// Runs every due timer: keepalive expiry closes connections, delayed wills are published,
     /// expired sessions end.
     pub fn run_timers(&mut self, now: Instant) {
+        let now_ns = u64::try_from(now.saturating_duration_since(self.timer_epoch).as_nanos())
+            .unwrap_or(u64::MAX);
         while let Some(Reverse(entry)) = self.timers.peek().copied() {
-            if entry.at > now {
+            if entry.at_ns > now_ns {
                 break;
             }
             self.timers.pop();
@@ -91,8 +99,8 @@ impl ShardState {
                 }
                 TimerKind::WillDelay => {
                     let due = self.session_mut(entry.slot).and_then(|s| {
-                        if s.link.is_none() && s.will_at.is_some_and(|at| at <= now) {
-                            s.will_at = None;
+                        if s.link.is_none() && s.will_at().is_some_and(|at| at <= now) {
+                            s.set_will_at(None);
                             s.will.take()
                         } else {
                             None
@@ -104,7 +112,7 @@ impl ShardState {
                 }
                 TimerKind::SessionExpiry => {
                     let expired = self.session(entry.slot).is_some_and(|s| {
-                        s.link.is_none() && s.expires_at.is_some_and(|at| at <= now)
+                        s.link.is_none() && s.expires_at().is_some_and(|at| at <= now)
                     });
                     if expired {
                         self.counters.sessions_expired += 1;
