@@ -6,7 +6,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 struct Counting;
@@ -23,8 +23,51 @@ fn chunk(ptr: *mut u8) -> i64 {
     (unsafe { libc::malloc_usable_size(ptr.cast()) } + 8) as i64
 }
 
+/// Allocations of at least this many bytes (the shard's tables) are listed one by one.
+const LARGE_BYTES: usize = 16 * 1024;
+const LARGE_MAX: usize = 512;
+/// Live large allocations: (address, chunk size); address 0 = free entry.
+static LARGE: [(AtomicUsize, AtomicUsize); LARGE_MAX] =
+    [const { (AtomicUsize::new(0), AtomicUsize::new(0)) }; LARGE_MAX];
+
+fn track_large(ptr: *mut u8, size: i64, sign: i64) {
+    if (size as usize) < LARGE_BYTES {
+        return;
+    }
+    let addr = ptr as usize;
+    if sign > 0 {
+        for (a, s) in &LARGE {
+            if a.compare_exchange(0, addr, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+            {
+                s.store(size as usize, Ordering::Relaxed);
+                return;
+            }
+        }
+    } else {
+        for (a, _) in &LARGE {
+            if a.compare_exchange(addr, 0, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+            {
+                return;
+            }
+        }
+    }
+}
+
+fn large_sizes() -> Vec<usize> {
+    let mut sizes: Vec<usize> = LARGE
+        .iter()
+        .filter(|(a, _)| a.load(Ordering::Relaxed) != 0)
+        .map(|(_, s)| s.load(Ordering::Relaxed))
+        .collect();
+    sizes.sort_unstable();
+    sizes
+}
+
 fn account(ptr: *mut u8, sign: i64) {
     let size = chunk(ptr);
+    track_large(ptr, size, sign);
     LIVE_BYTES.fetch_add(sign * size, Ordering::Relaxed);
     LIVE_COUNT.fetch_add(sign, Ordering::Relaxed);
     let bucket = ((size as usize).div_ceil(32)).min(BUCKETS - 1);
@@ -103,7 +146,12 @@ fn snapshot() -> (i64, i64, Vec<i64>) {
 #[test]
 fn heap_per_idle_connection_with_one_subscription() {
     const WARM: usize = 200;
-    const N: usize = 4000;
+    // 4,000 after 200: the shard's tables double just before the end, the dearest point for
+    // one connection. IDLE_MEMORY_CLIENTS=N measures elsewhere on the doubling cycle.
+    let n: usize = std::env::var("IDLE_MEMORY_CLIENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4000);
     let config = ringmq_shard::runtime::RuntimeConfig {
         listeners: Vec::new(),
         listen: vec!["127.0.0.1:0".parse().unwrap()],
@@ -123,18 +171,20 @@ fn heap_per_idle_connection_with_one_subscription() {
     let mut clients: Vec<TcpStream> = (0..WARM).map(|i| idle_client(addr, i)).collect();
     std::thread::sleep(Duration::from_millis(300));
     let (b0, c0, h0) = snapshot();
-    clients.extend((WARM..WARM + N).map(|i| idle_client(addr, i)));
+    let large0 = large_sizes();
+    clients.extend((WARM..WARM + n).map(|i| idle_client(addr, i)));
     // Let the last CONNACK/SUBACK sends complete (their buffers are freed on completion).
     std::thread::sleep(Duration::from_millis(300));
     let (b1, c1, h1) = snapshot();
-    let per_conn = (b1 - b0) as f64 / N as f64;
+    let large1 = large_sizes();
+    let per_conn = (b1 - b0) as f64 / n as f64;
     println!(
         "heap per idle connection: {per_conn:.0} B in {:.1} allocations",
-        (c1 - c0) as f64 / N as f64
+        (c1 - c0) as f64 / n as f64
     );
     for (bucket, (before, after)) in h0.iter().zip(&h1).enumerate() {
         let delta = after - before;
-        if delta.unsigned_abs() as usize >= N / 10 {
+        if delta.unsigned_abs() as usize >= n / 10 {
             let upper = if bucket == BUCKETS - 1 {
                 "larger".to_string()
             } else {
@@ -142,18 +192,36 @@ fn heap_per_idle_connection_with_one_subscription() {
             };
             println!(
                 "  chunks {upper:>9}: {:+.2} per connection",
-                delta as f64 / N as f64
+                delta as f64 / n as f64
             );
         }
     }
+    // The tables (allocations of 16 KiB and more) that came or went meanwhile: they grow by
+    // doubling, so what one connection costs in them depends on where N falls.
+    let mut gone = large0.clone();
+    let mut came = Vec::new();
+    for size in &large1 {
+        match gone.iter().position(|s| s == size) {
+            Some(i) => {
+                gone.swap_remove(i);
+            }
+            None => came.push(*size),
+        }
+    }
+    let tables: i64 = came.iter().sum::<usize>() as i64 - gone.iter().sum::<usize>() as i64;
+    println!(
+        "  of which tables: {:.0} per connection (allocated {came:?}, freed {gone:?})",
+        tables as f64 / n as f64
+    );
     broker.shutdown();
     drop(clients);
     broker.join().unwrap();
-    // The budget: an idle client with one subscription costs at most 1 KiB of heap from the
-    // moment it connected (the design target is 700 B; docs/benchmarks.md has where it stands).
-    // The heap only (the kernel's socket memory is not the broker's), counted in malloc chunks.
+    // The budget: an idle client with one subscription costs at most 740 B of heap from the
+    // moment it connected (the design target is 700 B, met at 688 B on 2026-12-02; the margin
+    // is for allocator rounding; docs/benchmarks.md has where it stands). The heap only (the
+    // kernel's socket memory is not the broker's), counted in malloc chunks.
     assert!(
-        per_conn <= 1024.0,
-        "an idle connection holds {per_conn:.0} B of heap, over the 1 KiB budget"
+        per_conn <= 740.0,
+        "an idle connection holds {per_conn:.0} B of heap, over the 740 B budget"
     );
 }

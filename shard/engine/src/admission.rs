@@ -377,12 +377,20 @@ impl PublishBudget {
     }
 }
 
-/// What one client id or address did lately.
+/// What one client id or address did lately. 24 bytes (times in milliseconds after the table's
+/// epoch, not 16-byte `Instant`s): a connection storm fills the table with one entry per client.
 #[derive(Debug, Clone, Copy)]
 struct FlapEntry {
-    window_start: Instant,
+    window_start_ms: u64,
+    /// 0 = not banned.
+    banned_until_ms: u64,
     connects: u32,
-    banned_until: Option<Instant>,
+}
+
+impl FlapEntry {
+    fn banned_at(&self, now_ms: u64) -> bool {
+        now_ms < self.banned_until_ms
+    }
 }
 
 /// Recent connects by key, bounded by [`FLAPPING_TRACKED_MAX`]: keys in the order they were
@@ -390,6 +398,13 @@ struct FlapEntry {
 struct FlapTable<K> {
     entries: hashbrown::HashMap<K, FlapEntry, ahash::RandomState>,
     order: VecDeque<K>,
+    /// What entry times count from.
+    epoch: Instant,
+}
+
+/// Whole milliseconds of `d`, saturating.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// What flapping detection says about one connect.
@@ -407,7 +422,13 @@ impl<K: Hash + Eq + Copy> FlapTable<K> {
         FlapTable {
             entries: hashbrown::HashMap::with_hasher(ahash::RandomState::new()),
             order: VecDeque::new(),
+            epoch: Instant::now(),
         }
+    }
+
+    /// `now` on the table's clock (0 before its epoch, which a real `now` never is).
+    fn ms(&self, now: Instant) -> u64 {
+        millis(now.saturating_duration_since(self.epoch))
     }
 
     fn len(&self) -> usize {
@@ -424,30 +445,33 @@ impl<K: Hash + Eq + Copy> FlapTable<K> {
         ban: Duration,
         evicted: &mut u64,
     ) -> Flap {
+        let now_ms = self.ms(now);
+        let (window_ms, ban_ms) = (millis(window), millis(ban));
         if let Some(e) = self.entries.get_mut(&key) {
-            if e.banned_until.is_some_and(|until| now < until) {
+            if e.banned_at(now_ms) {
                 return Flap::Banned { started: false };
             }
-            if now.saturating_duration_since(e.window_start) >= window {
-                e.window_start = now;
+            if now_ms.saturating_sub(e.window_start_ms) >= window_ms {
+                e.window_start_ms = now_ms;
                 e.connects = 0;
-                e.banned_until = None;
+                e.banned_until_ms = 0;
             }
             e.connects += 1;
             if e.connects > max {
-                e.banned_until = Some(now + ban);
+                // At least 1: 0 means "not banned".
+                e.banned_until_ms = now_ms.saturating_add(ban_ms).max(1);
                 e.connects = 0;
                 return Flap::Banned { started: true };
             }
             return Flap::Allowed;
         }
-        self.make_room(now, window, evicted);
+        self.make_room(now_ms, window_ms, evicted);
         self.entries.insert(
             key,
             FlapEntry {
-                window_start: now,
+                window_start_ms: now_ms,
+                banned_until_ms: 0,
                 connects: 1,
-                banned_until: None,
             },
         );
         self.order.push_back(key);
@@ -456,11 +480,10 @@ impl<K: Hash + Eq + Copy> FlapTable<K> {
 
     /// Forgets stale entries from the front, and the oldest one if the table is still full.
     /// Amortized O(1): each key is pushed once and popped once.
-    fn make_room(&mut self, now: Instant, window: Duration, evicted: &mut u64) {
+    fn make_room(&mut self, now_ms: u64, window_ms: u64, evicted: &mut u64) {
         while let Some(front) = self.order.front().copied() {
             let stale = self.entries.get(&front).is_none_or(|e| {
-                now.saturating_duration_since(e.window_start) >= window
-                    && e.banned_until.is_none_or(|until| until <= now)
+                now_ms.saturating_sub(e.window_start_ms) >= window_ms && !e.banned_at(now_ms)
             });
             let full = self.entries.len() >= FLAPPING_TRACKED_MAX;
             if !stale && !full {
@@ -475,9 +498,10 @@ impl<K: Hash + Eq + Copy> FlapTable<K> {
     }
 
     fn banned_count(&self, now: Instant) -> usize {
+        let now_ms = self.ms(now);
         self.entries
             .values()
-            .filter(|e| e.banned_until.is_some_and(|until| now < until))
+            .filter(|e| e.banned_at(now_ms))
             .count()
     }
 }

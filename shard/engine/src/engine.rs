@@ -62,14 +62,15 @@ pub const PROCESS_PASSES_MAX: u32 = 4;
 /// backpressure to the client) until half of it is handled.
 pub const INPUT_BUFFERED_MAX_BYTES: usize = 256 * 1024;
 
-/// One entry of the connection table.
+/// One entry of the connection table: 16 bytes, as the table's capacity is paid per connection.
 #[derive(Default)]
 struct ConnSlot {
     generation: u32,
     /// The `Engine::pass` that last drove this connection: a connection queued several times is
     /// driven once per pass, in the order it was first queued (arrival order matters: a SUBSCRIBE
-    /// read before a PUBLISH on another connection must be handled first).
-    driven_in_pass: u64,
+    /// read before a PUBLISH on another connection must be handled first). Passes count from 1
+    /// and every slot is reset to 0 when the counter wraps, so a stale value never matches.
+    driven_in_pass: u32,
     /// Boxed: the table's spare capacity costs a pointer per entry, not a connection.
     conn: Option<Box<Conn>>,
 }
@@ -80,13 +81,14 @@ pub struct Engine {
     bridge: Option<Box<dyn Bridge>>,
     conns: Vec<ConnSlot>,
     free: Vec<u32>,
-    /// Connections without a CONNECT yet, by deadline (accepts are in time order, so a FIFO).
+    /// Connections without a CONNACK yet, by deadline (accepts are in time order, so a FIFO);
+    /// connected ones leave from the front each turn (`prune_handshakes`).
     handshakes: VecDeque<(Instant, ConnId)>,
     outputs: VecDeque<Output>,
     /// Scratch for the ready queue's ids; keeps its capacity.
     ready_scratch: Vec<ConnId>,
-    /// Counts passes of `process`, for `ConnSlot::driven_in_pass`.
-    pass: u64,
+    /// Counts passes of `process`, for `ConnSlot::driven_in_pass`; never 0.
+    pass: u32,
     /// Received bytes land here first and connections take views of it: one allocation per
     /// `READ_CHUNK_BYTES` of input rather than one per message. Frames split off it stay
     /// zero-copy `Bytes`.
@@ -206,7 +208,7 @@ impl Engine {
             index,
             generation: slot.generation,
         };
-        let mut conn = Box::new(Conn::new(id, handed_off));
+        let mut conn = Box::new(Conn::new(handed_off));
         conn.listener = listener;
         slot.conn = Some(conn);
         self.admission.opened(listener);
@@ -329,7 +331,7 @@ impl Engine {
         let Some(c) = self.conn_mut(conn) else {
             return;
         };
-        c.transport_queued = queued_bytes;
+        c.set_transport_queued(queued_bytes);
         if queued_bytes < TRANSPORT_QUEUED_MAX_BYTES {
             self.state.ready.push(conn);
         }
@@ -413,6 +415,7 @@ impl Engine {
             // Let a retransmission of this packet id be processed afresh.
             state.release_qos2(pending.slot, pending.packet_id);
         }
+        let ready = state.ready.clone();
         let Some(session) = state.linked_session_mut(pending.slot, pending.generation) else {
             // The connection is gone; the client resends on reconnect (at least once).
             return;
@@ -424,7 +427,7 @@ impl Engine {
                 link.close
                     .get_or_insert(CloseReason::ProtocolError(ReasonCode::UnspecifiedError));
             }
-            session.wake();
+            session.wake(&ready);
             return;
         }
         let code = if failed {
@@ -447,7 +450,7 @@ impl Engine {
                 .traffic_mut()
                 .queue
                 .push_back(Outbound::Control(out.freeze()));
-            session.wake();
+            session.wake(&ready);
         }
     }
 
@@ -522,20 +525,24 @@ impl Engine {
     /// go out (server-side close).
     pub fn begin_shutdown(&mut self) {
         self.state.shutting_down = true;
+        let ready = self.state.ready.clone();
         for slot in self.state.online_slots() {
             if let Some(session) = self.state.session_mut(slot) {
                 if let Some(link) = &mut session.link {
                     link.close.get_or_insert(CloseReason::ServerShuttingDown);
                 }
-                session.wake();
+                session.wake(&ready);
             }
         }
         let handshaking: Vec<ConnId> = self
             .conns
             .iter()
-            .filter_map(|s| s.conn.as_deref())
-            .filter(|c| c.is_handshaking())
-            .map(|c| c.id)
+            .enumerate()
+            .filter(|(_, s)| s.conn.as_deref().is_some_and(Conn::is_handshaking))
+            .map(|(index, s)| ConnId {
+                index: index as u32,
+                generation: s.generation,
+            })
             .collect();
         for id in handshaking {
             self.close_now(id);
@@ -557,7 +564,7 @@ impl Engine {
         let mut passes = 0;
         while !self.state.ready.is_empty() && passes < PROCESS_PASSES_MAX {
             passes += 1;
-            self.pass += 1;
+            self.next_pass();
             let mut ready = std::mem::take(&mut self.ready_scratch);
             self.state.ready.drain_into(&mut ready);
             for id in ready.drain(..) {
@@ -565,7 +572,20 @@ impl Engine {
             }
             self.ready_scratch = ready;
         }
+        self.prune_handshakes();
         self.state.previous_turn_at = now;
+    }
+
+    /// Drops handshake deadlines from the front whose connection has connected (or gone): a
+    /// connection storm's deadlines leave as the CONNACKs go out, not a connect timeout later,
+    /// so the queue holds about the connections still handshaking.
+    fn prune_handshakes(&mut self) {
+        while let Some(&(_, id)) = self.handshakes.front() {
+            if conn_in(&mut self.conns, id).is_some_and(|c| c.is_handshaking()) {
+                break;
+            }
+            self.handshakes.pop_front();
+        }
     }
 
     /// The earliest instant the input handed in from now on (until the next `process`) can have
@@ -576,6 +596,20 @@ impl Engine {
     /// arrive, as the simulations do).
     pub fn set_input_floor(&mut self, at: Instant) {
         self.state.previous_turn_at = at;
+    }
+
+    /// Starts a pass. On the counter's wrap (after 2^32 passes) every slot forgets its last
+    /// pass, so no connection looks driven already.
+    fn next_pass(&mut self) {
+        self.pass = match self.pass.checked_add(1) {
+            Some(pass) => pass,
+            None => {
+                for slot in &mut self.conns {
+                    slot.driven_in_pass = 0;
+                }
+                1
+            }
+        };
     }
 
     fn drive(&mut self, id: ConnId, now: Instant) {
@@ -602,6 +636,7 @@ impl Engine {
         debug_assert!(self.out.is_empty());
         let was_handshaking = conn.is_handshaking();
         let mut shared = Shared {
+            conn: id,
             state: &mut self.state,
             bridge: self.bridge.as_deref_mut(),
             out: &mut self.out,
@@ -621,7 +656,7 @@ impl Engine {
         }
         if !self.out.is_empty() {
             let data = self.out.split().freeze();
-            conn.transport_queued += data.len();
+            conn.set_transport_queued(conn.transport_queued() + data.len());
             self.state.counters.bytes_sent += data.len() as u64;
             self.outputs.push_back(Output::Transmit { conn: id, data });
         }
@@ -629,10 +664,10 @@ impl Engine {
         // piles up faster than it is handled, or it publishes over its budget; it resumes below
         // half of either bound once the budget refilled.
         let budget_blocked = conn.budget_blocked(now);
-        let over = conn.transport_queued > TRANSPORT_QUEUED_MAX_BYTES
+        let over = conn.transport_queued() > TRANSPORT_QUEUED_MAX_BYTES
             || conn.input_buffered() > INPUT_BUFFERED_MAX_BYTES
             || budget_blocked;
-        let under = conn.transport_queued <= TRANSPORT_QUEUED_MAX_BYTES / 2
+        let under = conn.transport_queued() <= TRANSPORT_QUEUED_MAX_BYTES / 2
             && conn.input_buffered() <= INPUT_BUFFERED_MAX_BYTES / 2
             && !budget_blocked;
         if over && !conn.reading_paused {

@@ -134,11 +134,10 @@ pub struct ConnectionLink {
     /// Which connection of this session this is; a connection holding an older generation has
     /// been taken over and must close without touching the session.
     pub generation: u32,
-    /// The engine connection serving this link, queued on `ready` when it has work.
+    /// The engine connection serving this link, queued on the shard's `ReadyQueue` when it has
+    /// work (something to write, or a close decided).
     pub conn: ConnId,
-    /// The shard's queue of connections with work (something to write, or a close decided).
-    pub ready: ReadyQueue,
-    /// Set exactly while `conn` is queued on `ready` (so it is queued once).
+    /// Set exactly while `conn` is queued on the ready queue (so it is queued once).
     pub woken: bool,
     /// Set when the broker decided to close this connection.
     pub close: Option<CloseReason>,
@@ -148,11 +147,12 @@ pub struct ConnectionLink {
 }
 
 impl ConnectionLink {
-    /// Queues the connection to be driven this loop turn (once, however often it is woken).
-    pub fn wake(&mut self) {
+    /// Queues the connection on the shard's `ready` queue to be driven this loop turn (once,
+    /// however often it is woken).
+    pub fn wake(&mut self, ready: &ReadyQueue) {
         if !self.woken {
             self.woken = true;
-            self.ready.push(self.conn);
+            ready.push(self.conn);
         }
     }
 }
@@ -330,9 +330,9 @@ impl Session {
     }
 
     /// Queues the connection, if any, to write or close this loop turn.
-    pub fn wake(&mut self) {
+    pub fn wake(&mut self, ready: &ReadyQueue) {
         if let Some(link) = &mut self.link {
-            link.wake();
+            link.wake(ready);
         }
     }
 

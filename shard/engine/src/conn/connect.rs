@@ -342,13 +342,12 @@ impl Conn {
             accepted.peer,
             accepted.keepalive_secs,
             None,
-            self.id,
+            sh.conn,
             now,
         );
         let Some(key) = state.session(attached.slot).map(|s| s.key) else {
             return false;
         };
-        self.slot = attached.slot;
         self.generation = attached.generation;
         self.key = key;
         if let Some(session) = state.session_mut(attached.slot) {

@@ -54,6 +54,8 @@ enum Phase {
 
 /// What the shard shares with every connection machine while one is driven.
 pub(crate) struct Shared<'a> {
+    /// The connection being driven (a [`Conn`] does not store its own id: the table knows it).
+    pub conn: ConnId,
     pub state: &'a mut ShardState,
     pub bridge: Option<&'a mut (dyn Bridge + 'static)>,
     /// Where the driven connection encodes its output: the engine's buffer, empty when a drive
@@ -81,17 +83,17 @@ pub(crate) enum Step {
 /// A connected client. Small while idle: no buffer is allocated unless a partial frame, unsent
 /// output or a held reply exists.
 pub struct Conn {
-    pub id: ConnId,
     phase: Phase,
     version: ProtocolVersion,
-    slot: u32,
+    /// The link generation of its session's connection (see `ConnectionLink::generation`).
     generation: u32,
+    /// The session it serves (`key.slot` is its slot on this shard), set at CONNACK.
     key: SessionKey,
     /// Bytes received but not yet handled: a partial frame, or frames held back while a reply
     /// waits for its route barrier. Empty (no allocation) for an idle client.
     partial: BytesMut,
     /// Output handed to the transport and not yet taken by the kernel, as last reported.
-    pub(crate) transport_queued: usize,
+    pub(crate) transport_queued: u32,
     /// Set while reading is paused because `transport_queued` is over its bound.
     pub(crate) reading_paused: bool,
     /// What few connections have, behind one pointer (`None` while all of it is unset, which
@@ -137,12 +139,10 @@ impl ConnExtra {
 }
 
 impl Conn {
-    pub(crate) fn new(id: ConnId, handed_off: bool) -> Conn {
+    pub(crate) fn new(handed_off: bool) -> Conn {
         Conn {
-            id,
             phase: Phase::Handshake { handed_off },
             version: ProtocolVersion::V3_1_1,
-            slot: 0,
             generation: 0,
             key: SessionKey {
                 shard: 0,
@@ -158,6 +158,16 @@ impl Conn {
             eof: false,
             listener: 0,
         }
+    }
+
+    /// Output handed to the transport and not yet taken by the kernel, as last reported.
+    pub(crate) fn transport_queued(&self) -> usize {
+        self.transport_queued as usize
+    }
+
+    /// Sets [`Conn::transport_queued`] (saturating: past 4 GiB the bound was passed long ago).
+    pub(crate) fn set_transport_queued(&mut self, bytes: usize) {
+        self.transport_queued = u32::try_from(bytes).unwrap_or(u32::MAX);
     }
 
     /// The rare parts, created on first use.
@@ -244,7 +254,7 @@ impl Conn {
 
     /// `out_len`: what this drive encoded so far (`Shared::out`).
     fn write_blocked(&self, out_len: usize) -> bool {
-        self.transport_queued + out_len > TRANSPORT_QUEUED_MAX_BYTES
+        self.transport_queued() + out_len > TRANSPORT_QUEUED_MAX_BYTES
     }
 
     /// Runs the connection as far as it can go now: close decisions, a reply whose barrier
@@ -264,7 +274,7 @@ impl Conn {
             return self.finish(sh, reason, now);
         }
         // 1. Did the shard decide to close us (takeover, keepalive, shutdown)?
-        match sh.state.linked_session_mut(self.slot, self.generation) {
+        match sh.state.linked_session_mut(self.key.slot, self.generation) {
             None => return self.finish(sh, CloseReason::SessionTakenOver, now),
             Some(session) => {
                 if let Some(link) = &mut session.link {
@@ -327,7 +337,7 @@ impl Conn {
             Default::default();
         let mut full = false;
         {
-            let Some(session) = state.linked_session_mut(self.slot, self.generation) else {
+            let Some(session) = state.linked_session_mut(self.key.slot, self.generation) else {
                 return false;
             };
             let start = sh.out.len();
@@ -406,7 +416,7 @@ impl Conn {
                 if data.first().is_some_and(|b| b >> 4 == 3) {
                     if let Budget::Blocked { until, newly } = budget.take(frame_len, now) {
                         if newly {
-                            sh.admission.budget_wait(self.id, until);
+                            sh.admission.budget_wait(sh.conn, until);
                         }
                         break;
                     }
@@ -479,10 +489,10 @@ impl Conn {
             } else {
                 reason
             };
-            state.detach(self.slot, self.generation, reason, now);
+            state.detach(self.key.slot, self.generation, reason, now);
         }
         debug!(
-            slot = self.slot,
+            slot = self.key.slot,
             reason = reason.label(),
             "client disconnected"
         );

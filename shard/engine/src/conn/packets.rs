@@ -19,7 +19,7 @@ impl Conn {
         let protocol_error = Flow::Close(CloseReason::ProtocolError(ReasonCode::ProtocolError));
         if let Some(link) = sh
             .state
-            .linked_session_mut(self.slot, self.generation)
+            .linked_session_mut(self.key.slot, self.generation)
             .and_then(|s| s.link.as_mut())
         {
             link.last_activity = now;
@@ -27,13 +27,13 @@ impl Conn {
         match packet {
             Packet::Publish(publish) => self.handle_publish(sh, publish, now),
             Packet::PubAck(ack) => {
-                if let Some(s) = sh.state.linked_session_mut(self.slot, self.generation) {
+                if let Some(s) = sh.state.linked_session_mut(self.key.slot, self.generation) {
                     s.complete(ack.packet_id, InflightState::AwaitPubAck);
                 }
                 Flow::Continue
             }
             Packet::PubRec(ack) => {
-                let known = match sh.state.linked_session_mut(self.slot, self.generation) {
+                let known = match sh.state.linked_session_mut(self.key.slot, self.generation) {
                     Some(s) if ack.reason_code as u8 >= 0x80 => {
                         // Only a PUBREC below 0x80 gets a PUBREL [MQTT-4.3.3-4]: a failure
                         // ends the exchange and frees the id.
@@ -52,7 +52,7 @@ impl Conn {
                 Flow::Continue
             }
             Packet::PubRel(ack) => {
-                let code = if sh.state.release_qos2(self.slot, ack.packet_id) {
+                let code = if sh.state.release_qos2(self.key.slot, ack.packet_id) {
                     ReasonCode::Success
                 } else {
                     ReasonCode::PacketIdentifierNotFound
@@ -61,7 +61,7 @@ impl Conn {
                 Flow::Continue
             }
             Packet::PubComp(ack) => {
-                if let Some(s) = sh.state.linked_session_mut(self.slot, self.generation) {
+                if let Some(s) = sh.state.linked_session_mut(self.key.slot, self.generation) {
                     s.complete(ack.packet_id, InflightState::AwaitPubComp);
                 }
                 Flow::Continue
@@ -72,7 +72,7 @@ impl Conn {
                     .filters
                     .iter()
                     .map(|f| {
-                        if sh.state.unsubscribe(self.slot, f.as_str()) {
+                        if sh.state.unsubscribe(self.key.slot, f.as_str()) {
                             ReasonCode::Success
                         } else {
                             ReasonCode::NoSubscriptionExisted
@@ -103,7 +103,8 @@ impl Conn {
                 if self.version == ProtocolVersion::V5 {
                     if let Some(expiry) = disconnect.properties.session_expiry_interval {
                         let max = sh.state.limits.session_expiry_max_secs;
-                        if let Some(s) = sh.state.linked_session_mut(self.slot, self.generation) {
+                        if let Some(s) = sh.state.linked_session_mut(self.key.slot, self.generation)
+                        {
                             // [MQTT-3.14.2-2] cannot turn a 0 expiry into a non-zero one.
                             if s.expiry_secs == 0 && expiry != 0 {
                                 return protocol_error;
@@ -140,7 +141,7 @@ impl Conn {
         for (filter, options) in &subscribe.filters {
             let result = sh
                 .state
-                .subscribe(self.slot, filter.as_str(), *options, id, now);
+                .subscribe(self.key.slot, filter.as_str(), *options, id, now);
             codes.push(match result {
                 SubscribeResult::Granted {
                     qos,
@@ -168,7 +169,7 @@ impl Conn {
         // The SUBACK waits until every shard routes the new subscriptions, so a publish that
         // starts after it anywhere reaches the subscriber.
         if route_changed {
-            if let Some(barrier) = sh.state.start_barrier(self.id) {
+            if let Some(barrier) = sh.state.start_barrier(sh.conn) {
                 self.hold_reply(barrier, suback);
                 return Flow::Barrier;
             }

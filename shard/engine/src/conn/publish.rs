@@ -68,7 +68,7 @@ impl Conn {
         let packet_id = publish.packet_id;
         let retain = publish.retain;
         sh.state.counters.messages_received[qos as usize] += 1;
-        if !sh.state.may_publish(self.slot, publish.topic.as_str()) {
+        if !sh.state.may_publish(self.key.slot, publish.topic.as_str()) {
             return self.refuse_publish(sh, qos, packet_id);
         }
         if qos == QoS::ExactlyOnce {
@@ -77,10 +77,10 @@ impl Conn {
             };
             let in_flight = sh
                 .state
-                .session(self.slot)
+                .session(self.key.slot)
                 .and_then(|s| s.traffic.as_deref())
                 .map_or(0, |t| t.incoming_qos2.len());
-            match sh.state.incoming_qos2(self.slot, id) {
+            match sh.state.incoming_qos2(self.key.slot, id) {
                 Some(true) => {
                     if in_flight >= usize::from(receive_maximum) {
                         // [MQTT-3.3.4-9] more unacknowledged QoS 2 than our Receive Maximum.
@@ -96,8 +96,8 @@ impl Conn {
                     // connection, which may have resumed the session since the first copy.
                     let mut awaiting_kafka = false;
                     for p in sh.state.kafka_pending.values_mut() {
-                        if p.slot == self.slot && p.packet_id == id {
-                            p.conn = self.id;
+                        if p.slot == self.key.slot && p.packet_id == id {
+                            p.conn = sh.conn;
                             p.generation = self.generation;
                             awaiting_kafka = true;
                         }
@@ -130,7 +130,7 @@ impl Conn {
             // Not acknowledged, not routed: the client's inflight window holds it back, and it
             // resends after reconnecting. A QoS 2 id must be usable again for that resend.
             if let (QoS::ExactlyOnce, Some(id)) = (qos, packet_id) {
-                sh.state.release_qos2(self.slot, id);
+                sh.state.release_qos2(self.key.slot, id);
             }
             return Flow::Continue;
         }
@@ -151,7 +151,7 @@ impl Conn {
         // A retained QoS 1/2 message is acknowledged once every shard stores it, so a subscriber
         // anywhere sees it after the publisher got its answer.
         if retain {
-            if let Some(barrier) = sh.state.start_barrier(self.id) {
+            if let Some(barrier) = sh.state.start_barrier(sh.conn) {
                 self.hold_reply(barrier, reply);
                 return Flow::Barrier;
             }
@@ -200,7 +200,7 @@ impl Conn {
         };
         let state = &mut *sh.state;
         let token = state.next_kafka_token + 1;
-        let Some(client_id) = state.session(self.slot).map(|s| &s.client_id) else {
+        let Some(client_id) = state.session(self.key.slot).map(|s| &s.client_id) else {
             return Offer::AckNow;
         };
         let offer = bridge.offer(client_id, message, packet_id, token);
@@ -209,8 +209,8 @@ impl Conn {
             state.kafka_pending.insert(
                 token,
                 PendingKafkaAck {
-                    conn: self.id,
-                    slot: self.slot,
+                    conn: sh.conn,
+                    slot: self.key.slot,
                     generation: self.generation,
                     packet_id,
                     qos: message.publish.qos,

@@ -392,7 +392,7 @@ impl ShardState {
             })
         };
         session.traffic_mut().queue.push_back(outbound);
-        session.wake();
+        session.wake(&self.ready);
         let _ = now;
         1
     }

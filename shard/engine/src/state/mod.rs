@@ -155,17 +155,57 @@ pub enum TimerKind {
     CredentialsExpiry,
 }
 
-/// 24 bytes, as the timer heap holds one per idle connection (its keepalive): the due time is
-/// nanoseconds after `ShardState::timer_epoch` rather than a 16-byte `Instant`.
+impl TimerKind {
+    const ALL: [TimerKind; 4] = [
+        TimerKind::KeepAlive,
+        TimerKind::WillDelay,
+        TimerKind::SessionExpiry,
+        TimerKind::CredentialsExpiry,
+    ];
+
+    /// Whether the timer belongs to one connection of the session (checked by its link
+    /// generation) rather than to the session (checked by the slot's generation).
+    fn is_link_timer(self) -> bool {
+        matches!(self, TimerKind::KeepAlive | TimerKind::CredentialsExpiry)
+    }
+}
+
+/// 16 bytes, as the timer heap holds one per idle connection (its keepalive).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct TimerEntry {
-    at_ns: u64,
-    kind: TimerKind,
+    /// Nanoseconds after `ShardState::timer_epoch` (62 bits: 146 years) shifted left by 2, and
+    /// the [`TimerKind`] index in the low 2 bits; ordered by due time first.
+    at_and_kind: u64,
     slot: u32,
-    generation: u32,
-    /// For a keepalive timer, the connection (link generation) it watches: it ends with that
-    /// connection, so takeovers do not pile up timers. 0 for session timers.
-    link: u32,
+    /// Which incarnation the timer is for: a session timer holds the slot's generation, a
+    /// connection timer ([`TimerKind::is_link_timer`]) the link generation of the connection it
+    /// watches (link generations are shard-wide, so it ends with that connection and takeovers
+    /// do not pile up timers).
+    stamp: u32,
+}
+
+const _: () = assert!(
+    TimerKind::ALL.len() <= 4,
+    "the kind has 2 bits in a TimerEntry"
+);
+
+impl TimerEntry {
+    fn new(at_ns: u64, kind: TimerKind, slot: u32, stamp: u32) -> TimerEntry {
+        let at_ns = at_ns.min((1 << 62) - 1);
+        TimerEntry {
+            at_and_kind: (at_ns << 2) | kind as u64,
+            slot,
+            stamp,
+        }
+    }
+
+    fn at_ns(&self) -> u64 {
+        self.at_and_kind >> 2
+    }
+
+    fn kind(&self) -> TimerKind {
+        TimerKind::ALL[(self.at_and_kind & 3) as usize]
+    }
 }
 
 /// Slab slot: the session (if any) and the slot's generation counter.
@@ -469,6 +509,7 @@ impl ShardState {
             // Take over the existing connection, if any [MQTT-3.1.4-3].
             let mut old_will = None;
             let mut was_online = false;
+            let ready = self.ready.clone();
             if let Some(session) = self.session_mut(slot) {
                 if let Some(mut link) = session.link.take() {
                     was_online = true;
@@ -476,7 +517,7 @@ impl ShardState {
                     // DISCONNECT 0x8E) without touching the session.
                     link.close = Some(CloseReason::SessionTakenOver);
                     link.woken = false;
-                    link.wake();
+                    link.wake(&ready);
                 }
                 old_will = session.will.take().map(|w| (w, was_online));
             }
@@ -508,7 +549,6 @@ impl ShardState {
         self.next_link_generation = self.next_link_generation.wrapping_add(1).max(1);
         {
             let max_expiry = self.limits.session_expiry_max_secs;
-            let ready = self.ready.clone();
             let Some(session) = self.session_mut(slot) else {
                 // create_session always fills the slot it returns.
                 return Attached {
@@ -521,7 +561,6 @@ impl ShardState {
             session.link = Some(ConnectionLink {
                 generation,
                 conn,
-                ready,
                 woken: false,
                 close: None,
                 last_activity: now,

@@ -163,9 +163,10 @@ impl ShardState {
         if owed.is_empty() {
             return;
         }
+        let ready = self.ready.clone();
         if let Some(session) = self.session_mut(slot) {
             session.traffic_mut().retained_pending.extend(owed);
-            session.wake();
+            session.wake(&ready);
         }
     }
 

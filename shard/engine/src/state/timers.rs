@@ -18,22 +18,20 @@ impl ShardState {
     }
 
     fn push_timer(&mut self, kind: TimerKind, slot: u32, link: u32, at: Instant) {
-        let generation = self
-            .slots
-            .get(slot as usize)
-            .map(|s| s.generation)
-            .unwrap_or(0);
+        let stamp = if kind.is_link_timer() {
+            link
+        } else {
+            self.slots
+                .get(slot as usize)
+                .map(|s| s.generation)
+                .unwrap_or(0)
+        };
         // u64 nanoseconds last 584 years; a time before the epoch (there is none: `at` is
         // derived from a `now` after start-up) would run at the first turn.
         let at_ns = u64::try_from(at.saturating_duration_since(self.timer_epoch).as_nanos())
             .unwrap_or(u64::MAX);
-        self.timers.push(Reverse(TimerEntry {
-            at_ns,
-            kind,
-            slot,
-            generation,
-            link,
-        }));
+        self.timers
+            .push(Reverse(TimerEntry::new(at_ns, kind, slot, stamp)));
     }
 
     /// Timers waiting, live or not yet found stale (for tests and metrics).
@@ -45,7 +43,7 @@ impl ShardState {
     pub fn next_deadline(&self) -> Option<Instant> {
         self.timers
             .peek()
-            .map(|Reverse(t)| self.timer_epoch + Duration::from_nanos(t.at_ns))
+            .map(|Reverse(t)| self.timer_epoch + Duration::from_nanos(t.at_ns()))
     }
 
     /// Runs every due timer: keepalive expiry closes connections, delayed wills are published,
@@ -53,29 +51,35 @@ impl ShardState {
     pub fn run_timers(&mut self, now: Instant) {
         let now_ns = u64::try_from(now.saturating_duration_since(self.timer_epoch).as_nanos())
             .unwrap_or(u64::MAX);
+        let ready = self.ready.clone();
         while let Some(Reverse(entry)) = self.timers.peek().copied() {
-            if entry.at_ns > now_ns {
+            if entry.at_ns() > now_ns {
                 break;
             }
             self.timers.pop();
-            let current = self.slots.get(entry.slot as usize).map(|s| s.generation);
-            if current != Some(entry.generation) {
-                continue; // the slot was reused: this timer belonged to an ended session.
+            let kind = entry.kind();
+            if !kind.is_link_timer() {
+                let current = self.slots.get(entry.slot as usize).map(|s| s.generation);
+                if current != Some(entry.stamp) {
+                    continue; // the slot was reused: this timer belonged to an ended session.
+                }
             }
-            match entry.kind {
+            match kind {
                 TimerKind::KeepAlive => {
                     let mut reschedule = None;
                     if let Some(session) = self.session_mut(entry.slot) {
                         // A timer of an earlier connection (taken over) ends here.
-                        if let Some(link) =
-                            session.link.as_mut().filter(|l| l.generation == entry.link)
+                        if let Some(link) = session
+                            .link
+                            .as_mut()
+                            .filter(|l| l.generation == entry.stamp)
                         {
                             if link.keepalive_secs > 0 {
                                 let due = link.last_activity + keepalive_grace(link.keepalive_secs);
                                 if due <= now {
                                     // [MQTT-3.1.2-24] close after 1.5× keepalive without a packet.
                                     link.close.get_or_insert(CloseReason::KeepAliveTimeout);
-                                    link.wake();
+                                    link.wake(&ready);
                                 } else {
                                     reschedule = Some(due);
                                 }
@@ -83,17 +87,17 @@ impl ShardState {
                         }
                     }
                     if let Some(at) = reschedule {
-                        self.schedule_keepalive(entry.slot, entry.link, at);
+                        self.schedule_keepalive(entry.slot, entry.stamp, at);
                     }
                 }
                 TimerKind::CredentialsExpiry => {
                     let link = self
                         .session_mut(entry.slot)
                         .and_then(|s| s.link.as_mut())
-                        .filter(|l| l.generation == entry.link);
+                        .filter(|l| l.generation == entry.stamp);
                     if let Some(link) = link {
                         link.close.get_or_insert(CloseReason::CredentialsExpired);
-                        link.wake();
+                        link.wake(&ready);
                         self.counters.auth.expired += 1;
                     }
                 }
