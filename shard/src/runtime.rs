@@ -902,7 +902,15 @@ async fn sys_loop(ctx: Rc<ShardCtx>, interval_secs: u32) {
     let interval = Duration::from_secs(u64::from(interval_secs.max(1)));
     loop {
         glommio::timer::sleep(interval).await;
-        ctx.engine.borrow_mut().sys_tick(Instant::now());
+        let now = Instant::now();
+        let mut engine = ctx.engine.borrow_mut();
+        engine.sys_tick(now);
+        if let Some(cluster) = &ctx.cluster {
+            for (topic, value) in cluster.sys_view() {
+                engine.publish_sys(&topic, value, now);
+            }
+        }
+        drop(engine);
         ctx.kick();
     }
 }

@@ -83,6 +83,8 @@ impl Drop for SecretFile {
 struct Cluster {
     specs: Vec<NodeSpec>,
     secret: SecretFile,
+    /// Extra configuration appended to every node's (e.g. a `[limits]` section).
+    extra: String,
 }
 
 impl Cluster {
@@ -98,6 +100,7 @@ impl Cluster {
         Cluster {
             specs,
             secret: SecretFile::new(),
+            extra: String::new(),
         }
     }
 
@@ -112,12 +115,13 @@ impl Cluster {
             "[cluster]\nnode_id = {}\ngossip_listen = \"127.0.0.1:{}\"\npeer_listen = \"127.0.0.1:{}\"\n\
              seeds = [{}]\nsecret_file = \"{}\"\nprobe_period_ms = 300\nprobe_rtt_ms = 100\n\
              suspect_timeout_ms = 1000\nreconcile_period_ms = 200\nanti_entropy_period_ms = 500\n\
-             link_retry_ms = 300\n",
+             link_retry_ms = 300\n{}",
             spec.node_id,
             spec.gossip,
             spec.peer,
             seeds.join(", "),
-            self.secret.0.display()
+            self.secret.0.display(),
+            self.extra
         )
     }
 
@@ -189,6 +193,56 @@ fn saw(sub: &mosquitto::Tool, want: &str) -> bool {
         }
     }
     false
+}
+
+/// The retained `$SYS` value of `topic` on `broker`, if it has one.
+fn sys_value(broker: &BrokerProcess, topic: &str) -> Option<String> {
+    let (_, lines) = mosquitto::spawn(
+        "mosquitto_sub",
+        &["-p", &port(broker), "-t", topic, "-C", "1", "-W", "2"],
+    )
+    .finish(Duration::from_secs(5));
+    lines.into_iter().next()
+}
+
+/// `$SYS/broker/cluster/...` shows a node's view of the cluster: every peer alive with its link
+/// up, then a killed peer down (Mosquitto has no cluster; EMQX shows the same under
+/// `$SYS/brokers`).
+#[test]
+fn sys_shows_the_cluster_view() {
+    if !mosquitto::available() {
+        return;
+    }
+    let mut cluster = Cluster::new(3);
+    cluster.extra = "[limits]\nsys_interval_secs = 1\n".to_string();
+    let a = cluster.start(0);
+    let _b = cluster.start(1);
+    let c = cluster.start(2);
+    cluster.wait_formed(&[0, 1, 2]);
+    let base = "$SYS/broker/cluster";
+    cluster.wait_for("node 1's $SYS shows three members, links up", || {
+        sys_value(&a, &format!("{base}/members/alive")).as_deref() == Some("3")
+            && sys_value(&a, &format!("{base}/links/up")).as_deref() == Some("2")
+            && sys_value(&a, &format!("{base}/nodes/3/link")).as_deref() == Some("up")
+    });
+    assert_eq!(
+        sys_value(&a, &format!("{base}/node_id")).as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        sys_value(&a, &format!("{base}/nodes/2/state")).as_deref(),
+        Some("alive")
+    );
+    c.kill_hard();
+    cluster.wait_for("node 1's $SYS shows node 3 down", || {
+        sys_value(&a, &format!("{base}/nodes/3/state")).as_deref() == Some("down")
+            && sys_value(&a, &format!("{base}/nodes/3/link")).as_deref() == Some("down")
+            && sys_value(&a, &format!("{base}/members/alive")).as_deref() == Some("2")
+    });
+    assert_eq!(
+        sys_value(&a, &format!("{base}/nodes/3/routes")).as_deref(),
+        Some("0")
+    );
 }
 
 /// Subscriber on node A receives QoS 0 and QoS 1 publishes made on nodes B and C, and a

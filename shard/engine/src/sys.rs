@@ -80,22 +80,29 @@ impl Engine {
             ("$SYS/broker/bytes/sent", total.bytes_sent.to_string()),
         ];
         for (topic, value) in topics {
-            let publish = Publish {
-                dup: false,
-                qos: QoS::AtMostOnce,
-                retain: true,
-                topic: Utf8Bytes::from(topic),
-                packet_id: None,
-                properties: Default::default(),
-                payload: Bytes::from(value),
-            };
-            let message = Arc::new(Message {
-                publish,
-                origin: None,
-                expires_at: None,
-                received_at: now,
-            });
-            state.publish(message, now);
+            self.publish_sys(topic, value, now);
         }
+    }
+
+    /// Publishes one `$SYS` figure as a retained QoS 0 message (for the runtime's own views,
+    /// such as the cluster's, beside [`Engine::sys_tick`]'s). Call on shard 0.
+    pub fn publish_sys(&mut self, topic: &str, value: String, now: Instant) {
+        debug_assert!(topic.starts_with("$SYS/"));
+        let publish = Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: true,
+            topic: Utf8Bytes::from(topic),
+            packet_id: None,
+            properties: Default::default(),
+            payload: Bytes::from(value),
+        };
+        let message = Arc::new(Message {
+            publish,
+            origin: None,
+            expires_at: None,
+            received_at: now,
+        });
+        self.state.publish(message, now);
     }
 }

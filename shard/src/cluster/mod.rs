@@ -27,7 +27,7 @@ mod links;
 mod metrics;
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
@@ -191,6 +191,9 @@ pub struct ClusterRuntime {
     udp: glommio::net::UdpSocket,
     listener: glommio::net::TcpListener,
     node_id: NodeId,
+    /// Every peer `sys_view` has shown, so a peer that left still gets its `down` (its retained
+    /// `alive` would otherwise stay). Bounded by the node ids ever seen in this process.
+    sys_peers: RefCell<BTreeSet<NodeId>>,
 }
 
 impl ClusterRuntime {
@@ -229,7 +232,52 @@ impl ClusterRuntime {
             udp,
             listener,
             node_id: NodeId(config.node_id),
+            sys_peers: RefCell::new(BTreeSet::new()),
         }))
+    }
+
+    /// The node's view of the cluster as `$SYS` topics and values (published by shard 0's
+    /// `$SYS` loop beside the broker's own figures; never forwarded to other nodes):
+    /// `$SYS/broker/cluster/node_id`, `.../members/alive` (this node and the peers SWIM sees
+    /// alive), `.../links/up`, and per peer ever seen `.../nodes/<id>/state` (`alive` or `down`),
+    /// `.../nodes/<id>/link` (`up` or `down`), `.../nodes/<id>/routes` (its routes held here)
+    /// and `.../nodes/<id>/forwarded/sent|received` (messages).
+    pub fn sys_view(&self) -> Vec<(String, String)> {
+        let node = self.node.borrow();
+        let stats = self.stats.borrow();
+        let alive: BTreeSet<NodeId> = node.members().map(|m| m.node_id).collect();
+        let linked: BTreeSet<NodeId> = node.links_up().map(|(_, p)| p.node_id).collect();
+        let mut peers = self.sys_peers.borrow_mut();
+        peers.extend(alive.union(&linked).copied());
+        peers.extend(node.remote_table().origins().map(|o| o.summary().origin));
+        peers.remove(&self.node_id);
+        let base = "$SYS/broker/cluster";
+        let mut view = vec![
+            (format!("{base}/node_id"), self.node_id.0.to_string()),
+            (
+                format!("{base}/members/alive"),
+                (alive.iter().filter(|n| **n != self.node_id).count() + 1).to_string(),
+            ),
+            (format!("{base}/links/up"), linked.len().to_string()),
+        ];
+        for &peer in peers.iter() {
+            let at = format!("{base}/nodes/{}", peer.0);
+            let state = if alive.contains(&peer) {
+                "alive"
+            } else {
+                "down"
+            };
+            let link = if linked.contains(&peer) { "up" } else { "down" };
+            let routes = node.remote_table().get(peer).map_or(0, |o| o.len());
+            let sent = stats.forwarded_out.get(&peer).map_or(0, |(m, _)| *m);
+            let received = stats.forwarded_in.get(&peer).map_or(0, |(m, _)| *m);
+            view.push((format!("{at}/state"), state.to_string()));
+            view.push((format!("{at}/link"), link.to_string()));
+            view.push((format!("{at}/routes"), routes.to_string()));
+            view.push((format!("{at}/forwarded/sent"), sent.to_string()));
+            view.push((format!("{at}/forwarded/received"), received.to_string()));
+        }
+        view
     }
 
     /// Spawns the driver, gossip and accept tasks on shard 0.
