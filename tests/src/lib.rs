@@ -2,7 +2,8 @@
 //! mosquitto_pub/sub) and raw-byte transcripts. This library holds only the harness: starting a
 //! broker on a free port ([`BrokerProcess`]), a raw MQTT socket that speaks through the `wire`
 //! codec ([`RawClient`]) and wrappers around the Mosquitto command-line clients
-//! ([`mosquitto`]) and the Paho auth script ([`paho`]). It must not link the broker's internals
+//! ([`mosquitto`]) and the Paho auth script ([`paho`]), and network namespaces for partition
+//! tests ([`netns`]). It must not link the broker's internals
 //! (`shard`, `broker`): everything is observed over TCP, as a client would.
 //!
 //! Every wait is bounded: [`RECV_TIMEOUT`] for one packet, [`START_TIMEOUT`] for the broker to
@@ -108,17 +109,30 @@ impl BrokerProcess {
     ) -> BrokerProcess {
         let path = std::env::temp_dir().join(format!("{}.toml", unique("ringmq-test-config")));
         std::fs::write(&path, config).expect("write temp config");
-        Self::spawn_with(extra, Some(path), Some(log_filter))
+        Self::spawn_with(extra, Some(path), Some(log_filter), &[])
+    }
+
+    /// Like [`BrokerProcess::start_with_config`], run through `prefix` (e.g. `ip netns exec NS`,
+    /// which execs the broker, so the child's pid is the broker's and kill/stop reach it).
+    pub fn start_with_config_prefixed(
+        config: &str,
+        extra: &[&str],
+        prefix: &[String],
+    ) -> BrokerProcess {
+        let path = std::env::temp_dir().join(format!("{}.toml", unique("ringmq-test-config")));
+        std::fs::write(&path, config).expect("write temp config");
+        Self::spawn_with(extra, Some(path), None, prefix)
     }
 
     fn spawn(extra: &[&str], config_path: Option<PathBuf>) -> BrokerProcess {
-        Self::spawn_with(extra, config_path, None)
+        Self::spawn_with(extra, config_path, None, &[])
     }
 
     fn spawn_with(
         extra: &[&str],
         config_path: Option<PathBuf>,
         log_filter: Option<&str>,
+        prefix: &[String],
     ) -> BrokerProcess {
         let bin = broker_bin();
         assert!(
@@ -128,7 +142,14 @@ impl BrokerProcess {
         );
         let log_path = std::env::temp_dir().join(format!("{}.log", unique("ringmq-test-broker")));
         let log = std::fs::File::create(&log_path).expect("create broker log file");
-        let mut command = Command::new(&bin);
+        let mut command = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(&bin);
+                command
+            }
+            None => Command::new(&bin),
+        };
         if let Some(path) = &config_path {
             command.arg("--config").arg(path);
         }
@@ -1136,5 +1157,145 @@ pub fn wait_for_metric(port: u16, metric: &str, labels: &[&str], at_least: f64) 
             "{metric}{labels:?} stayed below {at_least} for {METRIC_WAIT:?}:\n{text}"
         );
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+// ----- network namespaces -------------------------------------------------------------------
+
+/// Network namespaces for partition tests: one namespace per node, all joined by a bridge that
+/// lives in a namespace of its own (nothing is added to the test's own namespace). Cutting a
+/// node sets its bridge port down, so frames to and from it are lost in both directions while
+/// its processes keep running; healing sets the port up again.
+pub mod netns {
+    use std::os::fd::AsRawFd;
+
+    use super::*;
+
+    /// The subnet the nodes share (inside the lab's namespaces only, so parallel labs do not
+    /// collide).
+    const SUBNET: &str = "10.201.0";
+
+    /// One lab: a switch namespace with a bridge and `nodes` node namespaces, each with `lo` up
+    /// and `eth0` = `10.201.0.(i+1)/24` on the bridge. Everything is removed on drop, also
+    /// while a test panics. Names carry the pid, so parallel test binaries do not collide.
+    pub struct Lab {
+        switch: String,
+        nodes: Vec<String>,
+    }
+
+    fn ip(args: &[&str]) -> Result<(), String> {
+        let out = Command::new("ip")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+
+    impl Lab {
+        /// Creates the lab, or says why it cannot (not root, no `ip`): the caller prints the
+        /// reason and skips, as tests do when mosquitto is missing.
+        pub fn new(nodes: usize) -> Result<Lab, String> {
+            let base = unique("rmq");
+            let mut lab = Lab {
+                switch: format!("{base}-sw"),
+                nodes: Vec::new(),
+            };
+            ip(&["netns", "add", &lab.switch])?;
+            let sw = lab.switch.clone();
+            ip(&["-n", &sw, "link", "set", "lo", "up"])?;
+            ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
+            ip(&["-n", &sw, "link", "set", "br0", "up"])?;
+            for i in 0..nodes {
+                let ns = format!("{base}-n{}", i + 1);
+                ip(&["netns", "add", &ns])?;
+                lab.nodes.push(ns.clone());
+                let port = format!("p{}", i + 1);
+                let addr = format!("{}/24", lab.addr(i));
+                ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+                ip(&[
+                    "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
+                    "netns", &ns,
+                ])?;
+                ip(&["-n", &sw, "link", "set", &port, "master", "br0"])?;
+                ip(&["-n", &sw, "link", "set", &port, "up"])?;
+                ip(&["-n", &ns, "addr", "add", &addr, "dev", "eth0"])?;
+                ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+            }
+            Ok(lab)
+        }
+
+        /// Node `i`'s namespace name.
+        pub fn namespace(&self, i: usize) -> &str {
+            &self.nodes[i]
+        }
+
+        /// Node `i`'s address on the bridge.
+        pub fn addr(&self, i: usize) -> String {
+            format!("{SUBNET}.{}", i + 1)
+        }
+
+        /// The command prefix that runs a program in node `i`'s namespace.
+        pub fn prefix(&self, i: usize) -> Vec<String> {
+            ["ip", "netns", "exec", &self.nodes[i]]
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        }
+
+        /// Starts `tool` (mosquitto_sub/pub) in node `i`'s namespace.
+        pub fn spawn(&self, i: usize, tool: &str, args: &[&str]) -> mosquitto::Tool {
+            let mut all: Vec<&str> = vec!["netns", "exec", &self.nodes[i], tool];
+            all.extend_from_slice(args);
+            mosquitto::spawn("ip", &all)
+        }
+
+        /// Cuts node `i` off: its bridge port goes down, nothing reaches it or leaves it.
+        pub fn cut(&self, i: usize) {
+            let port = format!("p{}", i + 1);
+            ip(&["-n", &self.switch, "link", "set", &port, "down"]).expect("cut a node off");
+        }
+
+        /// Undoes [`Lab::cut`].
+        pub fn heal(&self, i: usize) {
+            let port = format!("p{}", i + 1);
+            ip(&["-n", &self.switch, "link", "set", &port, "up"]).expect("heal a node");
+        }
+
+        /// Runs `f` on a thread that entered node `i`'s namespace (a network namespace is per
+        /// thread), e.g. to scrape a metrics endpoint bound to the node's loopback.
+        pub fn run_in<T: Send>(&self, i: usize, f: impl FnOnce() -> T + Send) -> T {
+            let path = format!("/run/netns/{}", self.nodes[i]);
+            std::thread::scope(|scope| {
+                scope
+                    .spawn(move || {
+                        let file = std::fs::File::open(&path)
+                            .unwrap_or_else(|e| panic!("open {path}: {e}"));
+                        // SAFETY: setns(2) on an fd we own, for this thread only.
+                        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+                        f()
+                    })
+                    .join()
+                    .unwrap_or_else(|e| std::panic::resume_unwind(e))
+            })
+        }
+    }
+
+    impl Drop for Lab {
+        fn drop(&mut self) {
+            // Deleting a namespace deletes its veth ends (and with them their peers).
+            for ns in self.nodes.iter().chain(std::iter::once(&self.switch)) {
+                let _ = ip(&["netns", "del", ns]);
+            }
+        }
     }
 }

@@ -10,7 +10,7 @@ use std::net::UdpSocket;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use ringmq_tests::{metric_total, mosquitto, scrape_metrics, unique, BrokerProcess};
+use ringmq_tests::{metric_total, mosquitto, netns, scrape_metrics, unique, BrokerProcess};
 
 /// Longest a cluster takes to form, route, or notice a dead node before the test fails. The
 /// node configs shorten SWIM's periods, so this is ample.
@@ -85,6 +85,9 @@ struct Cluster {
     secret: SecretFile,
     /// Extra configuration appended to every node's (e.g. a `[limits]` section).
     extra: String,
+    /// When set, node `i` runs in the lab's namespace `i` and gossips over its bridge address;
+    /// its clients and metrics scrapes run in that namespace too.
+    lab: Option<netns::Lab>,
 }
 
 impl Cluster {
@@ -101,7 +104,85 @@ impl Cluster {
             specs,
             secret: SecretFile::new(),
             extra: String::new(),
+            lab: None,
         }
+    }
+
+    /// A cluster whose nodes each run in a network namespace of their own, or `None` (with the
+    /// reason printed) when namespaces cannot be made here (not root, no `ip`).
+    fn in_namespaces(nodes: u64) -> Option<Self> {
+        match netns::Lab::new(nodes as usize) {
+            Ok(lab) => {
+                let mut cluster = Cluster::new(nodes);
+                cluster.lab = Some(lab);
+                Some(cluster)
+            }
+            Err(reason) => {
+                eprintln!(
+                    "\n!!!!! SKIPPED: network namespaces cannot be created ({reason}); \
+                     partition tests need root and iproute2 !!!!!\n"
+                );
+                None
+            }
+        }
+    }
+
+    /// The address node `i` gossips and links on.
+    fn host(&self, i: usize) -> String {
+        match &self.lab {
+            Some(lab) => lab.addr(i),
+            None => "127.0.0.1".to_string(),
+        }
+    }
+
+    fn lab(&self) -> &netns::Lab {
+        self.lab
+            .as_ref()
+            .expect("a cluster made by Cluster::in_namespaces")
+    }
+
+    /// Starts mosquitto_sub/pub where node `i`'s clients are (its namespace, if any).
+    fn tool(&self, i: usize, tool: &str, args: &[&str]) -> mosquitto::Tool {
+        match &self.lab {
+            Some(lab) => lab.spawn(i, tool, args),
+            None => mosquitto::spawn(tool, args),
+        }
+    }
+
+    /// Publishes one QoS 1 message on node `i` (`broker`), waiting for the tool to succeed.
+    fn publish(&self, i: usize, broker: &BrokerProcess, topic: &str, payload: &str) {
+        let args = ["-p", &port(broker), "-t", topic, "-m", payload, "-q", "1"];
+        match self.tool(i, "mosquitto_pub", &args).finish(LINE_WAIT) {
+            (Some(status), _) if status.success() => {}
+            other => panic!("mosquitto_pub on node {} {args:?} failed: {other:?}", i + 1),
+        }
+    }
+
+    /// Like [`publish_until_seen`] with the publisher on node `i`, in the node's namespace;
+    /// returns the other lines `sub` printed meanwhile, in order.
+    fn publish_until_seen(
+        &self,
+        sub: &mosquitto::Tool,
+        i: usize,
+        via: &BrokerProcess,
+        topic: &str,
+        payload: &str,
+    ) -> Vec<String> {
+        let mut others = Vec::new();
+        let deadline = Instant::now() + CLUSTER_WAIT;
+        while Instant::now() < deadline {
+            self.publish(i, via, topic, payload);
+            while let Some(line) = sub.line(Duration::from_millis(500)) {
+                if line == format!("{topic} {payload}") {
+                    return others;
+                }
+                others.push(line);
+            }
+        }
+        panic!(
+            "{topic} {payload} never reached the subscriber from node {}",
+            i + 1
+        );
     }
 
     fn config(&self, i: usize) -> String {
@@ -109,10 +190,11 @@ impl Cluster {
         let seeds: Vec<String> = self
             .specs
             .iter()
-            .map(|s| format!("\"127.0.0.1:{}\"", s.gossip))
+            .enumerate()
+            .map(|(j, s)| format!("\"{}:{}\"", self.host(j), s.gossip))
             .collect();
         format!(
-            "[cluster]\nnode_id = {}\ngossip_listen = \"127.0.0.1:{}\"\npeer_listen = \"127.0.0.1:{}\"\n\
+            "[cluster]\nnode_id = {}\ngossip_listen = \"{host}:{}\"\npeer_listen = \"{host}:{}\"\n\
              seeds = [{}]\nsecret_file = \"{}\"\nprobe_period_ms = 300\nprobe_rtt_ms = 100\n\
              suspect_timeout_ms = 1000\nreconcile_period_ms = 200\nanti_entropy_period_ms = 500\n\
              link_retry_ms = 300\n{}",
@@ -121,17 +203,29 @@ impl Cluster {
             spec.peer,
             seeds.join(", "),
             self.secret.0.display(),
-            self.extra
+            self.extra,
+            host = self.host(i),
         )
     }
 
     fn start(&self, i: usize) -> BrokerProcess {
         let metrics = format!("127.0.0.1:{}", self.specs[i].metrics);
-        BrokerProcess::start_with_config(&self.config(i), &["--metrics-listen", &metrics])
+        let extra = ["--metrics-listen", metrics.as_str()];
+        match &self.lab {
+            Some(lab) => {
+                BrokerProcess::start_with_config_prefixed(&self.config(i), &extra, &lab.prefix(i))
+            }
+            None => BrokerProcess::start_with_config(&self.config(i), &extra),
+        }
     }
 
     fn metric(&self, i: usize, name: &str, labels: &[&str]) -> f64 {
-        metric_total(&scrape_metrics(self.specs[i].metrics), name, labels)
+        let port = self.specs[i].metrics;
+        let text = match &self.lab {
+            Some(lab) => lab.run_in(i, || scrape_metrics(port)),
+            None => scrape_metrics(port),
+        };
+        metric_total(&text, name, labels)
     }
 
     /// Waits until `check` holds, polling; panics with `what` after [`CLUSTER_WAIT`].
@@ -691,6 +785,217 @@ fn numbered_qos1_messages_survive_a_node_kill() {
     }
     drop(subs);
     for broker in [a, b] {
+        broker.stop();
+    }
+}
+
+/// Waits until every node's table of every other origin holds exactly `exports[origin]`
+/// routes (`ringmq_cluster_remote_routes{origin}`), i.e. all route tables agree with what each
+/// origin exports.
+fn wait_routes_agree(cluster: &Cluster, exports: &[f64]) {
+    for observer in 0..exports.len() {
+        for (origin, want) in exports.iter().enumerate() {
+            if origin == observer {
+                continue;
+            }
+            let label = format!("origin=\"{}\"", origin + 1);
+            cluster.wait_for(
+                &format!(
+                    "node {} holds {want} routes of node {}",
+                    observer + 1,
+                    origin + 1
+                ),
+                || cluster.metric(observer, "ringmq_cluster_remote_routes", &[&label]) == *want,
+            );
+        }
+    }
+}
+
+/// A real partition, {1,2} | {3}: three broker processes, each in its own network namespace on
+/// a bridge; node 3's bridge port goes down, then up again (no restart).
+/// - During the cut both sides keep serving their own clients and each marks the other down.
+/// - Messages published across the cut after it was detected are lost: the sender dropped the
+///   other side's routes with its membership, so they are not forwarded at all (no
+///   `forward_dropped_total` either) and are not delivered after the heal.
+/// - Route changes made during the cut on either side converge after the heal by themselves:
+///   the route counts per origin agree everywhere, the subscription removed on node 3 does not
+///   come back, the one added on node 1 works from node 3.
+#[test]
+fn partition_heals_and_routes_converge() {
+    if !mosquitto::available() {
+        return;
+    }
+    let Some(cluster) = Cluster::in_namespaces(3) else {
+        return;
+    };
+    let brokers = [cluster.start(0), cluster.start(1), cluster.start(2)];
+    cluster.wait_formed(&[0, 1, 2]);
+
+    let topic = unique("partition");
+    // One persistent subscriber per node on `T/n<k>/#`.
+    let subs: Vec<mosquitto::Tool> = (0..3)
+        .map(|i| {
+            let filter = format!("{topic}/n{}/#", i + 1);
+            let id = unique(&format!("sub{}", i + 1));
+            let args = [
+                "-p",
+                &port(&brokers[i]),
+                "-t",
+                &filter,
+                "-q",
+                "1",
+                "-c",
+                "-i",
+                &id,
+                "-v",
+            ];
+            cluster.tool(i, "mosquitto_sub", &args)
+        })
+        .collect();
+    // A second persistent session on node 3 that also holds `T/old/#`, removed during the cut.
+    let old_id = unique("old");
+    let old_filter = format!("{topic}/old/#");
+    let n3_filter = format!("{topic}/n3/#");
+    let old = cluster.tool(
+        2,
+        "mosquitto_sub",
+        &[
+            "-p",
+            &port(&brokers[2]),
+            "-t",
+            &old_filter,
+            "-t",
+            &n3_filter,
+            "-q",
+            "1",
+            "-c",
+            "-i",
+            &old_id,
+            "-v",
+        ],
+    );
+    for (i, sub) in subs.iter().enumerate() {
+        for from in (0..3).filter(|from| *from != i) {
+            let t = format!("{topic}/n{}/from{}", i + 1, from + 1);
+            cluster.publish_until_seen(sub, from, &brokers[from], &t, "before");
+        }
+    }
+    cluster.publish_until_seen(&old, 0, &brokers[0], &format!("{topic}/old/x"), "before");
+    // Node 1 and 2 export one filter each, node 3 two (`n3` and `old`).
+    wait_routes_agree(&cluster, &[1.0, 1.0, 2.0]);
+
+    cluster.lab().cut(2);
+    for i in [0, 1] {
+        cluster.wait_for(&format!("node {} marks node 3 down", i + 1), || {
+            cluster.metric(i, "ringmq_cluster_members", &["state=\"alive\""]) == 1.0
+                && cluster.metric(i, "ringmq_cluster_link_up", &["peer=\"3\""]) == 0.0
+                && cluster.metric(i, "ringmq_cluster_link_up", &[]) == 1.0
+                && cluster.metric(i, "ringmq_cluster_remote_routes", &["origin=\"3\""]) == 0.0
+        });
+    }
+    cluster.wait_for("node 3 marks nodes 1 and 2 down", || {
+        cluster.metric(2, "ringmq_cluster_members", &["state=\"alive\""]) == 0.0
+            && cluster.metric(2, "ringmq_cluster_link_up", &[]) == 0.0
+            && cluster.metric(2, "ringmq_cluster_remote_routes", &[]) == 0.0
+    });
+
+    // Both sides serve their own clients: across nodes 1 and 2, and locally on node 3.
+    cluster.publish_until_seen(&subs[0], 1, &brokers[1], &format!("{topic}/n1/during"), "d");
+    cluster.publish_until_seen(&subs[1], 0, &brokers[0], &format!("{topic}/n2/during"), "d");
+    cluster.publish_until_seen(&subs[2], 2, &brokers[2], &format!("{topic}/n3/during"), "d");
+
+    // Across the cut: lost (the route went with the member).
+    cluster.publish(0, &brokers[0], &format!("{topic}/n3/lost"), "lost-from-1");
+    cluster.publish(2, &brokers[2], &format!("{topic}/n1/lost"), "lost-from-3");
+
+    // Route changes on both sides during the cut: node 3's second session drops `T/old/#`
+    // (reconnecting to the same session, keeping `T/n3/#`, which node 3 exports anyway), and
+    // node 1 gets a new subscription `T/new1/#`.
+    old.kill();
+    let seq_before = cluster.metric(2, "ringmq_cluster_route_seq", &[]);
+    let old = cluster.tool(
+        2,
+        "mosquitto_sub",
+        &[
+            "-p",
+            &port(&brokers[2]),
+            "-U",
+            &old_filter,
+            "-t",
+            &n3_filter,
+            "-q",
+            "1",
+            "-c",
+            "-i",
+            &old_id,
+            "-v",
+        ],
+    );
+    cluster.wait_for("node 3 logs the removal of T/old/#", || {
+        cluster.metric(2, "ringmq_cluster_route_seq", &[]) > seq_before
+    });
+    let new1 = cluster.tool(
+        0,
+        "mosquitto_sub",
+        &[
+            "-p",
+            &port(&brokers[0]),
+            "-t",
+            &format!("{topic}/new1/#"),
+            "-q",
+            "1",
+            "-v",
+        ],
+    );
+    cluster.publish_until_seen(&new1, 1, &brokers[1], &format!("{topic}/new1/during"), "d");
+
+    cluster.lab().heal(2);
+    cluster.wait_formed(&[0, 1, 2]);
+    // Node 1 now exports `n1` and `new1`, node 2 `n2`, node 3 only `n3`.
+    wait_routes_agree(&cluster, &[2.0, 1.0, 1.0]);
+
+    // The new subscription works across nodes, from both sides of the former cut.
+    for from in [2, 1] {
+        let t = format!("{topic}/new1/from{}", from + 1);
+        cluster.publish_until_seen(&new1, from, &brokers[from], &t, "after");
+    }
+    // [MQTT-3.10.4-6]: after the UNSUBSCRIBE the session gets no new message for `T/old/#`;
+    // across the cluster, node 1 no longer routes it to node 3 (its count above is 1, `n3`). The
+    // marker on `T/n3/...`, published after, proves the session is there and reading.
+    cluster.publish(0, &brokers[0], &format!("{topic}/old/after"), "after");
+    let seen = cluster.publish_until_seen(&old, 0, &brokers[0], &format!("{topic}/n3/mark"), "m");
+    assert!(
+        seen.iter()
+            .all(|l| !l.starts_with(&format!("{topic}/old/"))),
+        "removed subscription came back: {seen:?}"
+    );
+    // Nothing published across the cut arrives after the heal: the markers, published after
+    // it, come first and nothing "lost" came before them.
+    let seen =
+        cluster.publish_until_seen(&subs[2], 0, &brokers[0], &format!("{topic}/n3/after"), "a");
+    assert!(
+        seen.iter().all(|l| !l.contains("lost")),
+        "node 3 got a message published across the cut: {seen:?}"
+    );
+    let seen =
+        cluster.publish_until_seen(&subs[0], 2, &brokers[2], &format!("{topic}/n1/after"), "a");
+    assert!(
+        seen.iter().all(|l| !l.contains("lost")),
+        "node 1 got a message published across the cut: {seen:?}"
+    );
+    for i in 0..3 {
+        // Every node saw the other side go down and come back, and dropped no forward: what
+        // was published across the cut was never forwarded.
+        assert!(cluster.metric(i, "ringmq_cluster_members_down_total", &[]) >= 1.0);
+        assert_eq!(
+            cluster.metric(i, "ringmq_cluster_forward_dropped_total", &[]),
+            0.0,
+            "node {} counted dropped forwards",
+            i + 1
+        );
+    }
+    drop((subs, old, new1));
+    for broker in brokers {
         broker.stop();
     }
 }
