@@ -9,6 +9,7 @@
 # lands on one node (all local); with PAIRS+1 (odd) every pair is split (all forwarded). The
 # figure is the brokers' utime+stime (both nodes, /proc/PID/stat) per million delivered messages.
 # The same load on a single ringmq and on Mosquitto (one process each) is the reference.
+# Then a broadcast to 15,000 subscribers spread over 3 nodes, against one node and Mosquitto.
 #
 # usage: bench/cluster.sh [--no-docs]
 # env: LOADGEN, RINGMQ (release binaries), BROKER_CPU (0), LOADGEN_CPU (1), PAIRS (1000),
@@ -160,27 +161,39 @@ stop_all
 
 log "ringmq, two-node cluster"
 head -c 48 /dev/urandom | base64 > "$WORK/cluster.key"
-ports=() metrics=() gossip=() peer=()
-for i in 0 1; do
-    ports+=("$(free_port)"); metrics+=("$(free_port)"); gossip+=("$(free_port)"); peer+=("$(free_port)")
-done
-for i in 0 1; do
-    cat > "$WORK/node$i.toml" <<TOML
+# start_cluster N: N one-shard nodes; sets ports[] and metrics[], waits for every link.
+start_cluster() {
+    local n=$1 i
+    ports=() metrics=() gossip=() peer=()
+    for (( i = 0; i < n; i++ )); do
+        ports+=("$(free_port)"); metrics+=("$(free_port)"); gossip+=("$(free_port)"); peer+=("$(free_port)")
+    done
+    local seeds
+    seeds=$(printf '"127.0.0.1:%s", ' "${gossip[@]}")
+    for (( i = 0; i < n; i++ )); do
+        cat > "$WORK/node$i.toml" <<TOML
 [cluster]
 node_id = $(( i + 1 ))
 gossip_listen = "127.0.0.1:${gossip[$i]}"
 peer_listen = "127.0.0.1:${peer[$i]}"
-seeds = ["127.0.0.1:${gossip[0]}", "127.0.0.1:${gossip[1]}"]
+seeds = [${seeds%, }]
 secret_file = "$WORK/cluster.key"
 TOML
-    start_ringmq "${ports[$i]}" "${metrics[$i]}" "$WORK/node$i.toml"
-done
-for _ in $(seq 1 100); do
-    up0=$(metric "${metrics[0]}" ringmq_cluster_link_up)
-    up1=$(metric "${metrics[1]}" ringmq_cluster_link_up)
-    [[ "${up0%.*}" -ge 1 && "${up1%.*}" -ge 1 ]] && break
-    sleep 0.2
-done
+        start_ringmq "${ports[$i]}" "${metrics[$i]}" "$WORK/node$i.toml"
+    done
+    local up ok
+    for _ in $(seq 1 150); do
+        ok=1
+        for (( i = 0; i < n; i++ )); do
+            up=$(metric "${metrics[$i]}" ringmq_cluster_link_up)
+            [[ "${up%.*}" -ge $(( n - 1 )) ]] || ok=0
+        done
+        [[ $ok == 1 ]] && return 0
+        sleep 0.2
+    done
+    log "the $n nodes did not link up"
+}
+start_cluster 2
 brokers="127.0.0.1:${ports[0]},127.0.0.1:${ports[1]}"
 read -r n cpu lost expected < <(run_load local "$(scenario "$PAIRS")" "$brokers" "${PIDS[@]}")
 record "ringmq, two nodes, every pair on one node" "$n" "$cpu" "$lost" "$expected"
@@ -188,6 +201,49 @@ read -r n cpu lost expected < <(run_load split "$(scenario $(( PAIRS + 1 )))" "$
 sleep 1.5 # the cluster metrics are exported once a second
 forwarded=$(( $(metric "${metrics[0]}" 'ringmq_cluster_forwarded_messages_total{.*direction="out"') + $(metric "${metrics[1]}" 'ringmq_cluster_forwarded_messages_total{.*direction="out"') ))
 record "ringmq, two nodes, every pair split (forwarded)" "$n" "$cpu" "$lost" "$expected"
+stop_all
+
+# Broadcast: loadgen/scenarios/broadcast.toml (15,000 subscribers of one topic, one publisher
+# every second), subscribers spread round robin over 3 nodes (the publisher on one of them),
+# against one node and Mosquitto: when the last subscriber has each message.
+bc=()
+bc_run() { # bc_run NAME BROKERS
+    local target=(--host "$2")
+    [[ $2 == *,* ]] || target=(--host "${2%:*}" --port "${2##*:}")
+    taskset -c "$LOADGEN_CPU" "$LOADGEN" --threads 1 "${target[@]}" --quiet --duration 10 \
+        --ifaddr 127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5 --json "$WORK/bc-$1.json" \
+        scenario "$ROOT/loadgen/scenarios/broadcast.toml" > "$WORK/bc-$1.txt" 2>&1 ||
+        { log "loadgen failed for broadcast $1"; tail -5 "$WORK/bc-$1.txt" >&2; }
+    bc+=("$1|$(python3 - "$WORK/bc-$1.json" <<'PY'
+import json, sys
+try:
+    s = json.load(open(sys.argv[1]))
+    m = s["messages"]
+    last = m.get("last_delivery_ms") or {}
+    f = lambda v: "–" if v is None else f"{v:.1f}"
+    print(f'{m["received"]}|{m["expected"]}|{m["lost"]}|{f(last.get("p50"))}|{f(last.get("p99"))}')
+except Exception as e:
+    print(f"–|–|–|–|– ({e})")
+PY
+)")
+}
+log "broadcast: mosquitto"
+port=$(free_port)
+printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_connections -1\npersistence false\n' "$port" > "$WORK/mosquitto.conf"
+ulimit -n "$(ulimit -Hn)"
+taskset -c "$BROKER_CPU" mosquitto -c "$WORK/mosquitto.conf" 2>> "$WORK/mosquitto.log" &
+PIDS+=($!)
+wait_port "$port"
+bc_run "Mosquitto, one process" "127.0.0.1:$port"
+stop_all
+log "broadcast: ringmq, one node"
+port=$(free_port)
+start_ringmq "$port" "$(free_port)"
+bc_run "ringmq, one node" "127.0.0.1:$port"
+stop_all
+log "broadcast: ringmq, three nodes"
+start_cluster 3
+bc_run "ringmq, three nodes (a third of the subscribers on each)" "127.0.0.1:${ports[0]},127.0.0.1:${ports[1]},127.0.0.1:${ports[2]}"
 stop_all
 
 START=$(date -u '+%Y-%m-%d %H:%M UTC')
@@ -205,6 +261,15 @@ LOAD="loadavg $(cut -d' ' -f1-3 /proc/loadavg)"
         IFS='|' read -r what n cpu lost expected <<< "$r"
         per=$(python3 -c "n=$n; c=$cpu; print(f'{c / n * 1e6:.1f}' if n else '–')")
         echo "| $what | $n / $expected | $lost | $cpu | $per |"
+    done
+    echo
+    echo "Broadcast (\`loadgen/scenarios/broadcast.toml\`: 15,000 subscribers of one topic, one 100 B QoS 0 message a second for 10 s; brokers on CPU $BROKER_CPU):"
+    echo
+    echo "| setup | delivered / expected | lost | last subscriber has it p50, ms | p99, ms |"
+    echo "|---|---:|---:|---:|---:|"
+    for r in "${bc[@]}"; do
+        IFS='|' read -r what n expected lost p50 p99 <<< "$r"
+        echo "| $what | $n / $expected | $lost | $p50 | $p99 |"
     done
 } > "$WORK/section.md"
 cat "$WORK/section.md"
