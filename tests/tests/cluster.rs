@@ -999,3 +999,66 @@ fn partition_heals_and_routes_converge() {
         broker.stop();
     }
 }
+
+/// Five processes form one cluster: every node sees four peers alive with links up and holds
+/// every other node's route, and a publish made on any node reaches a subscriber on every other
+/// node [MQTT-3.3.4-1: delivered to every matching subscription, whichever node holds it].
+#[test]
+fn five_nodes_deliver_from_every_node_to_every_other() {
+    if !mosquitto::available() {
+        return;
+    }
+    const NODES: usize = 5;
+    let cluster = Cluster::new(NODES as u64);
+    let brokers: Vec<BrokerProcess> = (0..NODES).map(|i| cluster.start(i)).collect();
+    let all: Vec<usize> = (0..NODES).collect();
+    cluster.wait_formed(&all);
+    for i in 0..NODES {
+        cluster.wait_for(&format!("node {} sees four peers alive", i + 1), || {
+            cluster.metric(i, "ringmq_cluster_members", &["state=\"alive\""]) == 4.0
+                && cluster.metric(i, "ringmq_cluster_link_up", &[]) == 4.0
+        });
+    }
+    let topic = unique("five");
+    let filter = format!("{topic}/#");
+    let subs: Vec<mosquitto::Tool> = brokers
+        .iter()
+        .enumerate()
+        .map(|(i, broker)| {
+            cluster.tool(
+                i,
+                "mosquitto_sub",
+                &["-p", &port(broker), "-t", &filter, "-q", "1", "-v"],
+            )
+        })
+        .collect();
+    // Each node exports its one filter, and every other node holds it.
+    wait_routes_agree(&cluster, &[1.0; NODES]);
+    for (s, sub) in subs.iter().enumerate() {
+        for p in (0..NODES).filter(|p| *p != s) {
+            let t = format!("{topic}/from{}/to{}", p + 1, s + 1);
+            cluster.publish_until_seen(sub, p, &brokers[p], &t, "hello");
+        }
+    }
+    // Routes are in place on every shard now: one publish per node reaches all four others.
+    for (p, broker) in brokers.iter().enumerate() {
+        cluster.publish(p, broker, &format!("{topic}/once/{}", p + 1), "one");
+    }
+    for (s, sub) in subs.iter().enumerate() {
+        let mut want: Vec<String> = (0..NODES)
+            .filter(|p| *p != s)
+            .map(|p| format!("{topic}/once/{} one", p + 1))
+            .collect();
+        let deadline = Instant::now() + CLUSTER_WAIT;
+        while !want.is_empty() && Instant::now() < deadline {
+            if let Some(line) = sub.line(LINE_WAIT) {
+                want.retain(|w| *w != line);
+            }
+        }
+        assert!(want.is_empty(), "node {} missed {want:?}", s + 1);
+    }
+    drop(subs);
+    for broker in brokers {
+        broker.stop();
+    }
+}
