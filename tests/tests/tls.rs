@@ -1,7 +1,8 @@
 //! TLS and mTLS listeners through independent clients: mosquitto_pub/sub with
 //! `--cafile/--cert/--key`, Python paho-mqtt with `tls_set`. Certificates are made by the test
 //! with openssl (`ringmq_tests::certs`). Refusals (expired, wrong CA, missing client
-//! certificate) are checked by the client's failure and the broker's failure counter by reason;
+//! certificate) are checked by the client's failure and the broker's failure counter by reason,
+//! and by the TLS alert the client reports (`openssl s_client`, Python's `ssl`);
 //! identity mapping by which client ids are accepted; reload by a client that stays connected
 //! while the server certificate changes under it.
 
@@ -465,4 +466,275 @@ async fn revoked_client_certificates_are_refused() {
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("listener[0].tls.crl_file"), "{text}");
+}
+
+/// `openssl s_client` against the TLS listener, bounded by [`TOOL_WAIT`] (coreutils
+/// `timeout`): stdout and stderr together. `-ign_eof` keeps it reading after its side of the
+/// handshake, so a TLS 1.3 alert that follows the client's Finished is read and printed.
+fn s_client(port: u16, pki: &Pki, client: &str, extra: &[&str]) -> String {
+    let mut cmd = std::process::Command::new("timeout");
+    cmd.arg(TOOL_WAIT.as_secs().to_string())
+        .args(["openssl", "s_client", "-connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("-CAfile")
+        .arg(pki.path("ca.pem"))
+        .arg("-ign_eof");
+    if !client.is_empty() {
+        cmd.arg("-cert")
+            .arg(pki.path(&format!("{client}.pem")))
+            .arg("-key")
+            .arg(pki.path(&format!("{client}.key")));
+    }
+    let out = cmd
+        .args(extra)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl s_client runs");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Python's ssl module as a client without a certificate: the `ssl.SSLError` it raises.
+fn python_ssl_error(port: u16, pki: &Pki) -> String {
+    let script = format!(
+        r#"
+import socket, ssl
+ctx = ssl.create_default_context(cafile={ca:?})
+ctx.check_hostname = False
+try:
+    with socket.create_connection(("127.0.0.1", {port}), timeout=10) as raw:
+        with ctx.wrap_socket(raw) as s:
+            s.recv(1)
+    print("no error")
+except ssl.SSLError as e:
+    print("SSLError", e.reason)
+"#,
+        ca = pki.path("ca.pem"),
+    );
+    let out = std::process::Command::new("timeout")
+        .arg(TOOL_WAIT.as_secs().to_string())
+        .args(["python3", "-c", &script])
+        .output()
+        .expect("python3 runs");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Sends `bytes` on a new TCP connection and reads until the broker closes it.
+fn raw_exchange(port: u16, bytes: &[u8]) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(TOOL_WAIT)).expect("timeout");
+    s.write_all(bytes).expect("write");
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    got
+}
+
+/// Bytes that are not TLS (an HTTP request on the TLS port).
+const NOT_TLS: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+
+/// A failed handshake ends with the TLS alert rustls decided on, so clients report the cause
+/// (RFC 8446 section 6.2: a fatal alert is sent before the connection is closed), not a
+/// connection reset: a missing client certificate (`certificate_required`), a certificate from
+/// another CA (`unknown_ca`), an expired one (`certificate_expired`), a revoked one
+/// (`certificate_revoked`), TLS 1.1 only (`handshake_failure`) and bytes that are not TLS
+/// (`decode_error`, as a plaintext alert record). A good client is served afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_failures_send_the_tls_alert() {
+    if !mosquitto::available() {
+        return;
+    }
+    let pki = Pki::new();
+    pki.client("ca", "good", "car-1", 30);
+    pki.client("ca", "expired", "car-2", -1);
+    pki.client("ca", "stolen", "car-3", 30);
+    pki.client("other-ca", "stranger", "car-4", 30);
+    pki.revoke("ca", "stolen");
+    let crl = pki.crl("ca", "good");
+    let metrics = free_port();
+    let broker = BrokerProcess::start_with_config(
+        &tls_config(
+            &pki,
+            &format!("client_auth = \"required\"\ncrl_file = {crl:?}\n"),
+        ),
+        &["--metrics-listen", &format!("127.0.0.1:{metrics}")],
+    );
+    let port = broker.listener("tls", 0).port();
+    for (client, extra, alert, reason) in [
+        (
+            "",
+            &[][..],
+            "tlsv13 alert certificate required",
+            "tls_no_certificate",
+        ),
+        ("stranger", &[][..], "alert unknown ca", "tls_unknown_ca"),
+        (
+            "expired",
+            &[][..],
+            "alert certificate expired",
+            "tls_certificate_expired",
+        ),
+        (
+            "stolen",
+            &[][..],
+            "alert certificate revoked",
+            "tls_certificate_revoked",
+        ),
+        (
+            "good",
+            &["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"][..],
+            // rustls answers a ClientHello without TLS 1.2 or 1.3 with handshake_failure.
+            "sslv3 alert handshake failure",
+            "tls_protocol",
+        ),
+    ] {
+        let out = s_client(port, &pki, client, extra);
+        assert!(
+            out.contains(alert),
+            "client {client:?}: expected {alert:?} in\n{out}"
+        );
+        let label = format!("reason=\"{reason}\"");
+        assert!(
+            wait_for_counter(metrics, "ringmq_edge_handshake_failures_total", &label, 1) >= 1,
+            "{reason}"
+        );
+    }
+
+    let py = python_ssl_error(port, &pki);
+    assert!(
+        py.contains("SSLError TLSV13_ALERT_CERTIFICATE_REQUIRED"),
+        "python ssl: {py}"
+    );
+
+    // A fatal alert record in plaintext: type 21, version 3.x, length 2, level 2 (fatal),
+    // description 50 (decode_error).
+    let got = raw_exchange(port, NOT_TLS);
+    assert!(
+        got.len() == 7 && got[0] == 21 && got[1] == 3 && got[3..] == [0, 2, 2, 50],
+        "expected a decode_error alert, got {got:?}"
+    );
+
+    let args = tls_args(&broker, &pki, "ca", "good");
+    assert_eq!(
+        retained_round_trip(&args, &unique("tls/alert"), &unique("g")).as_deref(),
+        Some("hello")
+    );
+}
+
+/// A burst of bad handshakes (bytes that are not TLS, each answered with its alert) is counted
+/// one by one, logged at most once per `LOG_INTERVAL` (5 s) per reason per shard with the count
+/// held back, each line naming the reason, the peer and the listener, and the broker serves a
+/// good client meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_bad_handshakes_is_counted_and_logged_sparingly() {
+    if !mosquitto::available() {
+        return;
+    }
+    const BAD: usize = 300;
+    const SHARDS: u64 = 2;
+    const LOG_INTERVAL_SECS: u64 = 5;
+    let pki = Pki::new();
+    pki.client("ca", "good", "car-1", 30);
+    let metrics = free_port();
+    let mut broker = BrokerProcess::start_with_config(
+        &tls_config(&pki, "client_auth = \"required\"\n"),
+        &["--metrics-listen", &format!("127.0.0.1:{metrics}")],
+    );
+    let tls = broker.listener("tls", 0);
+    let started = Instant::now();
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(move || {
+                (0..BAD / 4)
+                    .filter(|_| raw_exchange(tls.port(), NOT_TLS).first() == Some(&21))
+                    .count()
+            })
+        })
+        .collect();
+    let args = tls_args(&broker, &pki, "ca", "good");
+    assert_eq!(
+        retained_round_trip(&args, &unique("tls/burst"), &unique("g")).as_deref(),
+        Some("hello"),
+        "a good client is served during the burst"
+    );
+    let alerted: usize = workers
+        .into_iter()
+        .map(|w| w.join().expect("burst worker"))
+        .sum();
+    let elapsed_secs = started.elapsed().as_secs();
+    assert_eq!(alerted, BAD, "every bad handshake gets its alert");
+    assert_eq!(
+        wait_for_counter(
+            metrics,
+            "ringmq_edge_handshake_failures_total",
+            "reason=\"tls_protocol\"",
+            BAD as u64
+        ),
+        BAD as u64
+    );
+    broker.assert_alive();
+
+    let log = strip_ansi(&broker.log());
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("edge handshake failed"))
+        .collect();
+    assert!(
+        !lines.is_empty(),
+        "no failure logged: {}",
+        broker.log_tail()
+    );
+    for line in &lines {
+        assert!(
+            line.contains("reason=\"tls_protocol\"")
+                && line.contains("peer=\"127.0.0.1:")
+                && line.contains("listener=")
+                && line.contains("kind=\"tls\""),
+            "{line}"
+        );
+    }
+    let reported: u64 = lines
+        .iter()
+        .map(|l| {
+            let held = l
+                .split("suppressed=")
+                .nth(1)
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok());
+            1 + held.unwrap_or(0)
+        })
+        .sum();
+    assert!(reported <= BAD as u64, "{lines:?}");
+    // One line per reason per shard per interval, however long the burst took.
+    let allowed = SHARDS * (elapsed_secs / LOG_INTERVAL_SECS + 2);
+    assert!(
+        lines.len() as u64 <= allowed,
+        "{} lines: {lines:?}",
+        lines.len()
+    );
+}
+
+/// The log without terminal colour sequences (`ESC [ ... m`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

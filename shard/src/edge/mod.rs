@@ -13,8 +13,9 @@
 //! are fed on the home shard first.
 //!
 //! Owns: listener configuration ([`ListenerConfig`], the operators' contract), its runtime form
-//! ([`Listener`]), TLS material and its reload ([`tls::TlsSource`]), handshake deadlines and
-//! failure counters. Must not touch: MQTT (the engine's), sockets (the ring's).
+//! ([`Listener`]), TLS material and its reload ([`tls::TlsSource`]), handshake deadlines,
+//! failure counters and their rate-limited log, the TLS alert of a failed session. Must not
+//! touch: MQTT (the engine's), sockets (the ring's).
 
 pub mod proxy;
 pub mod tls;
@@ -27,9 +28,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use engine::admission::LogLimiter;
 use engine::{ConnId, ConnMeta, Engine, IdentityMapping, IdentitySource, ListenerId};
 use serde::Deserialize;
-use tracing::debug;
+use tracing::{debug, warn};
 use uring::{ConnKey, Ring};
 
 /// Handshake timeout when a listener sets none: PROXY header, TLS handshake and WebSocket
@@ -322,8 +324,48 @@ pub struct EdgeCounters {
 
 impl EdgeCounters {
     fn fail(&mut self, failure: Failure) {
-        let i = Failure::ALL.iter().position(|f| *f == failure).unwrap_or(0);
-        self.failures[i] += 1;
+        self.failures[failure.index()] += 1;
+    }
+}
+
+impl Failure {
+    /// Its place in [`Failure::ALL`].
+    fn index(self) -> usize {
+        Failure::ALL.iter().position(|f| *f == self).unwrap_or(0)
+    }
+}
+
+/// Counts a failure and logs it, at most once per `engine::admission::LOG_INTERVAL` per reason
+/// on this shard, with how many were held back since: a storm of bad handshakes costs one line
+/// per reason every few seconds, not one per client.
+#[derive(Debug, Default)]
+struct FailureLog {
+    /// By [`Failure::ALL`] order.
+    limiters: [LogLimiter; Failure::ALL.len()],
+}
+
+impl FailureLog {
+    fn note(
+        &mut self,
+        counters: &mut EdgeCounters,
+        failure: Failure,
+        peer: Option<SocketAddr>,
+        (id, listener): (usize, &Listener),
+        now: Instant,
+    ) {
+        counters.fail(failure);
+        if let Some(suppressed) = self.limiters[failure.index()].allow(now) {
+            let peer = peer.map(|p| p.to_string());
+            warn!(
+                reason = failure.label(),
+                peer = peer.as_deref().unwrap_or("unknown"),
+                listener = id,
+                addr = %listener.addr,
+                kind = listener.kind.as_str(),
+                suppressed,
+                "edge handshake failed"
+            );
+        }
     }
 }
 
@@ -421,6 +463,7 @@ pub struct Edge {
     actions: Vec<Action>,
     scratch: Scratch,
     pub counters: EdgeCounters,
+    log: FailureLog,
 }
 
 impl Edge {
@@ -442,6 +485,7 @@ impl Edge {
             actions: Vec::new(),
             scratch: Scratch::default(),
             counters: EdgeCounters::default(),
+            log: FailureLog::default(),
         }
     }
 
@@ -494,8 +538,13 @@ impl Edge {
             .and_then(|a| a.as_socket());
         if let Some(policy) = &l.spec.proxy {
             if !peer.is_some_and(|p| policy.trusts(p.ip())) {
-                debug!(peer = ?peer, listener, "proxy protocol from an untrusted peer; closed");
-                self.counters.fail(Failure::ProxyUntrusted);
+                self.log.note(
+                    &mut self.counters,
+                    Failure::ProxyUntrusted,
+                    peer,
+                    (listener, &l.spec),
+                    now,
+                );
                 return false;
             }
         }
@@ -517,7 +566,9 @@ impl Edge {
                     Err(err) => {
                         // Never serve a TLS listener without TLS: refuse the connection.
                         debug!(error = %err, "cannot start a tls session; closed");
-                        self.counters.fail(Failure::TlsProtocol);
+                        let at = (listener, &l.spec);
+                        self.log
+                            .note(&mut self.counters, Failure::TlsProtocol, peer, at, now);
                         return false;
                     }
                 }
@@ -570,6 +621,7 @@ impl Edge {
             scratch,
             actions,
             counters,
+            log,
             ..
         } = self;
         let layer = match conns.get_mut(conn.index as usize) {
@@ -593,12 +645,10 @@ impl Edge {
         let peer_closed = match result {
             Ok(closed) => closed,
             Err(failure) => {
-                debug!(
-                    reason = failure.label(),
-                    listener = layer.listener,
-                    "edge handshake failed"
-                );
-                counters.fail(failure);
+                // The peer as the PROXY header gave it, when there was one.
+                let peer = layer.meta.as_ref().and_then(|m| m.peer);
+                let at = (usize::from(layer.listener), spec);
+                log.note(counters, failure, peer, at, now);
                 layer.failed = true;
                 actions.push(Action::Close(conn));
                 return;
@@ -697,7 +747,15 @@ impl Edge {
                 continue;
             }
             layer.failed = true;
-            self.counters.fail(Failure::Timeout);
+            let peer = layer.meta.as_ref().and_then(|m| m.peer);
+            let listener = usize::from(layer.listener);
+            if let Some(Some(l)) = self.listeners.get(listener) {
+                let at = (listener, &l.spec);
+                self.log
+                    .note(&mut self.counters, Failure::Timeout, peer, at, now);
+            } else {
+                self.counters.fail(Failure::Timeout);
+            }
             self.actions.push(Action::Close(conn));
         }
     }

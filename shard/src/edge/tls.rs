@@ -1,7 +1,8 @@
 //! TLS for `tls` and `wss` listeners with rustls' unbuffered API ([`TlsSession`]) over byte
 //! slices: received records in, plaintext out, records to send out. mTLS verifies client certificates against
 //! `ca_file` (`WebPkiClientVerifier`) and takes the certificate's CN and subjectAltNames into
-//! `ConnMeta::identity`.
+//! `ConnMeta::identity`. A session that fails hands out the fatal alert rustls chose
+//! ([`read`] appends it to the records to send) before the connection is closed.
 //!
 //! Certificates, key, CA and CRL reload atomically ([`TlsSource`]): one thread per process
 //! ([`spawn_reloader`]) rebuilds the `ServerConfig` on SIGHUP (`crate::reload::generation`) or
@@ -369,17 +370,29 @@ pub fn read(
     for _ in 0..1024 {
         let UnbufferedStatus { mut discard, state } =
             s.conn.process_tls_records(&mut work[start..]);
-        let state = state.map_err(|err| {
-            tracing::debug!(error = %err, "tls session failed");
-            failure_of(&err)
-        })?;
+        let state = match state {
+            Ok(state) => state,
+            Err(err) => {
+                tracing::debug!(error = %err, "tls session failed");
+                alert_after_error(s, tx);
+                return Err(failure_of(&err));
+            }
+        };
         let mut more = true;
         match state {
             ConnectionState::ReadTraffic(mut records) => {
                 while let Some(record) = records.next_record() {
-                    let record = record.map_err(|err| failure_of(&err))?;
-                    discard += record.discard;
-                    plain.extend_from_slice(record.payload);
+                    match record {
+                        Ok(record) => {
+                            discard += record.discard;
+                            plain.extend_from_slice(record.payload);
+                        }
+                        Err(err) => {
+                            let failure = failure_of(&err);
+                            alert_after_error(s, tx);
+                            return Err(failure);
+                        }
+                    }
                 }
             }
             ConnectionState::ReadEarlyData(mut records) => {
@@ -411,6 +424,41 @@ pub fn read(
         s.pending = BytesMut::from(&work[start..]);
     }
     Ok(closed)
+}
+
+/// Most bytes of the records a failed session may still send: its fatal alert (a 2-byte alert in
+/// one record, 5-byte header plus type byte and a 16-byte tag when encrypted), with room to
+/// spare; anything longer is not sent.
+pub const ALERT_LEN_MAX: usize = 64;
+/// Rounds of the failed session's state machine drained for its alert.
+const ALERT_ROUNDS_MAX: usize = 4;
+
+/// After `process_tls_records` returned an error, the fatal alert rustls decided on (`unknown_ca`,
+/// `certificate_required`, `certificate_revoked`, `protocol_version`, `decode_error`, ...) is
+/// queued in the session, already encrypted when handshake keys were in use: the next call
+/// hands it out as `EncodeTlsData` before anything else. It is called with no input (feeding
+/// records again after a fatal alert would make rustls queue a second one), and appends at most
+/// [`ALERT_LEN_MAX`] bytes to `tx`; the caller closes the connection once they are written.
+fn alert_after_error(s: &mut TlsSession, tx: &mut BytesMut) {
+    let start = tx.len();
+    for _ in 0..ALERT_ROUNDS_MAX {
+        let UnbufferedStatus { state, .. } = s.conn.process_tls_records(&mut []);
+        match state {
+            Ok(ConnectionState::EncodeTlsData(mut flight)) => {
+                let room = ALERT_LEN_MAX - (tx.len() - start);
+                if !append(tx, room, |buf| {
+                    flight.encode(&mut buf[..room]).map_err(|_| 0)
+                }) {
+                    break;
+                }
+            }
+            Ok(ConnectionState::TransmitTlsData(sent)) => sent.done(),
+            _ => break,
+        }
+    }
+    if tx.len() - start > ALERT_LEN_MAX {
+        tx.truncate(start);
+    }
 }
 
 /// Runs the session until it may encrypt (encoding whatever flight it still owes), then lets
