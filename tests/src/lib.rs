@@ -1200,11 +1200,32 @@ pub mod netns {
         }
     }
 
+    /// Removes the namespaces of labs whose test process is gone (killed before its drops
+    /// ran, e.g. by a CI timeout): their names are `ringmq-lab-<pid>-...`.
+    fn remove_stale() {
+        let Ok(entries) = std::fs::read_dir("/run/netns") else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let pid = name
+                .strip_prefix("ringmq-lab-")
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|pid| pid.parse::<u32>().ok());
+            if let Some(pid) = pid {
+                if !Path::new(&format!("/proc/{pid}")).exists() {
+                    let _ = ip(&["netns", "del", &name]);
+                }
+            }
+        }
+    }
+
     impl Lab {
         /// Creates the lab, or says why it cannot (not root, no `ip`): the caller prints the
         /// reason and skips, as tests do when mosquitto is missing.
         pub fn new(nodes: usize) -> Result<Lab, String> {
-            let base = unique("rmq");
+            remove_stale();
+            let base = unique("ringmq-lab");
             let mut lab = Lab {
                 switch: format!("{base}-sw"),
                 nodes: Vec::new(),
