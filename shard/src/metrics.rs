@@ -46,6 +46,7 @@ pub struct Exporter {
     ring_recv_enobufs: Counter,
     ring_send_refused: Counter,
     ring_accept_errors: Counter,
+    ring_accept_pauses: Counter,
     g_connections: Gauge,
     g_online: Gauge,
     g_offline: Gauge,
@@ -122,6 +123,7 @@ impl Exporter {
             ),
             ring_send_refused: counter!("ringmq_ring_send_refused_total", "shard" => s.clone()),
             ring_accept_errors: counter!("ringmq_accept_errors_total", "shard" => s.clone()),
+            ring_accept_pauses: counter!("ringmq_accept_pauses_total", "shard" => s.clone()),
             g_connections: gauge!("ringmq_connections", "shard" => s.clone()),
             g_online: gauge!("ringmq_sessions", "shard" => s.clone(), "state" => "online"),
             g_offline: gauge!("ringmq_sessions", "shard" => s.clone(), "state" => "offline"),
@@ -202,6 +204,8 @@ impl Exporter {
                 .increment(r.send_refused_full - l.send_refused_full);
             self.ring_accept_errors
                 .increment(r.accept_errors - l.accept_errors);
+            self.ring_accept_pauses
+                .increment(r.accept_pauses - l.accept_pauses);
             self.ring_last = r;
         }
         self.last = now.clone();

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use engine::admission::BanList;
 use engine::{ConnId, ConnMeta, Engine, ListenerId};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::runtime::ShardCtx;
 
@@ -57,6 +57,38 @@ pub async fn reload_loop(ctx: Rc<ShardCtx>) {
                 "ban list reloaded"
             );
         }
+    }
+}
+
+thread_local! {
+    /// When this shard last logged an accept pause (at most one line per `LOG_INTERVAL`).
+    static PAUSE_LOGGED_AT: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+}
+
+/// End of a turn: accepting pauses while the shard holds its share of
+/// `overload.max_handshakes` and resumes when an eighth of it is free
+/// (`Admission::accepts_should_pause` / `accepts_may_resume`). Paused, new connections wait in
+/// the kernel's listen backlog (`listen_backlog`) and are accepted as handshakes finish, where
+/// they would otherwise be accepted and closed: a storm is slowed, not refused. Counted as
+/// `ringmq_accept_pauses_total`.
+pub fn pace_accepts(ring: &mut uring::Ring, engine: &Engine, now: Instant) {
+    let admission = engine.admission();
+    if !ring.accepts_paused() {
+        if admission.accepts_should_pause() {
+            ring.pause_accepts();
+            let quiet = PAUSE_LOGGED_AT
+                .get()
+                .is_some_and(|at| now.duration_since(at) < engine::admission::LOG_INTERVAL);
+            if !quiet {
+                PAUSE_LOGGED_AT.set(Some(now));
+                warn!(
+                    shard = engine.id(),
+                    "accepting paused: the shard holds its share of overload.max_handshakes; new connections wait in the listen backlog"
+                );
+            }
+        }
+    } else if admission.accepts_may_resume() {
+        ring.resume_accepts();
     }
 }
 

@@ -772,6 +772,7 @@ fn turn(ctx: &ShardCtx, tx: &[Option<flume::Sender<Batch>>], now: Instant) -> bo
         }
         apply_output(&mut ring, &mut links, &mut edge, output);
     }
+    crate::overload::pace_accepts(&mut ring, &engine, now);
     if let Some(cluster) = &ctx.cluster {
         cluster.after_turn(&mut engine, now);
     }

@@ -996,6 +996,13 @@ pub mod mosquitto {
 
         /// Waits for the tool to exit (killing it after `wait`); returns its status and the
         /// stdout lines not read yet.
+        /// Whether the process has not exited yet.
+        pub fn is_running(&mut self) -> bool {
+            self.child
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        }
+
         pub fn finish(mut self, wait: Duration) -> (Option<ExitStatus>, Vec<String>) {
             let mut child = self.child.take().expect("child");
             let deadline = Instant::now() + wait;

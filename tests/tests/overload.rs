@@ -426,3 +426,76 @@ async fn ban_list_reloads_on_sighup() {
     );
     broker.assert_alive();
 }
+
+/// At its share of `[overload] max_handshakes` the shard stops accepting instead of accepting
+/// and closing: a client that connects meanwhile waits in the listen backlog and is served once
+/// a handshake slot frees (EMQX's acceptor throttling, where a storm is slowed, not refused).
+#[test]
+fn at_max_handshakes_new_clients_wait_instead_of_being_refused() {
+    if !mosquitto::available() {
+        return;
+    }
+    let metrics = free_port();
+    let config = "[overload]\nmax_handshakes = 2\n[overload.flapping]\nenabled = false\n";
+    let broker = BrokerProcess::start_with_config(
+        config,
+        &["--metrics-listen", &format!("127.0.0.1:{metrics}")],
+    );
+    // Two sockets that never send CONNECT hold both handshake slots.
+    let silent: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| std::net::TcpStream::connect(broker.addr).expect("connect"))
+        .collect();
+    let deadline = std::time::Instant::now() + METRIC_WAIT;
+    loop {
+        let text = scrape_metrics(metrics);
+        if metric_total(&text, "ringmq_handshakes_in_progress", &[]) == 2.0
+            && metric_total(&text, "ringmq_accept_pauses_total", &[]) >= 1.0
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "accepting never paused with both slots held:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A real client now: its TCP connect completes in the kernel's backlog, its CONNECT waits.
+    let port = broker.port.to_string();
+    let mut publisher = mosquitto::spawn(
+        "mosquitto_pub",
+        &[
+            "-p",
+            &port,
+            "-t",
+            "overload/waiting",
+            "-m",
+            "x",
+            "-q",
+            "1",
+            "-d",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        publisher.is_running(),
+        "the client was answered while accepting was paused"
+    );
+    // One silent socket goes: a slot frees, accepting resumes, the waiting client is served.
+    drop(silent.into_iter().next());
+    let (status, lines) = publisher.finish(Duration::from_secs(20));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the waiting client was not served: {status:?} {lines:?}"
+    );
+    assert!(lines.iter().any(|l| l.contains("CONNACK")), "{lines:?}");
+    let text = scrape_metrics(metrics);
+    assert_eq!(
+        metric_total(
+            &text,
+            "ringmq_connections_refused_total",
+            &["reason=\"max_handshakes\""]
+        ),
+        0.0,
+        "nobody is refused for max_handshakes while accepting pauses"
+    );
+}

@@ -638,6 +638,21 @@ impl Admission {
         Ok(())
     }
 
+    /// Whether the runtime should stop accepting: the shard holds its share of
+    /// `max_handshakes`, so a socket accepted now would be closed at once. New connections wait
+    /// in the kernel's listen backlog instead (a slow connect rather than a refusal) until
+    /// [`Admission::accepts_may_resume`].
+    pub fn accepts_should_pause(&self) -> bool {
+        self.max_handshakes_share > 0 && self.handshaking >= self.max_handshakes_share
+    }
+
+    /// Whether accepting may start again: an eighth of the share (at least one) is free, so a
+    /// storm at the bound does not pause and resume every loop turn.
+    pub fn accepts_may_resume(&self) -> bool {
+        let slack = (self.max_handshakes_share / 8).max(1);
+        self.max_handshakes_share == 0 || self.handshaking + slack <= self.max_handshakes_share
+    }
+
     /// The engine opened a connection (accepted here or handed off here).
     pub(crate) fn opened(&mut self, listener: ListenerId) {
         self.connections += 1;

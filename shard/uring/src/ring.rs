@@ -160,6 +160,8 @@ pub struct RingStats {
     pub send_bound_waits: u64,
     pub accepts: u64,
     pub accept_errors: u64,
+    /// Times accepting was paused ([`Ring::pause_accepts`]).
+    pub accept_pauses: u64,
     pub conns_live: u64,
     /// Completions for a slot's previous occupant (ignored).
     pub cqes_stale: u64,
@@ -182,6 +184,11 @@ pub struct RingStats {
 
 struct Listener {
     sock: TcpListener,
+    /// A multishot accept (or its retry timer) is in flight.
+    armed: bool,
+    /// The caller paused accepting ([`Ring::pause_accepts`]): new connections wait in the
+    /// kernel's listen backlog.
+    paused: bool,
 }
 
 /// One io_uring per shard thread. `!Send`: it must be created, driven and dropped on the
@@ -408,9 +415,48 @@ impl Ring {
             });
         }
         let index = self.listeners.len();
-        self.listeners.push(Listener { sock: listener });
+        self.listeners.push(Listener {
+            sock: listener,
+            armed: false,
+            paused: false,
+        });
         self.arm_accept(index);
         Ok(index)
+    }
+
+    /// Stops accepting on every listener: new connections wait in the kernel's listen backlog
+    /// (clients see a slow connect, not a refusal) until [`Ring::resume_accepts`]. Accepts the
+    /// kernel completed already are still reported. Idempotent.
+    pub fn pause_accepts(&mut self) {
+        let mut paused = false;
+        for index in 0..self.listeners.len() {
+            let listener = &mut self.listeners[index];
+            if listener.paused {
+                continue;
+            }
+            listener.paused = true;
+            paused = true;
+            if listener.armed {
+                self.push_cancel(Token::new(OpKind::Accept, index as u32, 0));
+            }
+        }
+        if paused {
+            self.stats.accept_pauses += 1;
+        }
+    }
+
+    /// Accepts again after [`Ring::pause_accepts`]. Idempotent.
+    pub fn resume_accepts(&mut self) {
+        for index in 0..self.listeners.len() {
+            if std::mem::replace(&mut self.listeners[index].paused, false) {
+                self.arm_accept(index);
+            }
+        }
+    }
+
+    /// Whether accepting is paused.
+    pub fn accepts_paused(&self) -> bool {
+        self.listeners.iter().any(|l| l.paused)
     }
 
     /// Takes ownership of a connected socket and starts receiving from it.
@@ -838,10 +884,12 @@ impl Ring {
     }
 
     fn arm_accept(&mut self, index: usize) {
-        if self.shutting_down {
+        let listener = &mut self.listeners[index];
+        if self.shutting_down || listener.paused || listener.armed {
             return;
         }
-        let fd = self.listeners[index].sock.as_raw_fd();
+        listener.armed = true;
+        let fd = listener.sock.as_raw_fd();
         let entry = opcode::AcceptMulti::new(Fd(fd))
             .flags(libc::SOCK_CLOEXEC)
             .build()
@@ -851,9 +899,11 @@ impl Ring {
     }
 
     fn arm_accept_retry(&mut self, index: usize) {
-        if self.shutting_down {
+        if self.shutting_down || self.listeners[index].armed {
             return;
         }
+        // Counts as armed: the timer re-arms the accept (unless paused meanwhile).
+        self.listeners[index].armed = true;
         let entry = opcode::Timeout::new(&ACCEPT_RETRY_DELAY)
             .build()
             .user_data(Token::new(OpKind::AcceptRetry, index as u32, 0).encode());
@@ -987,7 +1037,8 @@ impl Ring {
             OpKind::Accept => self.on_accept(token.index as usize, res, cflags, f),
             OpKind::AcceptRetry => {
                 self.ops_in_flight -= 1;
-                if (token.index as usize) < self.listeners.len() {
+                if let Some(listener) = self.listeners.get_mut(token.index as usize) {
+                    listener.armed = false;
                     self.arm_accept(token.index as usize);
                 }
             }
@@ -1033,6 +1084,9 @@ impl Ring {
         if index >= self.listeners.len() {
             return;
         }
+        if !more {
+            self.listeners[index].armed = false;
+        }
         if res >= 0 {
             self.stats.accepts += 1;
             // SAFETY: the kernel just created this fd for us.
@@ -1048,6 +1102,8 @@ impl Ring {
         }
         let errno = errno_of(res);
         if errno == libc::ECANCELED {
+            // Paused (or shutting down); resumed meanwhile, it starts again (arm_accept checks).
+            self.arm_accept(index);
             return;
         }
         self.stats.accept_errors += 1;
