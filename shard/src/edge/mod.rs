@@ -687,6 +687,11 @@ impl Edge {
             Some(Some(l)) if l.generation == conn.generation => l,
             _ => return send(ring, key, data),
         };
+        if layer.failed {
+            // Being closed: a failed TLS session must not be driven again (its state machine
+            // is done, and only its alert goes out).
+            return;
+        }
         scratch.tx.clear();
         match (&mut layer.ws, &mut layer.tls) {
             (None, None) => send(ring, key, data),

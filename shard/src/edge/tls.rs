@@ -434,30 +434,30 @@ pub const ALERT_LEN_MAX: usize = 64;
 const ALERT_ROUNDS_MAX: usize = 4;
 
 /// After `process_tls_records` returned an error, the fatal alert rustls decided on (`unknown_ca`,
-/// `certificate_required`, `certificate_revoked`, `protocol_version`, `decode_error`, ...) is
-/// queued in the session, already encrypted when handshake keys were in use: the next call
-/// hands it out as `EncodeTlsData` before anything else. It is called with no input (feeding
-/// records again after a fatal alert would make rustls queue a second one), and appends at most
-/// [`ALERT_LEN_MAX`] bytes to `tx`; the caller closes the connection once they are written.
+/// `certificate_required`, `certificate_revoked`, `handshake_failure`, `decode_error`, ...) is
+/// queued in the session (`wants_write`), already encrypted when handshake keys were in use;
+/// the next `process_tls_records` hands queued records out as `EncodeTlsData` before it looks at
+/// any input. It is only called while something is queued: with nothing queued it would go on
+/// to deframe, and after an error the deframer's state no longer fits any buffer we could pass
+/// (rustls panics on an empty one when a record was left half-read, and queues a second fatal
+/// alert on more input). At most [`ALERT_LEN_MAX`] bytes are appended to `tx`; the caller
+/// closes the connection once they are written.
 fn alert_after_error(s: &mut TlsSession, tx: &mut BytesMut) {
     let start = tx.len();
     for _ in 0..ALERT_ROUNDS_MAX {
-        let UnbufferedStatus { state, .. } = s.conn.process_tls_records(&mut []);
-        match state {
-            Ok(ConnectionState::EncodeTlsData(mut flight)) => {
-                let room = ALERT_LEN_MAX - (tx.len() - start);
-                if !append(tx, room, |buf| {
-                    flight.encode(&mut buf[..room]).map_err(|_| 0)
-                }) {
-                    break;
-                }
-            }
-            Ok(ConnectionState::TransmitTlsData(sent)) => sent.done(),
-            _ => break,
+        if !s.conn.wants_write() {
+            break;
         }
-    }
-    if tx.len() - start > ALERT_LEN_MAX {
-        tx.truncate(start);
+        let UnbufferedStatus { state, .. } = s.conn.process_tls_records(&mut []);
+        let Ok(ConnectionState::EncodeTlsData(mut flight)) = state else {
+            break;
+        };
+        let room = ALERT_LEN_MAX - (tx.len() - start);
+        if !append(tx, room, |buf| {
+            flight.encode(&mut buf[..room]).map_err(|_| 0)
+        }) {
+            break;
+        }
     }
 }
 
