@@ -437,9 +437,15 @@ fn at_max_handshakes_new_clients_wait_instead_of_being_refused() {
     }
     let metrics = free_port();
     let config = "[overload]\nmax_handshakes = 2\n[overload.flapping]\nenabled = false\n";
+    // One shard: the share is the whole bound (on several, SO_REUSEPORT spreads the sockets).
     let broker = BrokerProcess::start_with_config(
         config,
-        &["--metrics-listen", &format!("127.0.0.1:{metrics}")],
+        &[
+            "--shards",
+            "1",
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics}"),
+        ],
     );
     // Two sockets that never send CONNECT hold both handshake slots.
     let silent: Vec<std::net::TcpStream> = (0..2)
