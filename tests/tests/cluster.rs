@@ -1185,3 +1185,31 @@ fn numbered_qos1_messages_survive_a_cut() {
         broker.stop();
     }
 }
+
+/// A peer whose link went away shows `link_up` 0 and nothing queued, also when nothing was
+/// ever forwarded to or from it (the gauges were once reset only for peers with forwards, so an
+/// idle peer's link stayed "up" after it died).
+#[test]
+fn link_gauges_of_a_dead_idle_peer_go_to_zero() {
+    let cluster = Cluster::new(3);
+    let brokers = [cluster.start(0), cluster.start(1), cluster.start(2)];
+    cluster.wait_formed(&[0, 1, 2]);
+    let [a, b, c] = brokers;
+    c.kill_hard();
+    for i in [0, 1] {
+        cluster.wait_for(&format!("node {} shows node 3's link down", i + 1), || {
+            cluster.metric(i, "ringmq_cluster_members", &["state=\"alive\""]) == 1.0
+                && cluster.metric(i, "ringmq_cluster_link_up", &["peer=\"3\""]) == 0.0
+                && cluster.metric(i, "ringmq_cluster_link_queue_bytes", &["peer=\"3\""]) == 0.0
+                && cluster.metric(i, "ringmq_cluster_link_queue_frames", &["peer=\"3\""]) == 0.0
+                && cluster.metric(i, "ringmq_cluster_link_up", &[]) == 1.0
+        });
+        assert_eq!(
+            cluster.metric(i, "ringmq_cluster_forwarded_messages_total", &[]),
+            0.0,
+            "the test needs a peer nothing was forwarded to"
+        );
+    }
+    a.stop();
+    b.stop();
+}

@@ -14,13 +14,21 @@ use super::ClusterRuntime;
 pub(super) async fn metrics_loop(rt: Rc<ClusterRuntime>) {
     let me = rt.node_id.0.to_string();
     let mut origins_seen = BTreeSet::new();
+    let mut peers_seen = BTreeSet::new();
     loop {
         glommio::timer::sleep(Duration::from_secs(1)).await;
-        publish(&rt, &me, &mut origins_seen);
+        publish(&rt, &me, &mut origins_seen, &mut peers_seen);
     }
 }
 
-fn publish(rt: &ClusterRuntime, me: &str, origins_seen: &mut BTreeSet<u64>) {
+/// `origins_seen` / `peers_seen`: every origin whose routes and every peer whose link this node
+/// ever published, so that one gone since shows 0 rather than its last value.
+fn publish(
+    rt: &ClusterRuntime,
+    me: &str,
+    origins_seen: &mut BTreeSet<u64>,
+    peers_seen: &mut BTreeSet<u64>,
+) {
     let node = rt.node.borrow();
     let io = rt.io.borrow();
     let stats = rt.stats.borrow();
@@ -52,7 +60,10 @@ fn publish(rt: &ClusterRuntime, me: &str, origins_seen: &mut BTreeSet<u64>) {
         gauge!("ringmq_cluster_remote_routes", "origin" => id.to_string()).set(origin.len() as f64);
     }
     let up: Vec<_> = node.links_up().map(|(link, p)| (link, p.node_id)).collect();
+    let mut linked = BTreeSet::new();
     for (peer, link_stats, queue_len) in node.link_stats() {
+        peers_seen.insert(peer.0);
+        linked.insert(peer.0);
         let peer_label = peer.0.to_string();
         let unwritten = up
             .iter()
@@ -73,12 +84,13 @@ fn publish(rt: &ClusterRuntime, me: &str, origins_seen: &mut BTreeSet<u64>) {
         counter!("ringmq_cluster_link_frames_dropped_total", &labels)
             .absolute(link_stats.frames_dropped_queue_full);
     }
-    // A peer whose link went away shows 0 (its last counters stay as they were).
-    for (peer, _) in stats.forwarded_out.iter().chain(stats.forwarded_in.iter()) {
-        if !up.iter().any(|(_, n)| n == peer) {
-            gauge!("ringmq_cluster_link_up", "peer" => peer.0.to_string(), "node" => me.to_string())
-                .set(0.0);
-        }
+    // A peer whose link went away shows its link down and nothing queued (its last counters
+    // stay as they were), whether or not anything was ever forwarded to or from it.
+    for peer in peers_seen.iter().filter(|p| !linked.contains(p)) {
+        let labels = [("peer", peer.to_string()), ("node", me.to_string())];
+        gauge!("ringmq_cluster_link_up", &labels).set(0.0);
+        gauge!("ringmq_cluster_link_queue_frames", &labels).set(0.0);
+        gauge!("ringmq_cluster_link_queue_bytes", &labels).set(0.0);
     }
     for (peer, (messages, bytes)) in &stats.forwarded_out {
         let peer = peer.0.to_string();
