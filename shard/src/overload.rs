@@ -67,11 +67,12 @@ thread_local! {
 
 /// End of a turn: accepting pauses while the shard holds its share of
 /// `overload.max_handshakes` and resumes when an eighth of it is free
-/// (`Admission::accepts_should_pause` / `accepts_may_resume`). Paused, new connections wait in
-/// the kernel's listen backlog (`listen_backlog`) and are accepted as handshakes finish, where
-/// they would otherwise be accepted and closed: a storm is slowed, not refused. Counted as
-/// `ringmq_accept_pauses_total`.
-pub fn pace_accepts(ring: &mut uring::Ring, engine: &Engine, now: Instant) {
+/// (`Admission::accepts_should_pause` / `accepts_may_resume`) and no accepted socket waits
+/// (`runtime::Links::pending_accepts`, which the turn fills instead of refusing at the bound).
+/// Paused, new connections wait in the kernel's listen backlog (`listen_backlog`) and are
+/// accepted as handshakes finish, where they would otherwise be accepted and closed: a storm is
+/// slowed, not refused. Counted as `ringmq_accept_pauses_total`.
+pub fn pace_accepts(ring: &mut uring::Ring, engine: &Engine, none_pending: bool, now: Instant) {
     let admission = engine.admission();
     if !ring.accepts_paused() {
         if admission.accepts_should_pause() {
@@ -87,7 +88,7 @@ pub fn pace_accepts(ring: &mut uring::Ring, engine: &Engine, now: Instant) {
                 );
             }
         }
-    } else if admission.accepts_may_resume() {
+    } else if none_pending && admission.accepts_may_resume() {
         ring.resume_accepts();
     }
 }

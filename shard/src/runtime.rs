@@ -126,6 +126,11 @@ struct Links {
     /// in the kernel until the receive was armed, so they are handed in with this floor
     /// (`Engine::handle_input_since`) until a poll has reported everything from before the arm.
     armed: ahash::AHashMap<u64, ArmedFloor>,
+    /// Sockets the ring accepted while the shard holds its share of `overload.max_handshakes`:
+    /// they go in, oldest first, as handshakes finish (accepting is paused meanwhile, see
+    /// `overload::pace_accepts`). Bounded by what one burst of the multishot accept reports
+    /// before its cancel takes effect: the listen backlog plus the ring's completion queue.
+    pending_accepts: std::collections::VecDeque<(usize, OwnedFd)>,
 }
 
 /// See `Links::armed`.
@@ -632,6 +637,8 @@ fn has_work(ctx: &ShardCtx) -> bool {
     ctx.kicked.get()
         || ctx.receivers.iter().flatten().any(|rx| !rx.is_empty())
         || ctx.engine.borrow().has_work()
+        || (!ctx.links.borrow().pending_accepts.is_empty()
+            && !ctx.engine.borrow().admission().accepts_should_pause())
 }
 
 /// One loop turn; true if anything happened (a batch, a completion, an output). The caller
@@ -725,7 +732,14 @@ fn turn(ctx: &ShardCtx, tx: &[Option<flume::Sender<Batch>>], now: Instant) -> bo
             }
         }
     });
-    for (listener, fd) in accepted {
+    links.pending_accepts.extend(accepted);
+    while let Some((listener, fd)) = links.pending_accepts.pop_front() {
+        // At the handshake bound a socket waits (a slow connect), it is not closed.
+        if engine.admission().accepts_should_pause() {
+            links.pending_accepts.push_front((listener, fd));
+            ring.pause_accepts();
+            break;
+        }
         // Over the shard's share of a connection bound: closed before it costs a connection.
         let Some((conn, fd)) = crate::overload::accept(&mut engine, listener, fd, now) else {
             continue;
@@ -772,7 +786,7 @@ fn turn(ctx: &ShardCtx, tx: &[Option<flume::Sender<Batch>>], now: Instant) -> bo
         }
         apply_output(&mut ring, &mut links, &mut edge, output);
     }
-    crate::overload::pace_accepts(&mut ring, &engine, now);
+    crate::overload::pace_accepts(&mut ring, &engine, links.pending_accepts.is_empty(), now);
     if let Some(cluster) = &ctx.cluster {
         cluster.after_turn(&mut engine, now);
     }
