@@ -133,6 +133,45 @@ fn malformed_packet_v311_closes_silently() {
     assert!(sim.take_bytes(c).is_empty());
 }
 
+/// A message whose only subscriber drops it (its queue is full) is counted once, as
+/// `queue_full`, not also as `no_subscribers`: one shard, so the publish matches only locally.
+#[test]
+fn a_full_queue_is_not_also_counted_as_no_subscribers() {
+    let queue_max = 10u32;
+    let limits = Limits {
+        session_queue_len_max: queue_max,
+        ..Limits::default()
+    };
+    let mut sim = Sim::with_limits(1, limits);
+    let (slow, _) = sim.connect(0, v311("slow"));
+    let (publisher, _) = sim.connect(0, v311("p"));
+    sim.subscribe(slow, "firehose", QoS::AtMostOnce);
+    sim.stall(slow);
+    sim.report_sent(slow, TRANSPORT_QUEUED_MAX_BYTES + 1);
+    let sent = queue_max + 5;
+    for i in 0..sent {
+        sim.send(
+            publisher,
+            &publish("firehose", &i.to_be_bytes(), QoS::AtMostOnce, None),
+        );
+    }
+    // And one to a topic nobody subscribed: that one is `no_subscribers`.
+    sim.send(publisher, &publish("nobody", b"x", QoS::AtMostOnce, None));
+    sim.run_until_idle();
+    let index = |reason| {
+        DROP_REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(usize::MAX)
+    };
+    let dropped = &sim.engine(0).state.counters.messages_dropped[0];
+    assert_eq!(
+        dropped[index(DropReason::QueueFull)],
+        u64::from(sent - queue_max)
+    );
+    assert_eq!(dropped[index(DropReason::NoSubscribers)], 1);
+}
+
 /// A receiver that stops taking its output: once the transport holds more than
 /// `TRANSPORT_QUEUED_MAX_BYTES` the engine stops encoding for it and pauses its reading; its
 /// session queue keeps `session_queue_len_max` QoS 0 messages and drops the rest, counted as

@@ -1,6 +1,15 @@
 use super::routes::pick_shard;
 use super::*;
+
 use crate::message::GroupPick;
+
+/// What [`ShardState::deliver_local_counted`] did.
+struct LocalDelivery {
+    /// Filters with subscribers and shared picks that matched here.
+    matched: usize,
+    /// Sessions that took the message.
+    delivered: usize,
+}
 
 /// Several overlapping subscriptions of one session merged into one delivery: the highest QoS,
 /// retain-as-published if any asked, every subscription identifier, no-local only if all asked.
@@ -186,7 +195,8 @@ impl ShardState {
         if self.shard_count > 1 {
             self.remember(&message, remote, now);
         }
-        matched += self.deliver_local(&message, true, &local_picks, now);
+        let local = self.deliver_local_counted(&message, true, &local_picks, now);
+        matched += local.delivered;
         if from_peer.is_none() {
             let here: SmallVec<[GroupPick; 2]> = picks
                 .iter()
@@ -194,7 +204,9 @@ impl ShardState {
                 .collect();
             matched += self.forward_to_cluster(&message, &here);
         }
-        if matched == 0 {
+        // Only when nothing matched at all: a subscriber that matched and dropped it (queue
+        // full, ACL, no-local, offline QoS 0) counted its own reason already.
+        if matched == 0 && local.matched == 0 {
             self.counters
                 .drop(message.publish.qos, DropReason::NoSubscribers);
         }
@@ -210,6 +222,19 @@ impl ShardState {
         picks: &[SharedPick],
         now: Instant,
     ) -> usize {
+        self.deliver_local_counted(message, normal, picks, now)
+            .delivered
+    }
+
+    /// [`ShardState::deliver_local`], also saying how many filters and shared picks matched
+    /// (whether or not their sessions took the message).
+    fn deliver_local_counted(
+        &mut self,
+        message: &Arc<Message>,
+        normal: bool,
+        picks: &[SharedPick],
+        now: Instant,
+    ) -> LocalDelivery {
         let topic = message.publish.topic.clone();
         self.merge.clear();
         let mut single: SmallVec<[Subscriber; 1]> = SmallVec::new();
@@ -257,7 +282,10 @@ impl ShardState {
         for pick in picks {
             delivered += self.deliver_shared(message, pick, &mut frames, now);
         }
-        delivered
+        LocalDelivery {
+            matched: matched_entries + picks.len(),
+            delivered,
+        }
     }
 
     fn deliver_shared(
