@@ -11,18 +11,6 @@ use ringmq_tests::*;
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/python/overload_checks.py");
 
-fn paho_available() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import paho.mqtt.client"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok {
-        eprintln!("\n*** SKIPPED paho part: python3 with paho-mqtt missing ***\n");
-    }
-    ok
-}
-
 /// Runs the Paho script (bounded: it bounds each of its waits) and returns its output lines:
 /// "connack N" or "closed" per connect.
 fn paho(port: u16, args: &[&str]) -> Vec<String> {
@@ -130,7 +118,7 @@ ban_secs = 300
 
     // The flapping client id, first (the flood empties the connect-rate bucket afterwards).
     let flapper = unique("flapper");
-    let paho_on = paho_available();
+    let paho_on = paho::available();
     if paho_on {
         let lines = paho(port, &["flap", &flapper, "7"]);
         assert_eq!(
@@ -283,7 +271,7 @@ addresses = [\"127.0.0.2/32\"]
     c.username = Some(Utf8Bytes::from("mallory"));
     assert_eq!(raw_attempt(addr, c).await, Some(ReasonCode::Banned));
     let mut expected_bans = 3.0;
-    if paho_available() {
+    if paho::available() {
         assert_eq!(paho(port, &["one", "stolen-car"]), ["connack 138"]);
         assert_eq!(
             paho(port, &["one", &unique("p"), "127.0.0.2"]),

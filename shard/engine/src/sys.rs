@@ -2,13 +2,12 @@
 //! [`Engine::sys_tick`]). Every shard sends its figures to shard 0, which publishes the totals as
 //! retained messages (so a new `$SYS/#` subscriber gets the latest at once, as with Mosquitto).
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use wire::{Publish, QoS, Utf8Bytes};
+use wire::QoS;
 
-use crate::message::{Message, ShardMsg, ShardStats};
+use crate::message::{ShardMsg, ShardStats};
 use crate::Engine;
 
 impl Engine {
@@ -88,21 +87,14 @@ impl Engine {
     /// such as the cluster's, beside [`Engine::sys_tick`]'s). Call on shard 0.
     pub fn publish_sys(&mut self, topic: &str, value: String, now: Instant) {
         debug_assert!(topic.starts_with("$SYS/"));
-        let publish = Publish {
-            dup: false,
-            qos: QoS::AtMostOnce,
-            retain: true,
-            topic: Utf8Bytes::from(topic),
-            packet_id: None,
-            properties: Default::default(),
-            payload: Bytes::from(value),
-        };
-        let message = Arc::new(Message {
-            publish,
-            origin: None,
-            expires_at: None,
-            received_at: now,
-        });
-        self.state.publish(message, now);
+        let published = self.publish_inbound(
+            topic,
+            QoS::AtMostOnce,
+            true,
+            Bytes::from(value),
+            Vec::new(),
+            now,
+        );
+        debug_assert!(published, "not a valid topic name: {topic}");
     }
 }
