@@ -18,6 +18,7 @@
 //! touch: MQTT (the engine's), sockets (the ring's).
 
 pub mod proxy;
+pub mod record;
 pub mod tls;
 pub mod ws;
 
