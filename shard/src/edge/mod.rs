@@ -276,6 +276,11 @@ pub enum Failure {
     TlsBadCertificate,
     /// A TLS protocol error (no shared version or cipher, bad record, alert from the peer).
     TlsProtocol,
+    /// A TLS 1.3 client sent a KeyUpdate, which ringmq's record layer cannot follow (closed
+    /// with `unexpected_message`).
+    TlsKeyUpdate,
+    /// A TLS record on ringmq's record layer failed authentication (`bad_record_mac`).
+    TlsBadRecordMac,
     /// Not a valid WebSocket upgrade request (answered with its HTTP status).
     WsRequest,
     /// A WebSocket framing error after the upgrade.
@@ -283,7 +288,7 @@ pub enum Failure {
 }
 
 impl Failure {
-    pub const ALL: [Failure; 11] = [
+    pub const ALL: [Failure; 13] = [
         Failure::Timeout,
         Failure::ProxyUntrusted,
         Failure::ProxyHeader,
@@ -293,6 +298,8 @@ impl Failure {
         Failure::TlsCertificateRevoked,
         Failure::TlsBadCertificate,
         Failure::TlsProtocol,
+        Failure::TlsKeyUpdate,
+        Failure::TlsBadRecordMac,
         Failure::WsRequest,
         Failure::WsFrame,
     ];
@@ -308,6 +315,8 @@ impl Failure {
             Failure::TlsCertificateRevoked => "tls_certificate_revoked",
             Failure::TlsBadCertificate => "tls_bad_certificate",
             Failure::TlsProtocol => "tls_protocol",
+            Failure::TlsKeyUpdate => "tls_key_update",
+            Failure::TlsBadRecordMac => "tls_bad_record_mac",
             Failure::WsRequest => "ws_request",
             Failure::WsFrame => "ws_frame",
         }
@@ -657,7 +666,7 @@ impl Edge {
         };
         if was_handshaking && !layer.handshaking() {
             counters.handshakes[layer.kind as usize] += 1;
-            if let Some(tls) = &layer.tls {
+            if let Some(tls) = &mut layer.tls {
                 if let Some(meta) = layer.meta.as_deref_mut() {
                     meta.identity = tls::identity_of(tls);
                 }

@@ -25,6 +25,7 @@ use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedS
 use rustls::{CertificateError, ServerConfig};
 use tracing::{info, warn};
 
+use super::record::{self, RecordError, RecordKeys};
 use super::{invalid, ClientAuth, EdgeConfigError, Failure, Listener, TlsConfig};
 
 /// How often the reloader looks at the files' modification times and the reload generation.
@@ -134,12 +135,14 @@ pub fn build(cfg: &TlsConfig, key: &str) -> Result<Arc<ServerConfig>, EdgeConfig
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let config = builder.with_single_cert(certs, private_key).map_err(|e| {
+    let mut config = builder.with_single_cert(certs, private_key).map_err(|e| {
         invalid(
             format!("{key}.key_file"),
             format!("does not fit cert_file: {e}"),
         )
     })?;
+    // TLS 1.3 sessions move to our record layer after the handshake (`TlsSession::take_keys`).
+    config.enable_secret_extraction = true;
     Ok(Arc::new(config))
 }
 
@@ -279,25 +282,94 @@ pub fn failure_of(err: &rustls::Error) -> Failure {
     }
 }
 
-/// A TLS session over rustls' unbuffered API: received records are decrypted from the shard's
+/// A TLS session: rustls' unbuffered API during the handshake, then, for a TLS 1.3 session with
+/// a suite [`record`] handles, our own record layer over the extracted traffic keys (the rustls
+/// connection is dropped: an idle connection keeps 112 bytes of keys instead of rustls' state).
+/// TLS 1.2 sessions keep rustls throughout. Received records are decrypted from the shard's
 /// scratch buffer, so an idle session keeps no record buffer; only a record that arrived in
 /// part waits in `pending` (at most one record, 16 KiB plus its header and tag).
 pub struct TlsSession {
-    conn: UnbufferedServerConnection,
+    engine: Engine,
     /// The start of a record whose end has not arrived; empty (no allocation) otherwise.
     pending: BytesMut,
+    /// The client certificate's names, kept from the rustls session for [`identity_of`].
+    identity: Option<Box<PeerIdentity>>,
+}
+
+enum Engine {
+    Rustls(Box<UnbufferedServerConnection>),
+    Own(RecordKeys),
+    /// Only while the rustls session is being replaced.
+    Gone,
 }
 
 impl TlsSession {
     pub fn new(config: Arc<ServerConfig>) -> Result<TlsSession, rustls::Error> {
         Ok(TlsSession {
-            conn: UnbufferedServerConnection::new(config)?,
+            engine: Engine::Rustls(Box::new(UnbufferedServerConnection::new(config)?)),
             pending: BytesMut::new(),
+            identity: None,
         })
     }
 
     pub fn is_handshaking(&self) -> bool {
-        self.conn.is_handshaking()
+        match &self.engine {
+            Engine::Rustls(conn) => conn.is_handshaking(),
+            Engine::Own(_) | Engine::Gone => false,
+        }
+    }
+
+    /// True once the session runs on [`record`] instead of rustls.
+    pub fn own_records(&self) -> bool {
+        matches!(self.engine, Engine::Own(_))
+    }
+
+    /// After the handshake of a TLS 1.3 session whose records rustls has all handed out
+    /// (session tickets included: `wants_write` is false), takes the traffic keys and drops
+    /// the rustls session. Anything else keeps rustls.
+    fn take_keys(&mut self) -> Result<(), Failure> {
+        let Engine::Rustls(conn) = &self.engine else {
+            return Ok(());
+        };
+        let ours = !conn.is_handshaking()
+            && !conn.wants_write()
+            && conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3)
+            && conn.negotiated_cipher_suite().is_some_and(|s| {
+                matches!(
+                    s.suite(),
+                    rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+                        | rustls::CipherSuite::TLS13_AES_256_GCM_SHA384
+                        | rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
+                )
+            });
+        if !ours {
+            return Ok(());
+        }
+        self.identity = identity_of_conn(conn).map(Box::new);
+        let Engine::Rustls(conn) = std::mem::replace(&mut self.engine, Engine::Gone) else {
+            return Ok(());
+        };
+        // The kernel connection (for kTLS's key updates) is not kept: KeyUpdates are refused.
+        let keys = conn
+            .dangerous_into_kernel_connection()
+            .ok()
+            .and_then(|(secrets, _)| RecordKeys::from_secrets(secrets));
+        match keys {
+            Some(keys) => {
+                self.engine = Engine::Own(keys);
+                Ok(())
+            }
+            None => Err(Failure::TlsProtocol),
+        }
+    }
+}
+
+/// Why a connection on our record layer failed, for the failure counter.
+fn record_failure(err: RecordError) -> Failure {
+    match err {
+        RecordError::KeyUpdate => Failure::TlsKeyUpdate,
+        RecordError::BadRecordMac => Failure::TlsBadRecordMac,
+        _ => Failure::TlsProtocol,
     }
 }
 
@@ -360,6 +432,21 @@ pub fn read(
     plain: &mut BytesMut,
     tx: &mut BytesMut,
 ) -> Result<bool, Failure> {
+    let conn = match &mut s.engine {
+        Engine::Rustls(conn) => conn,
+        Engine::Own(keys) => {
+            return record::open(&mut keys.rx, &mut s.pending, input, work, plain).map_err(|err| {
+                tracing::debug!(error = %err, "tls record layer failed");
+                if let Some(alert) = err.alert() {
+                    // Best effort: the connection is closed after it either way.
+                    let _ = record::alert(&mut keys.tx, alert, tx);
+                }
+                s.pending = BytesMut::new();
+                record_failure(err)
+            });
+        }
+        Engine::Gone => return Err(Failure::TlsProtocol),
+    };
     work.clear();
     work.extend_from_slice(&s.pending);
     work.extend_from_slice(input);
@@ -368,13 +455,12 @@ pub fn read(
     let mut closed = false;
     // Each round consumes input or produces output; the bound only guards against a stall.
     for _ in 0..1024 {
-        let UnbufferedStatus { mut discard, state } =
-            s.conn.process_tls_records(&mut work[start..]);
+        let UnbufferedStatus { mut discard, state } = conn.process_tls_records(&mut work[start..]);
         let state = match state {
             Ok(state) => state,
             Err(err) => {
                 tracing::debug!(error = %err, "tls session failed");
-                alert_after_error(s, tx);
+                alert_after_error(conn, tx);
                 return Err(failure_of(&err));
             }
         };
@@ -389,7 +475,7 @@ pub fn read(
                         }
                         Err(err) => {
                             let failure = failure_of(&err);
-                            alert_after_error(s, tx);
+                            alert_after_error(conn, tx);
                             return Err(failure);
                         }
                     }
@@ -423,6 +509,9 @@ pub fn read(
     if !closed && start < work.len() {
         s.pending = BytesMut::from(&work[start..]);
     }
+    if !closed {
+        s.take_keys()?;
+    }
     Ok(closed)
 }
 
@@ -442,13 +531,13 @@ const ALERT_ROUNDS_MAX: usize = 4;
 /// (rustls panics on an empty one when a record was left half-read, and queues a second fatal
 /// alert on more input). At most [`ALERT_LEN_MAX`] bytes are appended to `tx`; the caller
 /// closes the connection once they are written.
-fn alert_after_error(s: &mut TlsSession, tx: &mut BytesMut) {
+fn alert_after_error(conn: &mut UnbufferedServerConnection, tx: &mut BytesMut) {
     let start = tx.len();
     for _ in 0..ALERT_ROUNDS_MAX {
-        if !s.conn.wants_write() {
+        if !conn.wants_write() {
             break;
         }
-        let UnbufferedStatus { state, .. } = s.conn.process_tls_records(&mut []);
+        let UnbufferedStatus { state, .. } = conn.process_tls_records(&mut []);
         let Ok(ConnectionState::EncodeTlsData(mut flight)) = state else {
             break;
         };
@@ -464,7 +553,7 @@ fn alert_after_error(s: &mut TlsSession, tx: &mut BytesMut) {
 /// Runs the session until it may encrypt (encoding whatever flight it still owes), then lets
 /// `write` encrypt into `tx`. False if the session cannot send.
 fn with_write_traffic(
-    s: &mut TlsSession,
+    conn: &mut UnbufferedServerConnection,
     tx: &mut BytesMut,
     mut write: impl FnMut(
         &mut rustls::unbuffered::WriteTraffic<'_, rustls::server::ServerConnectionData>,
@@ -472,7 +561,7 @@ fn with_write_traffic(
     ) -> bool,
 ) -> bool {
     for _ in 0..8 {
-        let UnbufferedStatus { state, .. } = s.conn.process_tls_records(&mut []);
+        let UnbufferedStatus { state, .. } = conn.process_tls_records(&mut []);
         match state {
             Ok(ConnectionState::WriteTraffic(mut traffic)) => return write(&mut traffic, tx),
             Ok(ConnectionState::EncodeTlsData(mut flight)) => {
@@ -492,11 +581,15 @@ pub fn write_plaintext(s: &mut TlsSession, data: &[u8], tx: &mut BytesMut) {
     if data.is_empty() {
         return;
     }
-    let ok = with_write_traffic(s, tx, |traffic, tx| {
-        append(tx, records_len(data.len()), |buf| {
-            traffic.encrypt(data, buf).map_err(encrypt_error)
-        })
-    });
+    let ok = match &mut s.engine {
+        Engine::Rustls(conn) => with_write_traffic(conn, tx, |traffic, tx| {
+            append(tx, records_len(data.len()), |buf| {
+                traffic.encrypt(data, buf).map_err(encrypt_error)
+            })
+        }),
+        Engine::Own(keys) => record::seal(&mut keys.tx, data, tx).is_ok(),
+        Engine::Gone => false,
+    };
     if !ok {
         tracing::debug!(len = data.len(), "tls session cannot send; output dropped");
     }
@@ -504,16 +597,33 @@ pub fn write_plaintext(s: &mut TlsSession, data: &[u8], tx: &mut BytesMut) {
 
 /// Appends a close_notify alert to `tx`.
 pub fn close_notify(s: &mut TlsSession, tx: &mut BytesMut) {
-    with_write_traffic(s, tx, |traffic, tx| {
-        append(tx, 64, |buf| {
-            traffic.queue_close_notify(buf).map_err(encrypt_error)
-        })
-    });
+    match &mut s.engine {
+        Engine::Rustls(conn) => {
+            with_write_traffic(conn, tx, |traffic, tx| {
+                append(tx, 64, |buf| {
+                    traffic.queue_close_notify(buf).map_err(encrypt_error)
+                })
+            });
+        }
+        Engine::Own(keys) => {
+            let _ = record::alert(&mut keys.tx, record::ALERT_CLOSE_NOTIFY, tx);
+        }
+        Engine::Gone => {}
+    }
 }
 
-/// The verified client certificate's names (`None` without a client certificate).
-pub fn identity_of(tls: &TlsSession) -> Option<PeerIdentity> {
-    let cert = tls.conn.peer_certificates()?.first()?;
+/// The verified client certificate's names (`None` without a client certificate); taken once
+/// the handshake is done.
+pub fn identity_of(tls: &mut TlsSession) -> Option<PeerIdentity> {
+    match &tls.engine {
+        Engine::Rustls(conn) => identity_of_conn(conn),
+        Engine::Own(_) | Engine::Gone => tls.identity.take().map(|b| *b),
+    }
+}
+
+/// The names of the verified client certificate of a rustls session.
+fn identity_of_conn(conn: &UnbufferedServerConnection) -> Option<PeerIdentity> {
+    let cert = conn.peer_certificates()?.first()?;
     let (_, x509) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
     let common_name = x509
         .subject()
