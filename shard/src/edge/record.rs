@@ -314,6 +314,10 @@ pub fn open(
         let inner = key
             .open_in_place(nonce, Aad::from(header), &mut work[start + HEADER_LEN..end])
             .map_err(|_| RecordError::BadRecordMac)?;
+        // RFC 8446 5.4: the inner plaintext (content, type, padding) is at most 2^14 + 1.
+        if inner.len() > RECORD_PLAINTEXT_MAX + 1 {
+            return Err(RecordError::RecordOverflow);
+        }
         // TLSInnerPlaintext: content || type || zeros.
         let Some(type_at) = inner.iter().rposition(|&b| b != 0) else {
             return Err(RecordError::UnexpectedMessage);
