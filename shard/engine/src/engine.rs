@@ -331,8 +331,14 @@ impl Engine {
         let Some(c) = self.conn_mut(conn) else {
             return;
         };
+        // A drive held anything back for the transport bound only if its output took
+        // `transport_queued` over the bound (its output only grows while it runs), and reading
+        // resumes only in a drive: other connections have nothing a send completion could
+        // unblock, and are not driven again for it (a broadcast's 15,000 subscribers would be
+        // driven twice per message).
+        let held_back = c.transport_queued() >= TRANSPORT_QUEUED_MAX_BYTES || c.reading_paused;
         c.set_transport_queued(queued_bytes);
-        if queued_bytes < TRANSPORT_QUEUED_MAX_BYTES {
+        if held_back && queued_bytes < TRANSPORT_QUEUED_MAX_BYTES {
             self.state.ready.push(conn);
         }
     }
@@ -415,7 +421,6 @@ impl Engine {
             // Let a retransmission of this packet id be processed afresh.
             state.release_qos2(pending.slot, pending.packet_id);
         }
-        let ready = state.ready.clone();
         let Some(session) = state.linked_session_mut(pending.slot, pending.generation) else {
             // The connection is gone; the client resends on reconnect (at least once).
             return;
@@ -427,7 +432,9 @@ impl Engine {
                 link.close
                     .get_or_insert(CloseReason::ProtocolError(ReasonCode::UnspecifiedError));
             }
-            session.wake(&ready);
+            if let Some(conn) = session.wake_deferred() {
+                state.ready.push(conn);
+            }
             return;
         }
         let code = if failed {
@@ -450,7 +457,9 @@ impl Engine {
                 .traffic_mut()
                 .queue
                 .push_back(Outbound::Control(out.freeze()));
-            session.wake(&ready);
+            if let Some(conn) = session.wake_deferred() {
+                state.ready.push(conn);
+            }
         }
     }
 

@@ -336,6 +336,18 @@ impl Session {
         }
     }
 
+    /// [`Session::wake`] for a caller that holds the session through the shard state, apart
+    /// from its ready queue: marks the connection queued and returns the id to push (None if
+    /// offline or queued already).
+    pub fn wake_deferred(&mut self) -> Option<ConnId> {
+        let link = self.link.as_mut()?;
+        if link.woken {
+            return None;
+        }
+        link.woken = true;
+        Some(link.conn)
+    }
+
     /// The session's traffic, created on first use.
     pub fn traffic_mut(&mut self) -> &mut Traffic {
         self.traffic.get_or_insert_with(Default::default)

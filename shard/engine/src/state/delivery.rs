@@ -228,6 +228,11 @@ impl ShardState {
 
     /// [`ShardState::deliver_local`], also saying how many filters and shared picks matched
     /// (whether or not their sessions took the message).
+    ///
+    /// No allocation per message in the common case: the matching filters' subscriber lists are
+    /// walked where the index keeps them (the index is borrowed apart from the sessions), the
+    /// merge map for overlapping filters is the shard's and keeps its capacity, and a filter
+    /// list spills to the heap only past `MATCHED_FILTERS_INLINE` overlapping filters.
     fn deliver_local_counted(
         &mut self,
         message: &Arc<Message>,
@@ -235,49 +240,58 @@ impl ShardState {
         picks: &[SharedPick],
         now: Instant,
     ) -> LocalDelivery {
-        let topic = message.publish.topic.clone();
-        self.merge.clear();
-        let mut single: SmallVec<[Subscriber; 1]> = SmallVec::new();
-        let mut matched_entries = 0usize;
-        let merge = &mut self.merge;
-        if normal {
-            let mut first: Option<&FilterEntry> = None;
-            self.subs.for_each_match(topic.as_str(), |entry| {
-                if entry.subscribers.is_empty() {
-                    return;
-                }
-                matched_entries += 1;
-                if matched_entries == 1 {
-                    first = Some(entry);
-                    return;
-                }
-                if let Some(f) = first.take() {
-                    merge_into(merge, f);
-                }
-                merge_into(merge, entry);
-            });
-            if let Some(f) = first {
-                // The common case: one filter matched, no overlap to merge.
-                single.extend(f.subscribers.iter().copied());
-            }
-        }
-        let mut delivered = 0usize;
         let mut frames = FrameCache::default();
-        for s in single.drain(..) {
-            delivered += self.enqueue(
-                s.slot,
-                message,
-                s.options.qos,
-                s.options.retain_as_published,
-                s.options.no_local,
-                s.id.into_iter().collect(),
-                &mut frames,
-                now,
-            );
-        }
-        let merged: Vec<(u32, Merged)> = self.merge.drain().collect();
-        for (slot, (qos, rap, ids, no_local)) in merged {
-            delivered += self.enqueue(slot, message, qos, rap, no_local, ids, &mut frames, now);
+        let mut delivered = 0usize;
+        let mut matched_entries = 0usize;
+        if normal {
+            let queue_len_max = self.limits.session_queue_len_max as usize;
+            let queue_qos0_offline = self.limits.queue_qos0_offline;
+            let ShardState {
+                subs,
+                slots,
+                counters,
+                acl,
+                ready,
+                merge,
+                ..
+            } = self;
+            let mut sink = Sink {
+                slots,
+                counters,
+                acl: acl.as_deref(),
+                ready,
+                queue_len_max,
+                queue_qos0_offline,
+            };
+            let mut entries: SmallVec<[&FilterEntry; MATCHED_FILTERS_INLINE]> = SmallVec::new();
+            subs.for_each_match(message.publish.topic.as_str(), |entry| {
+                if !entry.subscribers.is_empty() {
+                    entries.push(entry);
+                }
+            });
+            matched_entries = entries.len();
+            if let [only] = entries.as_slice() {
+                // The common case: one filter matched, no overlap to merge.
+                for s in only.subscribers.iter() {
+                    delivered += sink.enqueue(
+                        s.slot,
+                        message,
+                        s.options.qos,
+                        s.options.retain_as_published,
+                        s.options.no_local,
+                        s.id.into_iter().collect(),
+                        &mut frames,
+                    );
+                }
+            } else if !entries.is_empty() {
+                merge.clear();
+                for entry in &entries {
+                    merge_into(merge, entry);
+                }
+                for (slot, (qos, rap, ids, no_local)) in merge.drain() {
+                    delivered += sink.enqueue(slot, message, qos, rap, no_local, ids, &mut frames);
+                }
+            }
         }
         for pick in picks {
             delivered += self.deliver_shared(message, pick, &mut frames, now);
@@ -346,6 +360,56 @@ impl ShardState {
         }
     }
 
+    /// Puts one delivery on a session's queue (see [`Sink::enqueue`]). Returns 1 if the session
+    /// took it.
+    #[allow(clippy::too_many_arguments)]
+    fn enqueue(
+        &mut self,
+        slot: u32,
+        message: &Arc<Message>,
+        granted: QoS,
+        retain_as_published: bool,
+        no_local: bool,
+        subscription_ids: SmallVec<[u32; 1]>,
+        frames: &mut FrameCache,
+        _now: Instant,
+    ) -> usize {
+        let mut sink = Sink {
+            queue_len_max: self.limits.session_queue_len_max as usize,
+            queue_qos0_offline: self.limits.queue_qos0_offline,
+            slots: &mut self.slots,
+            counters: &mut self.counters,
+            acl: self.acl.as_deref(),
+            ready: &self.ready,
+        };
+        sink.enqueue(
+            slot,
+            message,
+            granted,
+            retain_as_published,
+            no_local,
+            subscription_ids,
+            frames,
+        )
+    }
+}
+
+/// Overlapping filters one publish matches, kept on the stack (beyond it the list spills to
+/// the heap: a publish matching more than this many filters with subscribers is rare).
+const MATCHED_FILTERS_INLINE: usize = 8;
+
+/// What putting a delivery on a session's queue touches, borrowed apart from the subscription
+/// index so a publish walks the index's subscriber lists in place.
+struct Sink<'a> {
+    slots: &'a mut Vec<Slot>,
+    counters: &'a mut Counters,
+    acl: Option<&'a auth::Acl>,
+    ready: &'a ReadyQueue,
+    queue_len_max: usize,
+    queue_qos0_offline: bool,
+}
+
+impl Sink<'_> {
     /// Puts one delivery on a session's queue, applying no-local, QoS downgrade and the queue
     /// bound. Returns 1 if the session took it.
     #[allow(clippy::too_many_arguments)]
@@ -358,10 +422,7 @@ impl ShardState {
         no_local: bool,
         subscription_ids: SmallVec<[u32; 1]>,
         frames: &mut FrameCache,
-        now: Instant,
     ) -> usize {
-        let queue_max = self.limits.session_queue_len_max as usize;
-        let queue_qos0_offline = self.limits.queue_qos0_offline;
         let Some(entry) = self.slots.get_mut(slot as usize) else {
             return 0;
         };
@@ -375,7 +436,7 @@ impl ShardState {
         // The read check per delivered topic, as Mosquitto does for every message: covers
         // wildcard and shared subscriptions and grants changed by a reload.
         if !super::acl::may_receive(
-            self.acl.as_deref(),
+            self.acl,
             session.principal.as_deref(),
             message.publish.topic.as_str(),
         ) {
@@ -386,11 +447,11 @@ impl ShardState {
         // [MQTT-3.3.1-12]/[MQTT-3.3.1-13]: RETAIN as published only when asked for.
         let retain = retain_as_published && message.publish.retain;
         let online = session.link.is_some();
-        if !online && qos == QoS::AtMostOnce && !queue_qos0_offline {
+        if !online && qos == QoS::AtMostOnce && !self.queue_qos0_offline {
             self.counters.drop(qos, DropReason::Offline);
             return 0;
         }
-        if session.queue_len() >= queue_max {
+        if session.queue_len() >= self.queue_len_max {
             self.counters.drop(qos, DropReason::QueueFull);
             return 0;
         }
@@ -420,8 +481,7 @@ impl ShardState {
             })
         };
         session.traffic_mut().queue.push_back(outbound);
-        session.wake(&self.ready);
-        let _ = now;
+        session.wake(self.ready);
         1
     }
 }
