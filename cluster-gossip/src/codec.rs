@@ -92,6 +92,8 @@ pub enum PeerFrame {
     Snapshot(SnapshotChunk),
     /// A publish forwarded to the peer, opaque here.
     Forward(Vec<u8>),
+    /// A session hand-over message ([`crate::handover::SessionMsg`], encoded), opaque here.
+    Session(Vec<u8>),
 }
 
 const KIND_HELLO: u8 = 1;
@@ -101,6 +103,7 @@ const KIND_OPS: u8 = 4;
 const KIND_SYNC_REQUEST: u8 = 5;
 const KIND_SNAPSHOT: u8 = 6;
 const KIND_FORWARD: u8 = 7;
+const KIND_SESSION: u8 = 8;
 
 /// Outcome of the cheap first phase: how much of a frame is buffered.
 #[derive(Debug, PartialEq, Eq)]
@@ -331,6 +334,10 @@ impl Writer<'_> {
                 self.u8(KIND_FORWARD);
                 self.bytes(payload);
             }
+            PeerFrame::Session(payload) => {
+                self.u8(KIND_SESSION);
+                self.bytes(payload);
+            }
         }
     }
 }
@@ -511,7 +518,7 @@ impl<'a> Reader<'a> {
                     entries,
                 }))
             }
-            KIND_FORWARD => {
+            kind @ (KIND_FORWARD | KIND_SESSION) => {
                 let len = self.u32()? as usize;
                 if len > FORWARD_PAYLOAD_MAX {
                     return Err(CodecError::TooMany {
@@ -520,7 +527,12 @@ impl<'a> Reader<'a> {
                         max: FORWARD_PAYLOAD_MAX,
                     });
                 }
-                Ok(PeerFrame::Forward(self.take(len)?.to_vec()))
+                let payload = self.take(len)?.to_vec();
+                Ok(if kind == KIND_FORWARD {
+                    PeerFrame::Forward(payload)
+                } else {
+                    PeerFrame::Session(payload)
+                })
             }
             kind => Err(CodecError::UnknownKind(kind)),
         }
@@ -650,6 +662,7 @@ mod tests {
             }),
             chunk.prop_map(PeerFrame::Snapshot),
             prop::collection::vec(any::<u8>(), 0..64).prop_map(PeerFrame::Forward),
+            prop::collection::vec(any::<u8>(), 0..64).prop_map(PeerFrame::Session),
         ]
     }
 

@@ -81,6 +81,10 @@ pub struct ClusterConfig {
     /// Route ops kept per generation to serve deltas; a peer further behind gets a snapshot.
     #[serde(default = "default_op_log_len_max")]
     pub op_log_len_max: usize,
+    /// How long a connect waits for peers to hand over (or deny having) the client's session
+    /// before it goes on without the silent ones. Below the broker's connect timeout.
+    #[serde(default = "default_takeover_timeout_ms")]
+    pub takeover_timeout_ms: u64,
 }
 
 fn default_probe_period_ms() -> u64 {
@@ -115,6 +119,9 @@ fn default_link_queue_frames_max() -> usize {
 }
 fn default_op_log_len_max() -> usize {
     4_096
+}
+fn default_takeover_timeout_ms() -> u64 {
+    crate::handover::TAKEOVER_TIMEOUT_DEFAULT.as_millis() as u64
 }
 
 impl ClusterConfig {
@@ -153,6 +160,7 @@ impl ClusterConfig {
             link_retry_ms: default_link_retry_ms(),
             link_queue_frames_max: default_link_queue_frames_max(),
             op_log_len_max: default_op_log_len_max(),
+            takeover_timeout_ms: default_takeover_timeout_ms(),
         }
     }
 
@@ -192,6 +200,7 @@ impl ClusterConfig {
             ("reconcile_period_ms", self.reconcile_period_ms),
             ("anti_entropy_period_ms", self.anti_entropy_period_ms),
             ("link_retry_ms", self.link_retry_ms),
+            ("takeover_timeout_ms", self.takeover_timeout_ms),
         ];
         for (key, value) in periods {
             if value == 0 || value > 3_600_000 {

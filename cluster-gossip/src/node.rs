@@ -17,7 +17,7 @@ use crate::config::ClusterConfig;
 use crate::identity::{Generation, NodeId, NodeIdentity};
 use crate::membership::{Membership, MembershipEvent, MembershipStats};
 use crate::routes::{LocalRoutes, LocalRoutesError, RouteEntry, RouteSummary, SharedGroupNodes};
-use crate::sync::{LinkStats, RemoteTable, RouteSync, SyncError};
+use crate::sync::{LinkPayload, LinkStats, RemoteTable, RouteSync, SyncError};
 
 /// Bytes buffered per link while a frame is incomplete: one maximal frame and its header.
 pub const LINK_READ_BUFFER_MAX: usize = FRAME_LEN_MAX + 4;
@@ -56,6 +56,11 @@ pub enum ClusterEvent {
     },
     /// A forwarded publish arrived from `from`.
     Forwarded {
+        from: NodeId,
+        payload: Vec<u8>,
+    },
+    /// A session hand-over message arrived from `from` ([`crate::handover::SessionMsg`]).
+    Session {
         from: NodeId,
         payload: Vec<u8>,
     },
@@ -253,6 +258,14 @@ impl ClusterNode {
         self.events.push_back(event);
     }
 
+    /// The authenticated link to `node_id`, if one is up.
+    fn link_to(&self, node_id: NodeId) -> Option<LinkId> {
+        self.links
+            .iter()
+            .find(|(_, l)| link_peer_id(l) == Some(node_id))
+            .map(|(id, _)| *id)
+    }
+
     /// A link to `node_id` that is up or being dialed.
     fn has_link_to(&self, node_id: NodeId) -> bool {
         self.links
@@ -398,7 +411,14 @@ impl ClusterNode {
                     match result {
                         Ok(Some(payload)) => {
                             if let Some(from) = l.sync.peer().map(|p| p.node_id) {
-                                self.push_event(ClusterEvent::Forwarded { from, payload });
+                                self.push_event(match payload {
+                                    LinkPayload::Forward(payload) => {
+                                        ClusterEvent::Forwarded { from, payload }
+                                    }
+                                    LinkPayload::Session(payload) => {
+                                        ClusterEvent::Session { from, payload }
+                                    }
+                                });
                             }
                         }
                         Ok(None) => {}
@@ -508,16 +528,25 @@ impl ClusterNode {
     /// link up to `to` or its queue is full; the caller applies the QoS policy (drop and count a
     /// QoS 0 message, hold a QoS 1/2 one).
     pub fn forward(&mut self, to: NodeId, payload: Vec<u8>) -> Result<(), Vec<u8>> {
-        let Some(id) = self
-            .links
-            .iter()
-            .find(|(_, l)| link_peer_id(l) == Some(to))
-            .map(|(id, _)| *id)
-        else {
+        let Some(id) = self.link_to(to) else {
             return Err(payload);
         };
         let result = match self.links.get_mut(&id) {
             Some(link) => link.sync.queue_forward(payload),
+            None => Err(payload),
+        };
+        self.flush_link(id);
+        result
+    }
+
+    /// Queues a session hand-over message for peer `to`; hands it back when no link to `to` is
+    /// up or its queue is full (the claim it belongs to then times out).
+    pub fn send_session(&mut self, to: NodeId, payload: Vec<u8>) -> Result<(), Vec<u8>> {
+        let Some(id) = self.link_to(to) else {
+            return Err(payload);
+        };
+        let result = match self.links.get_mut(&id) {
+            Some(link) => link.sync.queue_session(payload),
             None => Err(payload),
         };
         self.flush_link(id);

@@ -16,6 +16,15 @@ use crate::routes::{
     RouteMatcher, RouteOp, RouteSummary, SharedGroupNodes, SnapshotChunk, SnapshotOutcome,
 };
 
+/// What a peer link hands up to the node's caller, opaque to route sync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkPayload {
+    /// A batch of forwarded publishes.
+    Forward(Vec<u8>),
+    /// A session hand-over message.
+    Session(Vec<u8>),
+}
+
 /// Why a link must be closed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SyncError {
@@ -257,6 +266,18 @@ impl RouteSync {
             })
     }
 
+    /// A session hand-over message; a full queue hands it back (the claim then times out).
+    pub fn queue_session(&mut self, payload: Vec<u8>) -> Result<(), Vec<u8>> {
+        if !self.is_up() {
+            return Err(payload);
+        }
+        self.try_queue(PeerFrame::Session(payload))
+            .map_err(|frame| match frame {
+                PeerFrame::Session(payload) => payload,
+                _ => Vec::new(),
+            })
+    }
+
     /// A local change to send on (nothing before the link is up: the summary covers it).
     pub fn on_local_op(&mut self, op: &RouteOp) {
         if self.is_up() {
@@ -272,8 +293,8 @@ impl RouteSync {
         }
     }
 
-    /// One frame from the peer. `Ok(Some(data))` hands a forwarded publish up; an error means
-    /// the link must be closed.
+    /// One frame from the peer. `Ok(Some(data))` hands a forwarded publish or a session
+    /// message up; an error means the link must be closed.
     pub fn handle_frame(
         &mut self,
         frame: PeerFrame,
@@ -281,7 +302,7 @@ impl RouteSync {
         local: &LocalRoutes,
         table: &mut RemoteTable,
         now: Instant,
-    ) -> Result<Option<Vec<u8>>, SyncError> {
+    ) -> Result<Option<LinkPayload>, SyncError> {
         let peer = match (&self.handshake, frame) {
             (Handshake::AwaitingHello, PeerFrame::Hello { identity, nonce }) => {
                 if identity.node_id == self.me.node_id {
@@ -346,7 +367,8 @@ impl RouteSync {
                     SnapshotOutcome::Staged | SnapshotOutcome::Stale => {}
                 }
             }
-            PeerFrame::Forward(payload) => return Ok(Some(payload)),
+            PeerFrame::Forward(payload) => return Ok(Some(LinkPayload::Forward(payload))),
+            PeerFrame::Session(payload) => return Ok(Some(LinkPayload::Session(payload))),
             PeerFrame::Hello { .. } | PeerFrame::Proof { .. } => {}
         }
         Ok(None)
@@ -517,5 +539,6 @@ fn frame_name(frame: &PeerFrame) -> &'static str {
         PeerFrame::SyncRequest { .. } => "sync request",
         PeerFrame::Snapshot(_) => "snapshot",
         PeerFrame::Forward(_) => "forward",
+        PeerFrame::Session(_) => "session",
     }
 }

@@ -563,6 +563,11 @@ impl ClusterRuntime {
                 self.log_membership(event);
                 false
             }
+            ClusterEvent::Session { from, .. } => {
+                // No node of this version sends one yet: connects do not claim sessions.
+                debug!(peer = %from, "session hand-over message ignored (takeover not wired)");
+                false
+            }
         }
     }
 
