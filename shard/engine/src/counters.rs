@@ -41,6 +41,11 @@ pub struct Counters {
     pub wills_published: u64,
     pub sessions_expired: u64,
     pub takeovers: u64,
+    /// Sessions that arrived from a peer node (cluster takeover) and were installed here.
+    pub sessions_handed_in: u64,
+    /// Sessions from a peer node not installed: a newer local connection had it, or the shard
+    /// was full or shutting down.
+    pub takeover_images_discarded: u64,
     pub subscriptions_refused: u64,
     pub retained_refused: u64,
     pub handoffs: u64,

@@ -4,11 +4,13 @@
 //!
 //! One file per concern: sessions and takeover here; [`subscriptions`]; [`routes`] (the route
 //! table, barriers and cross-shard outboxes); [`delivery`] (publishing, fan-out and the frame
-//! cache); [`retained`]; [`timers`]; [`remote`] (peer nodes' routes, this node's export and
+//! cache); [`retained`]; [`timers`]; [`handover`] (a session leaving for or arriving from a
+//! peer node); [`remote`] (peer nodes' routes, this node's export and
 //! forwards to peer nodes, when the broker runs in a cluster).
 
 mod acl;
 mod delivery;
+mod handover;
 mod remote;
 mod retained;
 mod routes;
@@ -17,6 +19,7 @@ mod timers;
 
 pub use acl::AuthCounters;
 pub use delivery::Merged;
+pub use handover::{Installed, SessionImage, HANDED_OVER_KEEP};
 pub use remote::{ClusterShard, ExportChange, CLUSTER_FORWARDS_MAX};
 pub use retained::RetainedOrder;
 

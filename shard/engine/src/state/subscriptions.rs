@@ -41,6 +41,42 @@ impl ShardState {
         if shared.is_some() && options.no_local {
             return SubscribeResult::Refused(ReasonCode::ProtocolError);
         }
+        let (existed, route_changed) =
+            self.insert_subscription(slot, full_filter, shared.as_ref(), options, id);
+        // Retained messages: not for shared subscriptions; per retain handling otherwise.
+        let send_retained = shared.is_none()
+            && match options.retain_handling {
+                RetainHandling::SendAtSubscribe => true,
+                RetainHandling::SendAtSubscribeIfNew => !existed,
+                RetainHandling::DoNotSend => false,
+            };
+        if send_retained {
+            self.queue_retained(slot, topic_filter, options.qos, id, now);
+        }
+        if let (Some(since), None, false) = (self.replay_local_since, &shared, existed) {
+            self.replay_local(slot, topic_filter, options, id, since, now);
+        }
+        SubscribeResult::Granted {
+            qos: options.qos,
+            route_changed,
+        }
+    }
+
+    /// Puts one subscription in the trie and the session, with no check (the caller checked,
+    /// or it comes from a session handed over by a peer node, checked there and at delivery).
+    /// Returns whether it existed already and whether the shard's route changed.
+    pub(super) fn insert_subscription(
+        &mut self,
+        slot: u32,
+        full_filter: &str,
+        shared: Option<&(Arc<str>, &str)>,
+        options: SubscriptionOptions,
+        id: Option<u32>,
+    ) -> (bool, bool) {
+        let topic_filter: &str = match shared {
+            Some((_, f)) => f,
+            None => full_filter,
+        };
         let subscriber = Subscriber { slot, options, id };
         // One allocation of the filter for the trie key, the session and the route change (the
         // session keeps the whole `$share/...` filter, so a shared one has its own).
@@ -48,7 +84,7 @@ impl ShardState {
         let entry = self.subs.get_or_insert_with(&filter, FilterEntry::default);
         let mut existed = false;
         let mut route_change = None;
-        match &shared {
+        match shared {
             None => {
                 if let Some(s) = entry.subscribers.iter_mut().find(|s| s.slot == slot) {
                     *s = subscriber;
@@ -109,23 +145,7 @@ impl ShardState {
                 }),
             }
         }
-        // Retained messages: not for shared subscriptions; per retain handling otherwise.
-        let send_retained = shared.is_none()
-            && match options.retain_handling {
-                RetainHandling::SendAtSubscribe => true,
-                RetainHandling::SendAtSubscribeIfNew => !existed,
-                RetainHandling::DoNotSend => false,
-            };
-        if send_retained {
-            self.queue_retained(slot, topic_filter, options.qos, id, now);
-        }
-        if let (Some(since), None, false) = (self.replay_local_since, &shared, existed) {
-            self.replay_local(slot, topic_filter, options, id, since, now);
-        }
-        SubscribeResult::Granted {
-            qos: options.qos,
-            route_changed,
-        }
+        (existed, route_changed)
     }
 
     pub(super) fn queue_retained(

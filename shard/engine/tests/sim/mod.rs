@@ -306,6 +306,10 @@ impl Sim {
         &self.engines[usize::from(shard)]
     }
 
+    pub fn engine_mut(&mut self, shard: ShardId) -> &mut Engine {
+        &mut self.engines[usize::from(shard)]
+    }
+
     /// A client id whose session lives on `shard` (`prefix-N` for the first N that hashes there).
     pub fn client_id_on(&self, shard: ShardId, prefix: &str) -> String {
         let count = self.engines.len() as u16;
