@@ -528,25 +528,26 @@ impl ClusterNode {
     /// link up to `to` or its queue is full; the caller applies the QoS policy (drop and count a
     /// QoS 0 message, hold a QoS 1/2 one).
     pub fn forward(&mut self, to: NodeId, payload: Vec<u8>) -> Result<(), Vec<u8>> {
-        let Some(id) = self.link_to(to) else {
-            return Err(payload);
-        };
-        let result = match self.links.get_mut(&id) {
-            Some(link) => link.sync.queue_forward(payload),
-            None => Err(payload),
-        };
-        self.flush_link(id);
-        result
+        self.queue_to(to, payload, RouteSync::queue_forward)
     }
 
     /// Queues a session hand-over message for peer `to`; hands it back when no link to `to` is
     /// up or its queue is full (the claim it belongs to then times out).
     pub fn send_session(&mut self, to: NodeId, payload: Vec<u8>) -> Result<(), Vec<u8>> {
+        self.queue_to(to, payload, RouteSync::queue_session)
+    }
+
+    fn queue_to(
+        &mut self,
+        to: NodeId,
+        payload: Vec<u8>,
+        queue: fn(&mut RouteSync, Vec<u8>) -> Result<(), Vec<u8>>,
+    ) -> Result<(), Vec<u8>> {
         let Some(id) = self.link_to(to) else {
             return Err(payload);
         };
         let result = match self.links.get_mut(&id) {
-            Some(link) => link.sync.queue_session(payload),
+            Some(link) => queue(&mut link.sync, payload),
             None => Err(payload),
         };
         self.flush_link(id);

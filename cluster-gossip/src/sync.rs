@@ -256,26 +256,24 @@ impl RouteSync {
 
     /// A publish to forward; a full queue hands it back (the caller applies the QoS policy).
     pub fn queue_forward(&mut self, payload: Vec<u8>) -> Result<(), Vec<u8>> {
-        if !self.is_up() {
-            return Err(payload);
-        }
-        self.try_queue(PeerFrame::Forward(payload))
-            .map_err(|frame| match frame {
-                PeerFrame::Forward(payload) => payload,
-                _ => Vec::new(),
-            })
+        self.queue_opaque(LinkPayload::Forward(payload))
     }
 
     /// A session hand-over message; a full queue hands it back (the claim then times out).
     pub fn queue_session(&mut self, payload: Vec<u8>) -> Result<(), Vec<u8>> {
-        if !self.is_up() {
-            return Err(payload);
-        }
-        self.try_queue(PeerFrame::Session(payload))
-            .map_err(|frame| match frame {
-                PeerFrame::Session(payload) => payload,
-                _ => Vec::new(),
-            })
+        self.queue_opaque(LinkPayload::Session(payload))
+    }
+
+    fn queue_opaque(&mut self, payload: LinkPayload) -> Result<(), Vec<u8>> {
+        let frame = match payload {
+            LinkPayload::Forward(bytes) if self.is_up() => PeerFrame::Forward(bytes),
+            LinkPayload::Session(bytes) if self.is_up() => PeerFrame::Session(bytes),
+            LinkPayload::Forward(bytes) | LinkPayload::Session(bytes) => return Err(bytes),
+        };
+        self.try_queue(frame).map_err(|frame| match frame {
+            PeerFrame::Forward(bytes) | PeerFrame::Session(bytes) => bytes,
+            _ => Vec::new(),
+        })
     }
 
     /// A local change to send on (nothing before the link is up: the summary covers it).
