@@ -19,7 +19,8 @@
 # The loadgen stays under the 20,000 open-file cap per process (15,000 sockets + its own).
 #
 # usage: bench/tls.sh [--no-docs] [--only mosquitto|ringmq]
-# env: LOADGEN, RINGMQ (release binaries), BROKER_CPU, LOADGEN_CPU, FANIN_RATE (5000),
+# env: LOADGEN, RINGMQ (binaries; the header names the profile from RINGMQ's path, and the
+#      revision from RINGMQ_REV, else the worktree's HEAD, marked -dirty with local changes), BROKER_CPU, LOADGEN_CPU, FANIN_RATE (5000),
 #      FANIN_S (20), IDLE_CLIENTS (5000), PARTS ("storm fanin idle"), KEEP_WORK=1,
 #      REPORT_ONLY=DIR
 set -euo pipefail
@@ -219,6 +220,15 @@ command -v mosquitto >/dev/null || { echo "mosquitto is not installed" >&2; exit
 if [[ $(nproc) -lt 2 ]]; then LOADGEN_CPU=$BROKER_CPU; log "one CPU only: broker and loadgen share it"; fi
 [[ -n "${REPORT_ONLY:-}" ]] || make_certs
 
+case "$RINGMQ" in
+    */release/*) BUILD="release build" ;;
+    */debug/*) BUILD="debug (dev profile) build" ;;
+    *) BUILD="build $RINGMQ (profile not known)" ;;
+esac
+if [[ -z "${RINGMQ_REV:-}" ]]; then
+    RINGMQ_REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+    if [[ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null)" ]]; then RINGMQ_REV="$RINGMQ_REV-dirty"; fi
+fi
 START=$(date -u '+%Y-%m-%d %H:%M UTC')
 LOAD_BEFORE="loadavg $(cut -d' ' -f1-3 /proc/loadavg); busiest: $(ps -eo pcpu,comm --sort=-pcpu | sed -n '2,4p' | awk '{printf "%s %s%%, ", $2, $1}' | sed 's/, $//')"
 SECONDS=0
@@ -280,8 +290,8 @@ out = []
 out.append(f"## $START — TLS side by side with Mosquitto (\`${PARTS_NOTE}$COMMAND\`)")
 out.append("")
 out.append("Command: \`${PARTS_NOTE}$COMMAND\` (took ${ELAPSED} s). Load before: $LOAD_BEFORE; after: $LOAD_AFTER.")
-out.append("Revision $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown); "
-           "$(mosquitto -h 2>/dev/null | head -1 || true); ringmq release build, one shard. "
+out.append("Revision $RINGMQ_REV; "
+           "$(mosquitto -h 2>/dev/null | head -1 || true); ringmq $BUILD, one shard. "
            "Broker on CPU $BROKER_CPU, \`ringmq-loadgen --threads 1\` on CPU $LOADGEN_CPU; a fresh broker per row. "
            "TLS: the same ECDSA P-256 server certificate for both (openssl), TLS 1.3 (rustls client, "
            "full handshake per connection, no resumption), no client certificates.")
