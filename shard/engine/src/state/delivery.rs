@@ -57,7 +57,6 @@ impl ShardState {
         options: SubscriptionOptions,
         id: Option<u32>,
         since: Instant,
-        now: Instant,
     ) {
         let owed: SmallVec<[Arc<Message>; 4]> = self
             .recent
@@ -72,7 +71,7 @@ impl ShardState {
         for message in owed {
             self.counters.publishes_replayed += 1;
             let mut frames = FrameCache::default();
-            self.enqueue(
+            self.sink().enqueue(
                 slot,
                 &message,
                 options.qos,
@@ -80,7 +79,6 @@ impl ShardState {
                 options.no_local,
                 id.into_iter().collect(),
                 &mut frames,
-                now,
             );
         }
     }
@@ -195,7 +193,7 @@ impl ShardState {
         if self.shard_count > 1 {
             self.remember(&message, remote, now);
         }
-        let local = self.deliver_local_counted(&message, true, &local_picks, now);
+        let local = self.deliver_local_counted(&message, true, &local_picks);
         matched += local.delivered;
         if from_peer.is_none() {
             let here: SmallVec<[GroupPick; 2]> = picks
@@ -220,10 +218,8 @@ impl ShardState {
         message: &Arc<Message>,
         normal: bool,
         picks: &[SharedPick],
-        now: Instant,
     ) -> usize {
-        self.deliver_local_counted(message, normal, picks, now)
-            .delivered
+        self.deliver_local_counted(message, normal, picks).delivered
     }
 
     /// [`ShardState::deliver_local`], also saying how many filters and shared picks matched
@@ -238,7 +234,6 @@ impl ShardState {
         message: &Arc<Message>,
         normal: bool,
         picks: &[SharedPick],
-        now: Instant,
     ) -> LocalDelivery {
         let mut frames = FrameCache::default();
         let mut delivered = 0usize;
@@ -294,7 +289,7 @@ impl ShardState {
             }
         }
         for pick in picks {
-            delivered += self.deliver_shared(message, pick, &mut frames, now);
+            delivered += self.deliver_shared(message, pick, &mut frames);
         }
         LocalDelivery {
             matched: matched_entries + picks.len(),
@@ -307,7 +302,6 @@ impl ShardState {
         message: &Arc<Message>,
         pick: &SharedPick,
         frames: &mut FrameCache,
-        now: Instant,
     ) -> usize {
         let member = self.subs.get(&pick.filter).and_then(|entry| {
             let g = entry.groups.iter().find(|g| g.group == pick.group)?;
@@ -319,7 +313,7 @@ impl ShardState {
             Some(g.members[n as usize % g.members.len()])
         });
         match member {
-            Some(m) => self.enqueue(
+            Some(m) => self.sink().enqueue(
                 m.slot,
                 message,
                 m.options.qos,
@@ -327,7 +321,6 @@ impl ShardState {
                 false,
                 m.id.into_iter().collect(),
                 frames,
-                now,
             ),
             None => {
                 // The member left after the publisher picked this shard: pass the pick on to
@@ -360,37 +353,16 @@ impl ShardState {
         }
     }
 
-    /// Puts one delivery on a session's queue (see [`Sink::enqueue`]). Returns 1 if the session
-    /// took it.
-    #[allow(clippy::too_many_arguments)]
-    fn enqueue(
-        &mut self,
-        slot: u32,
-        message: &Arc<Message>,
-        granted: QoS,
-        retain_as_published: bool,
-        no_local: bool,
-        subscription_ids: SmallVec<[u32; 1]>,
-        frames: &mut FrameCache,
-        _now: Instant,
-    ) -> usize {
-        let mut sink = Sink {
+    /// The delivery sink over this shard's sessions, for a delivery outside a fan-out walk.
+    fn sink(&mut self) -> Sink<'_> {
+        Sink {
             queue_len_max: self.limits.session_queue_len_max as usize,
             queue_qos0_offline: self.limits.queue_qos0_offline,
             slots: &mut self.slots,
             counters: &mut self.counters,
             acl: self.acl.as_deref(),
             ready: &self.ready,
-        };
-        sink.enqueue(
-            slot,
-            message,
-            granted,
-            retain_as_published,
-            no_local,
-            subscription_ids,
-            frames,
-        )
+        }
     }
 }
 

@@ -54,7 +54,7 @@ impl ShardState {
             self.queue_retained(slot, topic_filter, options.qos, id, now);
         }
         if let (Some(since), None, false) = (self.replay_local_since, &shared, existed) {
-            self.replay_local(slot, topic_filter, options, id, since, now);
+            self.replay_local(slot, topic_filter, options, id, since);
         }
         SubscribeResult::Granted {
             qos: options.qos,
