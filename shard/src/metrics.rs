@@ -34,6 +34,9 @@ pub struct Exporter {
     wills: Counter,
     expired: Counter,
     takeovers: Counter,
+    /// Cluster session hand-over on this shard, by event: `claimed` (a CONNECT held for its
+    /// claim), `claim_lost`, `handed_in`, `handed_out`, `image_discarded`.
+    handover: [Counter; 5],
     refused: Counter,
     handoffs: Counter,
     sessions_refused: Counter,
@@ -103,6 +106,8 @@ impl Exporter {
             wills: counter!("ringmq_wills_published_total", "shard" => s.clone()),
             expired: counter!("ringmq_sessions_expired_total", "shard" => s.clone()),
             takeovers: counter!("ringmq_session_takeovers_total", "shard" => s.clone()),
+            handover: ["claimed", "claim_lost", "handed_in", "handed_out", "image_discarded"]
+                .map(|e| counter!("ringmq_session_handover_total", "shard" => s.clone(), "event" => e)),
             refused: counter!("ringmq_subscriptions_refused_total", "shard" => s.clone()),
             handoffs: counter!("ringmq_connection_handoffs_total", "shard" => s.clone()),
             sessions_refused: counter!("ringmq_sessions_refused_total", "shard" => s.clone()),
@@ -176,6 +181,18 @@ impl Exporter {
         self.expired
             .increment(now.sessions_expired - last.sessions_expired);
         self.takeovers.increment(now.takeovers - last.takeovers);
+        let handover = |c: &Counters| {
+            [
+                c.takeover_claims,
+                c.takeover_claims_lost,
+                c.sessions_handed_in,
+                c.sessions_handed_out,
+                c.takeover_images_discarded,
+            ]
+        };
+        for ((counter, now), last) in self.handover.iter().zip(handover(now)).zip(handover(last)) {
+            counter.increment(now - last);
+        }
         self.refused
             .increment(now.subscriptions_refused - last.subscriptions_refused);
         self.handoffs.increment(now.handoffs - last.handoffs);

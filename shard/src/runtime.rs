@@ -788,7 +788,10 @@ fn turn(ctx: &ShardCtx, tx: &[Option<flume::Sender<Batch>>], now: Instant) -> bo
     }
     crate::overload::pace_accepts(&mut ring, &engine, links.pending_accepts.is_empty(), now);
     if let Some(cluster) = &ctx.cluster {
-        cluster.after_turn(&mut engine, now);
+        if cluster.after_turn(&mut engine, now) {
+            // A claim that ended at once (no peer up) resumes its connection next turn.
+            ctx.kicked.set(true);
+        }
     }
     // 6. One batch per destination shard.
     for (to, sender) in tx.iter().enumerate() {

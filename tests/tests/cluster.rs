@@ -1213,3 +1213,249 @@ fn link_gauges_of_a_dead_idle_peer_go_to_zero() {
     a.stop();
     b.stop();
 }
+
+/// The broker's MQTT address of `broker` on loopback.
+fn addr(broker: &BrokerProcess) -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], broker.port))
+}
+
+/// One runtime per test: a socket belongs to the runtime it was opened on.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// One session per client id in the cluster (issue 9): a client that connects to node 2 while
+/// its session lives on node 1 takes it over. Node 1's connection is closed with DISCONNECT
+/// 0x8E Session taken over [MQTT-3.1.4-3]; the session moves with its subscription and its
+/// unacknowledged QoS 1 messages, which the new connection (rumqttc, an independent client)
+/// gets again first, with DUP set [MQTT-4.4.0-1] [MQTT-3.3.1-1], after a CONNACK with session
+/// present [MQTT-3.2.2-3]. A second client's messages queued while it was offline on node 1
+/// reach it on node 2. Publishes from either node then reach the moved session.
+#[test]
+fn session_with_qos1_in_flight_moves_to_the_node_the_client_connects_to() {
+    use ringmq_tests::{connect, RawClient};
+    use wire::{ConnectProperties, ProtocolVersion, QoS, ReasonCode};
+
+    if !mosquitto::available() {
+        return;
+    }
+    let rt = runtime();
+    let cluster = Cluster::new(2);
+    let a = cluster.start(0);
+    let b = cluster.start(1);
+    cluster.wait_formed(&[0, 1]);
+    let topic = unique("takeover");
+    let moving = unique("car-inflight");
+    let offline = unique("car-offline");
+
+    // 1. The holder subscribes on node 1 (v5, session expiry 300 s) and receives three QoS 1
+    //    messages it never acknowledges.
+    let mut holder = rt.block_on(async {
+        let mut c = connect(ProtocolVersion::V5, &moving, true, 60);
+        c.properties = ConnectProperties {
+            session_expiry_interval: Some(300),
+            ..Default::default()
+        };
+        let (mut holder, _) = RawClient::connected(addr(&a), c).await;
+        holder
+            .subscribe(&format!("{topic}/m"), QoS::AtLeastOnce)
+            .await;
+        holder
+    });
+    // The offline one: subscribes on node 1 with a persistent session, then goes away.
+    let sub = cluster.tool(
+        0,
+        "mosquitto_sub",
+        &[
+            "-p",
+            &port(&a),
+            "-i",
+            &offline,
+            "-c",
+            "-q",
+            "1",
+            "-t",
+            &format!("{topic}/#"),
+            "-v",
+        ],
+    );
+    publish_until_seen(&sub, &a, &format!("{topic}/probe"), "p");
+    sub.kill();
+    for i in 0..3 {
+        cluster.publish(0, &a, &format!("{topic}/m"), &format!("n{i}"));
+    }
+    let first: Vec<(u16, String)> = rt.block_on(async {
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            let p = holder.next_publish().await;
+            if p.topic.as_str() == format!("{topic}/m") {
+                let id = p.packet_id.map_or(0, |id| id.get());
+                got.push((id, String::from_utf8_lossy(&p.payload).into_owned()));
+            }
+        }
+        got
+    });
+    assert_eq!(
+        first.iter().map(|(_, p)| p.as_str()).collect::<Vec<_>>(),
+        ["n0", "n1", "n2"]
+    );
+
+    // 2. The same client id connects to node 2 (3.1.1, persistent session).
+    let resent: Vec<(u16, bool, String)> = rt.block_on(async {
+        let mut options = rumqttc::MqttOptions::new(&moving, "127.0.0.1", b.port);
+        options.set_clean_session(false);
+        let (_client, mut eventloop) = rumqttc::AsyncClient::new(options, 10);
+        let mut got = Vec::new();
+        let mut present = None;
+        let deadline = tokio::time::Instant::now() + CLUSTER_WAIT;
+        while got.len() < 3 {
+            let event = tokio::time::timeout_at(deadline, eventloop.poll())
+                .await
+                .expect("resent messages within the wait")
+                .expect("rumqttc event loop");
+            match event {
+                rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ack)) => {
+                    present = Some(ack.session_present)
+                }
+                rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) => got.push((
+                    p.pkid,
+                    p.dup,
+                    String::from_utf8_lossy(&p.payload).into_owned(),
+                )),
+                _ => {}
+            }
+        }
+        assert_eq!(present, Some(true), "CONNACK on node 2 has session present");
+        got
+    });
+    assert_eq!(
+        resent,
+        first
+            .iter()
+            .map(|(id, p)| (*id, true, p.clone()))
+            .collect::<Vec<_>>(),
+        "node 2 resends node 1's in-flight messages first, same packet ids, DUP set"
+    );
+    rt.block_on(holder.expect_disconnect(ReasonCode::SessionTakenOver));
+
+    // 3. The offline client's queued messages moved too.
+    let sub = cluster.tool(
+        1,
+        "mosquitto_sub",
+        &[
+            "-p",
+            &port(&b),
+            "-i",
+            &offline,
+            "-c",
+            "-q",
+            "1",
+            "-t",
+            &format!("{topic}/#"),
+            "-v",
+        ],
+    );
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + CLUSTER_WAIT;
+    while lines.len() < 3 && Instant::now() < deadline {
+        if let Some(line) = sub.line(Duration::from_millis(200)) {
+            lines.push(line);
+        }
+    }
+    assert_eq!(
+        lines,
+        (0..3)
+            .map(|i| format!("{topic}/m n{i}"))
+            .collect::<Vec<_>>(),
+        "messages queued on node 1 while offline arrive on node 2"
+    );
+    // Its subscription moved: publishes on either node reach it on node 2.
+    publish_until_seen(&sub, &a, &format!("{topic}/after"), "from-1");
+    publish_until_seen(&sub, &b, &format!("{topic}/after"), "from-2");
+    drop(sub);
+    // Metrics are published once a second.
+    cluster.wait_for("node 2 counts two sessions moved in", || {
+        cluster.metric(
+            1,
+            "ringmq_cluster_sessions_moved_total",
+            &["direction=\"in\""],
+        ) >= 2.0
+    });
+    cluster.wait_for("node 1 counts two sessions handed out", || {
+        cluster.metric(
+            0,
+            "ringmq_session_handover_total",
+            &["event=\"handed_out\""],
+        ) >= 2.0
+    });
+    for broker in [a, b] {
+        broker.stop();
+    }
+}
+
+/// Concurrent connects of one client id on two nodes end with exactly one connection, round
+/// after round: either one claim wins on both nodes (the other CONNECT is refused, 0x89 /
+/// return code 3), or they come one after the other and the later takes the session over
+/// from the earlier.
+#[test]
+fn concurrent_connects_of_one_id_on_two_nodes_leave_one_connection() {
+    use ringmq_tests::{connect, RawClient};
+    use wire::{Packet, ProtocolVersion, ReasonCode};
+
+    let rt = runtime();
+    let cluster = Cluster::new(2);
+    let a = cluster.start(0);
+    let b = cluster.start(1);
+    cluster.wait_formed(&[0, 1]);
+    const ROUNDS: usize = 10;
+    let mut refused = 0;
+    for round in 0..ROUNDS {
+        let id = unique(&format!("dup-{round}"));
+        let (one, two) = rt.block_on(async {
+            let c1 = connect(ProtocolVersion::V5, &id, false, 60);
+            let c2 = c1.clone();
+            tokio::join!(
+                RawClient::handshake(addr(&a), c1),
+                RawClient::handshake(addr(&b), c2)
+            )
+        });
+        let mut alive = 0;
+        rt.block_on(async {
+            for (mut client, ack) in [one, two] {
+                if ack.reason_code != ReasonCode::Success {
+                    assert_eq!(ack.reason_code, ReasonCode::ServerBusy, "round {round}");
+                    refused += 1;
+                    continue;
+                }
+                // Give a takeover time to close the earlier one, then see who answers a ping.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                client.send_packet(&Packet::PingReq).await;
+                loop {
+                    match client.recv_within(Duration::from_secs(3)).await {
+                        ringmq_tests::Recv::Packet(Packet::PingResp) => {
+                            alive += 1;
+                            break;
+                        }
+                        ringmq_tests::Recv::Packet(Packet::Disconnect(d)) => {
+                            assert_eq!(d.reason_code, ReasonCode::SessionTakenOver);
+                            break;
+                        }
+                        ringmq_tests::Recv::Packet(_) => {}
+                        _ => break,
+                    }
+                }
+            }
+        });
+        assert_eq!(
+            alive, 1,
+            "round {round}: exactly one connection of {id} stays up"
+        );
+    }
+    eprintln!("{refused} of {ROUNDS} rounds ended with a refused concurrent connect");
+    for broker in [a, b] {
+        broker.stop();
+    }
+}

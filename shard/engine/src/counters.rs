@@ -46,6 +46,12 @@ pub struct Counters {
     /// Sessions from a peer node not installed: a newer local connection had it, or the shard
     /// was full or shutting down.
     pub takeover_images_discarded: u64,
+    /// Sessions given up to a peer node that claimed their client id.
+    pub sessions_handed_out: u64,
+    /// CONNECTs held while the cluster claimed their client id from the peer nodes.
+    pub takeover_claims: u64,
+    /// Held CONNECTs refused because a concurrent connect of the same id on a peer won.
+    pub takeover_claims_lost: u64,
     pub subscriptions_refused: u64,
     pub retained_refused: u64,
     pub handoffs: u64,

@@ -18,9 +18,9 @@ use crate::conn::auth::{AuthRequest, Authenticated};
 use crate::conn::meta::{ConnMeta, ListenerId};
 use crate::conn::{Conn, Shared, Step, TRANSPORT_QUEUED_MAX_BYTES};
 use crate::ids::{BarrierId, ConnId};
-use crate::message::{Message, ShardId, ShardMsg, ShardStats};
+use crate::message::{ClaimRequest, ClaimToken, Message, ShardId, ShardMsg, ShardStats};
 use crate::session::{CloseReason, Outbound};
-use crate::state::ShardState;
+use crate::state::{home_shard, SessionImage, ShardState};
 
 /// What the runtime must do, in order, for the engine.
 #[derive(Debug)]
@@ -347,8 +347,6 @@ impl Engine {
     /// client input of the same turn is handled (the runtime hands these in first), so a
     /// subscription made on another shard is seen by a publish read after it arrived.
     pub fn handle_shard_msgs(&mut self, batch: Vec<ShardMsg>, now: Instant) {
-        // Every input takes the time (the engine's contract); no message kind needs it today.
-        let _ = now;
         for msg in batch {
             match msg {
                 ShardMsg::Publish {
@@ -376,8 +374,103 @@ impl Engine {
                     present,
                 } => self.state.apply_remote_route(node, filter, group, present),
                 ShardMsg::ClusterForward(forward) => self.state.queue_cluster_forward(forward),
+                ShardMsg::ClusterClaim {
+                    token,
+                    client_id,
+                    clean_start,
+                } => {
+                    if self.state.cluster_enabled() {
+                        self.state.queue_claim_request(ClaimRequest::Start {
+                            token,
+                            client_id,
+                            clean_start,
+                        });
+                    } else {
+                        // Shard 0 could not join the cluster (its sockets failed to bind):
+                        // no peer can hold the session, the connect goes on.
+                        self.claim_done(token, true, Vec::new(), now);
+                    }
+                }
+                ShardMsg::ClaimDone { conn, won, images } => {
+                    self.finish_claim(conn, won, images, now)
+                }
+                ShardMsg::PeerClaim {
+                    from,
+                    claim,
+                    client_id,
+                    clean_start,
+                } => self
+                    .state
+                    .peer_claim(from, claim, client_id, clean_start, now),
+                ShardMsg::PeerClaimAnswer(answer) => {
+                    self.state.queue_claim_request(ClaimRequest::Answer(answer))
+                }
                 ShardMsg::Shutdown => {}
             }
+        }
+    }
+
+    /// Shard 0: the cluster runtime ended the claim of `token` (`ClaimRequest::Start`): the
+    /// images peers handed over become sessions on the id's home shard, then the held CONNECT
+    /// goes on (`won`) or is refused.
+    pub fn claim_done(
+        &mut self,
+        token: ClaimToken,
+        won: bool,
+        images: Vec<SessionImage>,
+        now: Instant,
+    ) {
+        if token.shard == self.state.id {
+            self.finish_claim(Some(token.conn), won, images, now);
+        } else {
+            self.state.send_to(
+                token.shard,
+                ShardMsg::ClaimDone {
+                    conn: Some(token.conn),
+                    won,
+                    images,
+                },
+            );
+        }
+    }
+
+    /// Shard 0: a session a peer handed over after the claim it answered had ended; kept on its
+    /// home shard as an offline session (the client's next connect resumes or claims it).
+    pub fn install_orphan(&mut self, image: SessionImage, now: Instant) {
+        let home = home_shard(image.client_id.as_str(), self.state.shard_count);
+        if home == self.state.id {
+            self.finish_claim(None, false, vec![image], now);
+        } else {
+            self.state.send_to(
+                home,
+                ShardMsg::ClaimDone {
+                    conn: None,
+                    won: false,
+                    images: vec![image],
+                },
+            );
+        }
+    }
+
+    /// On the home shard: installs `images`, then resumes or refuses the held `conn`.
+    fn finish_claim(
+        &mut self,
+        conn: Option<ConnId>,
+        won: bool,
+        images: Vec<SessionImage>,
+        now: Instant,
+    ) {
+        for image in images {
+            self.state.install_image(image, now);
+        }
+        let Some(conn) = conn else { return };
+        let waiting = self.conn_mut(conn).is_some_and(|c| c.set_claim_result(won));
+        if waiting {
+            // Driven now, not at the end of the turn: a peer's claim of the same id may be the
+            // next message (it came after ours ended), and must find this connection attached,
+            // to take the session over from it, rather than no session (both would stay up).
+            self.next_pass();
+            self.drive(conn, now);
         }
     }
 

@@ -103,6 +103,36 @@ pub struct ClusterForward {
     pub retained_sync: bool,
 }
 
+/// A connection waiting for its claim: its shard and its id there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ClaimToken {
+    pub shard: ShardId,
+    pub conn: crate::ids::ConnId,
+}
+
+/// A home shard's answer to a peer's claim: the session image if it had one.
+#[derive(Debug)]
+pub struct ClaimAnswer {
+    pub to: PeerNode,
+    pub claim: u64,
+    pub client_id: Arc<str>,
+    pub image: Option<Box<crate::state::SessionImage>>,
+}
+
+/// What shard 0's engine hands its cluster runtime about session claims (taken with
+/// `ShardState::take_cluster_claims` every turn).
+#[derive(Debug)]
+pub enum ClaimRequest {
+    /// Claim `client_id` from the peer nodes for the held connection `token`.
+    Start {
+        token: ClaimToken,
+        client_id: Arc<str>,
+        clean_start: bool,
+    },
+    /// Send this answer to a peer's claim.
+    Answer(ClaimAnswer),
+}
+
 /// Per-shard statistics sent to shard 0 for `$SYS`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ShardStats {
@@ -157,5 +187,30 @@ pub enum ShardMsg {
     },
     /// A publish for peer nodes (any shard to shard 0).
     ClusterForward(ClusterForward),
+    /// A connection on its home shard holds its CONNECT until peer nodes give up the client id
+    /// (home shard to shard 0, whose cluster runtime claims it; `state::handover`).
+    ClusterClaim {
+        token: ClaimToken,
+        client_id: Arc<str>,
+        clean_start: bool,
+    },
+    /// The claim ended (shard 0 to the home shard): install the images, then resume (`won`) or
+    /// refuse the held connection. `conn: None`: images that came after their claim ended,
+    /// kept as offline sessions.
+    ClaimDone {
+        conn: Option<crate::ids::ConnId>,
+        won: bool,
+        images: Vec<crate::state::SessionImage>,
+    },
+    /// Peer node `from` claims `client_id` (shard 0 to the id's home shard): hand the session
+    /// over and answer with [`ShardMsg::PeerClaimAnswer`].
+    PeerClaim {
+        from: PeerNode,
+        claim: u64,
+        client_id: Arc<str>,
+        clean_start: bool,
+    },
+    /// The home shard's answer to a [`ShardMsg::PeerClaim`] (to shard 0, which sends it on).
+    PeerClaimAnswer(ClaimAnswer),
     Shutdown,
 }

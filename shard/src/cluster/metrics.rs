@@ -106,6 +106,26 @@ fn publish(
         counter!("ringmq_cluster_forwarded_bytes_total", "peer" => peer, "direction" => "in")
             .absolute(*bytes);
     }
+    let claims = rt.claims.borrow();
+    let cs = claims.stats();
+    gauge!("ringmq_cluster_claims_pending").set(claims.pending_len() as f64);
+    counter!("ringmq_cluster_claims_total", "outcome" => "won").absolute(cs.won);
+    counter!("ringmq_cluster_claims_total", "outcome" => "lost").absolute(cs.lost);
+    counter!("ringmq_cluster_claims_timed_out_total").absolute(cs.timed_out);
+    counter!("ringmq_cluster_claims_overflowed_total").absolute(cs.overflowed);
+    counter!("ringmq_cluster_sessions_moved_total", "direction" => "in")
+        .absolute(cs.sessions_moved_in);
+    counter!("ringmq_cluster_sessions_moved_total", "direction" => "out")
+        .absolute(cs.sessions_moved_out);
+    for (reason, count) in [
+        ("malformed_message", stats.session_msgs_malformed),
+        ("malformed_image", stats.images_malformed),
+        ("image_too_large", stats.images_too_large),
+        ("no_link", stats.session_sends_failed),
+    ] {
+        counter!("ringmq_cluster_handover_errors_total", "reason" => reason).absolute(count);
+    }
+    counter!("ringmq_cluster_handover_queued_dropped_total").absolute(stats.image_queued_dropped);
     for ((peer, reason, qos), count) in &stats.dropped {
         counter!(
             "ringmq_cluster_forward_dropped_total",

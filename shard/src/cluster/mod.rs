@@ -23,6 +23,7 @@
 //! the per-turn hand-over of forwards.
 
 pub mod forward;
+pub mod handover;
 mod links;
 mod metrics;
 
@@ -30,15 +31,16 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use cluster_gossip::{
-    ClusterConfig, ClusterEvent, ClusterNode, Generation, LinkCommand, LinkId, MembershipEvent,
-    NodeId, RouteChange, RouteEntry, Secret,
+    ClaimBook, ClaimEvent, ClusterConfig, ClusterEvent, ClusterNode, Generation, LinkCommand,
+    LinkId, MembershipEvent, NodeId, RouteChange, RouteEntry, Secret, SessionMsg,
 };
-use engine::message::{GroupPick, PeerNode};
+use engine::message::{ClaimRequest, ClaimToken, GroupPick, PeerNode};
 use engine::Engine;
 use tracing::{debug, error, info, warn};
 use wire::QoS;
@@ -76,14 +78,16 @@ pub fn start_on_shard(
     engine: &mut Engine,
 ) -> Option<Rc<ClusterRuntime>> {
     let setup = setup?;
+    let node_id = setup.config.node_id;
     if id != 0 {
         // Remote routes only ever come from shard 0, so this costs nothing if shard 0 fails.
-        engine.state.enable_cluster();
+        // (If it does, connects still claim their ids; shard 0's engine answers them, as won.)
+        engine.state.enable_cluster(node_id);
         return None;
     }
     match ClusterRuntime::bind(setup, Instant::now()) {
         Ok(runtime) => {
-            engine.state.enable_cluster();
+            engine.state.enable_cluster(node_id);
             Some(runtime)
         }
         Err(error) => {
@@ -159,6 +163,15 @@ pub struct ClusterStats {
     pub members_down: u64,
     pub datagrams_dropped: u64,
     pub route_changes_applied: u64,
+    /// Session hand-over: messages from peers that could not be read, images that could not
+    /// be read (the claim went on without them) or written (too large; answered as no
+    /// session), queued messages left out of images for size, and hand-over messages that
+    /// found no link up (the claim they belong to times out or ends on the peer's down).
+    pub session_msgs_malformed: u64,
+    pub images_malformed: u64,
+    pub images_too_large: u64,
+    pub image_queued_dropped: u64,
+    pub session_sends_failed: u64,
 }
 
 /// Forwards for one destination node built up during a turn.
@@ -182,6 +195,8 @@ struct Io {
 /// Shard 0's cluster driver. Every borrow of its cells is synchronous (never across an await).
 pub struct ClusterRuntime {
     node: RefCell<ClusterNode>,
+    /// Session claims of this node's connects and answers owed to peers' (`handover`).
+    claims: RefCell<ClaimBook<ClaimToken>>,
     io: RefCell<Io>,
     stats: RefCell<ClusterStats>,
     /// Wakes the driver task: the node has new input or output.
@@ -223,8 +238,13 @@ impl ClusterRuntime {
             seeds = ?config.seeds,
             "cluster node starting"
         );
+        let claims = ClaimBook::new(
+            NodeId(config.node_id),
+            Duration::from_millis(config.takeover_timeout_ms),
+        );
         Ok(Rc::new(ClusterRuntime {
             node: RefCell::new(node),
+            claims: RefCell::new(claims),
             io: RefCell::new(Io::default()),
             stats: RefCell::new(ClusterStats::default()),
             driver: Notify::default(),
@@ -293,13 +313,19 @@ impl ClusterRuntime {
     /// End of a shard-0 turn: export edges and this turn's forwards go into the node and the
     /// per-node batches, one `Forward` frame per destination. Runs inside the turn (the engine
     /// is borrowed by the caller), so it only touches the node and the I/O buffers.
-    pub fn after_turn(&self, engine: &mut Engine, now: Instant) {
+    /// True if the engine got work (a claim that ended at once resumes its connection).
+    pub fn after_turn(&self, engine: &mut Engine, now: Instant) -> bool {
         let exports = engine.state.take_cluster_exports();
         let forwards = engine.state.take_cluster_forwards();
-        if exports.is_empty() && forwards.is_empty() {
-            return;
+        let claims = engine.state.take_cluster_claims();
+        if exports.is_empty() && forwards.is_empty() && claims.is_empty() {
+            return false;
         }
         let mut node = self.node.borrow_mut();
+        let claimed = !claims.is_empty();
+        if claimed {
+            self.start_claims(&mut node, engine, claims, now);
+        }
         for export in exports {
             let entry = match &export.group {
                 None => RouteEntry::Filter(export.filter.to_string()),
@@ -410,6 +436,180 @@ impl ClusterRuntime {
         }
         drop(node);
         self.driver.notify();
+        claimed
+    }
+
+    /// This turn's claims and answers from the engine into the claim book.
+    fn start_claims(
+        &self,
+        node: &mut ClusterNode,
+        engine: &mut Engine,
+        requests: Vec<ClaimRequest>,
+        now: Instant,
+    ) {
+        let peers: Vec<NodeId> = node.links_up().map(|(_, p)| p.node_id).collect();
+        let now_us = forward::unix_time_us();
+        let mut events = Vec::new();
+        for request in requests {
+            match request {
+                ClaimRequest::Start {
+                    token,
+                    client_id,
+                    clean_start,
+                } => events.extend(self.claims.borrow_mut().start(
+                    token,
+                    client_id.to_string(),
+                    clean_start,
+                    &peers,
+                    now,
+                    now_us,
+                )),
+                ClaimRequest::Answer(answer) => {
+                    let image = answer.image.and_then(|image| {
+                        let mut bytes = Vec::new();
+                        let mut stats = self.stats.borrow_mut();
+                        match handover::encode(&image, now, now_us, &mut bytes) {
+                            Ok(dropped) => {
+                                stats.image_queued_dropped += dropped.queued_dropped;
+                                if dropped.queued_dropped > 0 {
+                                    warn!(
+                                        client_id = %answer.client_id,
+                                        dropped = dropped.queued_dropped,
+                                        "session handed over without its newest queued messages: the image is over the peer frame limit"
+                                    );
+                                }
+                                Some(bytes)
+                            }
+                            Err(error) => {
+                                stats.images_too_large += 1;
+                                warn!(client_id = %answer.client_id, %error, "session not handed over");
+                                None
+                            }
+                        }
+                    });
+                    events.push(self.claims.borrow_mut().answer(
+                        NodeId(answer.to.0),
+                        answer.claim,
+                        answer.client_id.to_string(),
+                        image,
+                    ));
+                }
+            }
+        }
+        self.claim_events(node, engine, events, now);
+    }
+
+    /// Carries out what the claim book asked for.
+    fn claim_events(
+        &self,
+        node: &mut ClusterNode,
+        engine: &mut Engine,
+        events: Vec<ClaimEvent<ClaimToken>>,
+        now: Instant,
+    ) {
+        let now_us = forward::unix_time_us();
+        for event in events {
+            match event {
+                ClaimEvent::Send { to, msg } => {
+                    let sent = match msg.encode() {
+                        Ok(bytes) => node.send_session(to, bytes).is_ok(),
+                        Err(error) => {
+                            warn!(%error, "session message not sent");
+                            false
+                        }
+                    };
+                    if !sent {
+                        self.stats.borrow_mut().session_sends_failed += 1;
+                    }
+                }
+                ClaimEvent::PeerClaim {
+                    from,
+                    claim,
+                    client_id,
+                    clean_start,
+                } => {
+                    debug!(peer = %from, %client_id, "peer claims a client id");
+                    engine.state.peer_claim(
+                        PeerNode(from.0),
+                        claim,
+                        Arc::from(client_id),
+                        clean_start,
+                        now,
+                    );
+                }
+                ClaimEvent::Done {
+                    token,
+                    client_id,
+                    outcome,
+                } => {
+                    if !outcome.timed_out.is_empty() {
+                        warn!(
+                            %client_id,
+                            peers = ?outcome.timed_out,
+                            "session claim timed out; the connect goes on without those peers"
+                        );
+                    }
+                    let images = self.decode_images(&client_id, outcome.images, now, now_us);
+                    engine.claim_done(token, outcome.won, images, now);
+                }
+                ClaimEvent::Orphan {
+                    from,
+                    client_id,
+                    image,
+                } => {
+                    debug!(peer = %from, %client_id, "session arrived after its claim ended; kept offline");
+                    for image in self.decode_images(&client_id, vec![(from, image)], now, now_us) {
+                        engine.install_orphan(image, now);
+                    }
+                }
+            }
+        }
+        // What went into the node's link queues goes out with the driver's next pump.
+        self.driver.notify();
+    }
+
+    fn decode_images(
+        &self,
+        client_id: &str,
+        images: Vec<(NodeId, Vec<u8>)>,
+        now: Instant,
+        now_us: u64,
+    ) -> Vec<engine::state::SessionImage> {
+        images
+            .into_iter()
+            .filter_map(
+                |(from, bytes)| match handover::decode(client_id, &bytes, now, now_us) {
+                    Ok(image) => Some(image),
+                    Err(error) => {
+                        self.stats.borrow_mut().images_malformed += 1;
+                        warn!(peer = %from, %client_id, %error, "session image unreadable; dropped");
+                        None
+                    }
+                },
+            )
+            .collect()
+    }
+
+    /// Ends claims whose deadline passed and claims waiting on `down` peers. True if the
+    /// engine got work.
+    fn claims_due(&self, ctx: &Rc<ShardCtx>, down: &[NodeId], now: Instant) -> bool {
+        let mut events = Vec::new();
+        {
+            let mut book = self.claims.borrow_mut();
+            for peer in down {
+                events.extend(book.peer_down(*peer));
+            }
+            if book.poll_timeout().is_some_and(|at| at <= now) {
+                events.extend(book.handle_timeout(now));
+            }
+        }
+        if events.is_empty() {
+            return false;
+        }
+        let mut node = self.node.borrow_mut();
+        let mut engine = ctx.engine.borrow_mut();
+        self.claim_events(&mut node, &mut engine, events, now);
+        true
     }
 
     /// Drains everything the node produced: datagrams, link commands and bytes, events, remote
@@ -492,9 +692,14 @@ impl ClusterRuntime {
             }
             touched_engine = true;
         }
+        let mut down = Vec::new();
         for event in events {
-            touched_engine |= self.handle_event(ctx, event, now);
+            if let ClusterEvent::Membership(MembershipEvent::MemberDown(peer)) = &event {
+                down.push(peer.node_id);
+            }
+            touched_engine |= self.handle_event(ctx, event, now, &mut down);
         }
+        touched_engine |= self.claims_due(ctx, &down, now);
         if touched_engine {
             ctx.kick();
         }
@@ -502,7 +707,13 @@ impl ClusterRuntime {
 
     /// Logs and counts one node event; a forwarded batch goes to the engine. True if the engine
     /// got work.
-    fn handle_event(&self, ctx: &Rc<ShardCtx>, event: ClusterEvent, now: Instant) -> bool {
+    fn handle_event(
+        &self,
+        ctx: &Rc<ShardCtx>,
+        event: ClusterEvent,
+        now: Instant,
+        down: &mut Vec<NodeId>,
+    ) -> bool {
         match event {
             ClusterEvent::Forwarded { from, payload } => {
                 let len = payload.len() as u64;
@@ -554,6 +765,8 @@ impl ClusterRuntime {
             ClusterEvent::LinkDown { link, reason } => {
                 self.stats.borrow_mut().links_down += 1;
                 if let Some(l) = self.io.borrow_mut().links.remove(&link) {
+                    // Claims waiting on this peer end without it: its answer cannot come.
+                    down.extend(l.peer());
                     l.close();
                 }
                 debug!(link = link.0, %reason, "peer link down");
@@ -563,10 +776,23 @@ impl ClusterRuntime {
                 self.log_membership(event);
                 false
             }
-            ClusterEvent::Session { from, .. } => {
-                // No node of this version sends one yet: connects do not claim sessions.
-                debug!(peer = %from, "session hand-over message ignored (takeover not wired)");
-                false
+            ClusterEvent::Session { from, payload } => {
+                let msg = match SessionMsg::decode(&payload) {
+                    Ok(msg) => msg,
+                    Err(error) => {
+                        self.stats.borrow_mut().session_msgs_malformed += 1;
+                        warn!(peer = %from, %error, "session hand-over message unreadable");
+                        return false;
+                    }
+                };
+                let events = self.claims.borrow_mut().handle(from, msg);
+                if events.is_empty() {
+                    return false;
+                }
+                let mut node = self.node.borrow_mut();
+                let mut engine = ctx.engine.borrow_mut();
+                self.claim_events(&mut node, &mut engine, events, now);
+                true
             }
         }
     }
@@ -656,10 +882,12 @@ async fn driver_loop(rt: Rc<ClusterRuntime>, ctx: Rc<ShardCtx>) {
             rt.node.borrow_mut().handle_timeout(now);
         }
         rt.pump(&ctx);
-        let wait = rt
-            .node
-            .borrow()
-            .poll_timeout()
+        let node_due = rt.node.borrow().poll_timeout();
+        let claim_due = rt.claims.borrow().poll_timeout();
+        let wait = node_due
+            .into_iter()
+            .chain(claim_due)
+            .min()
             .map_or(DRIVER_TICK_MAX, |at| {
                 at.saturating_duration_since(Instant::now())
             })

@@ -32,7 +32,7 @@ impl Conn {
         handed_off: bool,
         now: Instant,
     ) -> Step {
-        if self.auth_pending() {
+        if self.auth_pending() || self.claim_pending() {
             // Held until the runtime answers (or the connect timeout closes it).
             return if self.eof {
                 self.close_unattached()
@@ -71,8 +71,10 @@ impl Conn {
         };
         // The connect rate is charged where the socket was accepted, before the hand-off, so a
         // flood is refused without crossing shards (a handed-off CONNECT paid already).
-        // A CONNECT seen again with its authentication answer was admitted the first time.
-        let answered = self.auth_answered();
+        // A CONNECT seen again with its authentication or claim answer was admitted the first
+        // time.
+        let claimed = self.take_claim_result();
+        let answered = self.auth_answered() || claimed.is_some();
         if !handed_off && !answered && sh.admission.take_connect_token(now).is_err() {
             if connect.protocol == ProtocolVersion::V5 {
                 refuse(
@@ -111,16 +113,47 @@ impl Conn {
                 return self.close_unattached();
             }
         }
-        let authenticated = match self.authenticate(sh.state, sh.out, &connect) {
-            AuthStep::Proceed(authenticated) => authenticated,
-            AuthStep::Ask(request) => {
-                // The CONNECT and what followed it stay buffered; decoded again on the answer.
-                self.partial = bytes::BytesMut::from(all);
-                return Step::Authenticate(request);
+        let was_claimed = claimed.is_some();
+        let authenticated = match claimed {
+            Some((false, _)) => {
+                // A concurrent connect of this id on a peer node won [one session per id in the
+                // cluster]: refused as busy (3.1.1 return code 3), so the client may retry.
+                sh.state.counters.takeover_claims_lost += 1;
+                debug!(client_id = %connect.client_id.as_str(), "connect lost to a concurrent one on a peer node");
+                refuse(sh.out, ReasonCode::ServerBusy, connect.protocol);
+                return self.close_unattached();
             }
-            AuthStep::Refused => return self.close_unattached(),
+            Some((true, authenticated)) => authenticated,
+            None => match self.authenticate(sh.state, sh.out, &connect) {
+                AuthStep::Proceed(authenticated) => authenticated,
+                AuthStep::Ask(request) => {
+                    // The CONNECT and what followed it stay buffered; decoded again on the answer.
+                    self.partial = bytes::BytesMut::from(all);
+                    return Step::Authenticate(request);
+                }
+                AuthStep::Refused => return self.close_unattached(),
+            },
         };
-        if !self.accept_connect(sh, *connect, authenticated, now) {
+        if !was_claimed && sh.state.cluster_enabled() && !connect.client_id.is_empty() {
+            // One session per client id in the cluster: a peer node holding this id's session
+            // closes its connection and hands the session here first. Only a client that passed
+            // the checks and authentication claims, so a refused CONNECT never touches a session
+            // elsewhere. An assigned id is unique in the cluster and claims nothing.
+            if !sh.state.authenticate {
+                let peer = self.meta().and_then(|m| m.peer).map(|a| a.ip());
+                if let Err(code) = Self::check_connect(sh, &connect, peer, now, false) {
+                    self.refuse_checked(sh, &connect, code);
+                    return self.close_unattached();
+                }
+            }
+            self.partial = bytes::BytesMut::from(all);
+            self.extra_mut().claim = Some(Box::new(ConnClaim::Pending { authenticated }));
+            sh.state
+                .request_claim(sh.conn, connect.client_id.as_str(), connect.clean_start);
+            return Step::Idle;
+        }
+        let admitted = authenticated.is_some() || was_claimed;
+        if !self.accept_connect(sh, *connect, authenticated, admitted, now) {
             return self.close_unattached();
         }
         self.partial.extend_from_slice(&all[frame_len..]);
@@ -293,11 +326,11 @@ impl Conn {
         sh: &mut Shared<'_>,
         connect: Connect,
         authenticated: Option<Authenticated>,
+        admitted: bool,
         now: Instant,
     ) -> bool {
         let version = connect.protocol;
         let peer = self.meta().and_then(|m| m.peer).map(|a| a.ip());
-        let admitted = authenticated.is_some();
         let accepted = match Self::check_connect(sh, &connect, peer, now, admitted) {
             Ok(a) => a,
             Err(code) => {
@@ -406,6 +439,60 @@ impl Conn {
             "client connected"
         );
         true
+    }
+}
+
+/// Where a held CONNECT is in its cluster claim (boxed in `ConnExtra`: only connections whose
+/// claim is in flight pay it).
+#[derive(Debug)]
+pub(crate) enum ConnClaim {
+    /// Shard 0 claims the id from the peers; the authentication result waits here.
+    Pending {
+        authenticated: Option<Authenticated>,
+    },
+    /// The claim ended; the next drive of the handshake takes it.
+    Done {
+        won: bool,
+        authenticated: Option<Authenticated>,
+    },
+}
+
+impl Conn {
+    /// Waiting for its claim to end.
+    pub(super) fn claim_pending(&self) -> bool {
+        self.extra
+            .as_deref()
+            .and_then(|e| e.claim.as_deref())
+            .is_some_and(|c| matches!(c, ConnClaim::Pending { .. }))
+    }
+
+    /// Stores the claim's end; false if the connection was not waiting for one.
+    pub(crate) fn set_claim_result(&mut self, won: bool) -> bool {
+        let Some(extra) = self.extra.as_deref_mut() else {
+            return false;
+        };
+        match extra.claim.take().map(|c| *c) {
+            Some(ConnClaim::Pending { authenticated }) => {
+                extra.claim = Some(Box::new(ConnClaim::Done { won, authenticated }));
+                true
+            }
+            other => {
+                extra.claim = other.map(Box::new);
+                false
+            }
+        }
+    }
+
+    /// The ended claim (won, authentication result), once.
+    fn take_claim_result(&mut self) -> Option<(bool, Option<Authenticated>)> {
+        let extra = self.extra.as_deref_mut()?;
+        match extra.claim.take().map(|c| *c) {
+            Some(ConnClaim::Done { won, authenticated }) => Some((won, authenticated)),
+            other => {
+                extra.claim = other.map(Box::new);
+                None
+            }
+        }
     }
 }
 

@@ -126,6 +126,8 @@ pub(crate) struct ConnExtra {
     /// Set while authenticating: waiting for the runtime's answer, or holding it for the next
     /// drive. `None` once connected and for connections nobody authenticates.
     pub(crate) auth: Option<Box<auth::ConnAuth>>,
+    /// Set while the cluster claims the client id from peer nodes (`connect::ConnClaim`).
+    pub(crate) claim: Option<Box<connect::ConnClaim>>,
 }
 
 impl ConnExtra {
@@ -135,6 +137,7 @@ impl ConnExtra {
             && self.meta.is_none()
             && self.publish_budget.is_none()
             && self.auth.is_none()
+            && self.claim.is_none()
     }
 }
 

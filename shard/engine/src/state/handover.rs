@@ -10,6 +10,7 @@
 //! [MQTT-4.4.0-1].
 
 use super::*;
+use crate::message::{ClaimAnswer, ClaimRequest, ClaimToken, PeerNode};
 use crate::session::Inflight;
 
 /// A session as it travels between nodes. QoS 0 frames already encoded for the old connection
@@ -151,6 +152,95 @@ impl ShardState {
         }
         self.counters.sessions_handed_in += 1;
         Installed::Session
+    }
+}
+
+impl ShardState {
+    /// The home shard holds connection `conn`'s CONNECT for `client_id` while shard 0's cluster
+    /// runtime claims the id from the peer nodes; the answer comes back as
+    /// `Engine::finish_claim` (here, or in a [`ShardMsg::ClaimDone`]).
+    pub(crate) fn request_claim(&mut self, conn: ConnId, client_id: &str, clean_start: bool) {
+        self.counters.takeover_claims += 1;
+        let token = ClaimToken {
+            shard: self.id,
+            conn,
+        };
+        let client_id = Arc::<str>::from(client_id);
+        if self.id == 0 {
+            if let Some(cluster) = self.cluster.as_deref_mut() {
+                cluster.claims.push(ClaimRequest::Start {
+                    token,
+                    client_id,
+                    clean_start,
+                });
+            }
+        } else {
+            self.send_to(
+                0,
+                ShardMsg::ClusterClaim {
+                    token,
+                    client_id,
+                    clean_start,
+                },
+            );
+        }
+    }
+
+    /// Shard 0: claims and answers for the cluster runtime since the last call, oldest first.
+    pub fn take_cluster_claims(&mut self) -> Vec<ClaimRequest> {
+        self.cluster
+            .as_deref_mut()
+            .map(|c| std::mem::take(&mut c.claims))
+            .unwrap_or_default()
+    }
+
+    /// Shard 0: a claim from a home shard (`ShardMsg::ClusterClaim`) or an answer
+    /// (`ShardMsg::PeerClaimAnswer`), for the runtime.
+    pub(crate) fn queue_claim_request(&mut self, request: ClaimRequest) {
+        if let Some(cluster) = self.cluster.as_deref_mut() {
+            cluster.claims.push(request);
+        }
+    }
+
+    /// Peer node `from` claims `client_id` (shard 0, from the runtime, or the home shard from a
+    /// [`ShardMsg::PeerClaim`]): its home shard hands the session over and the answer goes to
+    /// shard 0.
+    pub fn peer_claim(
+        &mut self,
+        from: PeerNode,
+        claim: u64,
+        client_id: Arc<str>,
+        clean_start: bool,
+        now: Instant,
+    ) {
+        let home = home_shard(&client_id, self.shard_count);
+        if home != self.id {
+            self.send_to(
+                home,
+                ShardMsg::PeerClaim {
+                    from,
+                    claim,
+                    client_id,
+                    clean_start,
+                },
+            );
+            return;
+        }
+        let image = self.hand_over(&client_id, clean_start, now).map(Box::new);
+        if image.is_some() {
+            self.counters.sessions_handed_out += 1;
+        }
+        let answer = ClaimAnswer {
+            to: from,
+            claim,
+            client_id,
+            image,
+        };
+        if self.id == 0 {
+            self.queue_claim_request(ClaimRequest::Answer(answer));
+        } else {
+            self.send_to(0, ShardMsg::PeerClaimAnswer(answer));
+        }
     }
 }
 

@@ -478,8 +478,15 @@ impl ShardState {
     pub fn assign_client_id(&mut self) -> Utf8Bytes {
         loop {
             self.next_assigned_id += 1;
-            let candidate =
-                Utf8Bytes::from(format!("ringmq-{}-{:x}", self.id, self.next_assigned_id));
+            // In a cluster the node id makes it unique cluster-wide: no other node can hold
+            // a session of it, so its connect claims nothing.
+            let candidate = Utf8Bytes::from(match self.cluster.as_deref() {
+                Some(c) => format!(
+                    "ringmq-{}-{}-{:x}",
+                    c.node_id, self.id, self.next_assigned_id
+                ),
+                None => format!("ringmq-{}-{:x}", self.id, self.next_assigned_id),
+            });
             if home_shard(candidate.as_str(), self.shard_count) == self.id
                 && self
                     .by_client_id

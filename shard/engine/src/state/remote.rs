@@ -72,14 +72,21 @@ pub struct ClusterShard {
     exports: Vec<ExportChange>,
     /// Shard 0 only: publishes to forward, bounded by [`CLUSTER_FORWARDS_MAX`].
     forwards: Vec<ClusterForward>,
+    /// Shard 0 only: session claims and answers for the runtime (`state::handover`). Bounded by
+    /// the connects in flight (`overload.handshakes_max`) and the peers' claims in flight
+    /// (`cluster_gossip::handover::CLAIMS_PENDING_MAX` each); taken every turn.
+    pub(super) claims: Vec<crate::message::ClaimRequest>,
+    /// This node's `[cluster] node_id`: assigned client ids carry it, so they are unique in the
+    /// cluster and need no claim.
+    pub node_id: u64,
     /// Remote filters installed, for metrics.
     pub remote_filters: u64,
 }
 
 impl ShardState {
     /// Turns on cluster routing for this shard (every shard of a clustered broker, at start).
-    pub fn enable_cluster(&mut self) {
-        self.cluster.get_or_insert_with(Default::default);
+    pub fn enable_cluster(&mut self, node_id: u64) {
+        self.cluster.get_or_insert_with(Default::default).node_id = node_id;
     }
 
     pub fn cluster_enabled(&self) -> bool {
