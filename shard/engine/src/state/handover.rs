@@ -52,27 +52,7 @@ impl ShardState {
     ) -> Option<SessionImage> {
         debug_assert_eq!(home_shard(client_id, self.shard_count), self.id);
         let slot = self.by_client_id.get(&self.slots, client_id)?;
-        let ready = self.ready.clone();
-        let session = self.session_mut(slot)?;
-        let mut was_online = false;
-        if let Some(mut link) = session.link.take() {
-            was_online = true;
-            link.close = Some(CloseReason::SessionTakenOver);
-            link.woken = false;
-            link.wake(&ready);
-        }
-        let will = session.will.take();
-        if was_online {
-            self.connections = self.connections.saturating_sub(1);
-            self.counters.takeovers += 1;
-        }
-        if let Some(will) = will {
-            // As a local takeover: a will without delay goes out; a delayed one is cancelled by
-            // the session resuming elsewhere [MQTT-3.1.3-9] unless the claim ends it.
-            if (was_online && will.delay_secs == 0) || clean_start {
-                self.publish_will(will, now);
-            }
-        }
+        self.take_over_link(slot, clean_start, now);
         if clean_start {
             self.end_session(slot, now);
             return None;

@@ -498,6 +498,36 @@ impl ShardState {
         }
     }
 
+    /// A new connection (here or on a peer node) claims the session in `slot`: its connection,
+    /// if any, is closed as taken over [MQTT-3.1.4-3] and its will handled: one with no delay
+    /// goes out now; a delayed one is cancelled by the session resuming [MQTT-3.1.3-9], unless
+    /// the claim ends the session (`clean_start`).
+    fn take_over_link(&mut self, slot: u32, clean_start: bool, now: Instant) {
+        let ready = self.ready.clone();
+        let Some(session) = self.session_mut(slot) else {
+            return;
+        };
+        let mut was_online = false;
+        if let Some(mut link) = session.link.take() {
+            was_online = true;
+            // The old connection finds its link gone on its next turn and closes (v5:
+            // DISCONNECT 0x8E) without touching the session.
+            link.close = Some(CloseReason::SessionTakenOver);
+            link.woken = false;
+            link.wake(&ready);
+        }
+        let will = session.will.take();
+        if was_online {
+            self.connections = self.connections.saturating_sub(1);
+            self.counters.takeovers += 1;
+        }
+        if let Some(will) = will {
+            if (was_online && will.delay_secs == 0) || clean_start {
+                self.publish_will(will, now);
+            }
+        }
+    }
+
     /// Binds a new connection to the client's session, creating, resuming or taking it over.
     /// Returns the frames the old connection must not send any more (it learns of the takeover
     /// through its link) and the will of a taken-over connection, published per spec.
@@ -516,32 +546,7 @@ impl ShardState {
         debug_assert_eq!(home_shard(client_id.as_str(), self.shard_count), self.id);
         let mut session_present = false;
         if let Some(slot) = self.by_client_id.get(&self.slots, client_id.as_str()) {
-            // Take over the existing connection, if any [MQTT-3.1.4-3].
-            let mut old_will = None;
-            let mut was_online = false;
-            let ready = self.ready.clone();
-            if let Some(session) = self.session_mut(slot) {
-                if let Some(mut link) = session.link.take() {
-                    was_online = true;
-                    // The old connection finds its link gone on its next turn and closes (v5:
-                    // DISCONNECT 0x8E) without touching the session.
-                    link.close = Some(CloseReason::SessionTakenOver);
-                    link.woken = false;
-                    link.wake(&ready);
-                }
-                old_will = session.will.take().map(|w| (w, was_online));
-            }
-            if was_online {
-                self.connections = self.connections.saturating_sub(1);
-                self.counters.takeovers += 1;
-            }
-            if let Some((old, was_online)) = old_will {
-                // A will with no delay goes out now; a delayed one is cancelled by the session
-                // resuming [MQTT-3.1.3-9], unless this connect ends the session (clean start).
-                if (was_online && old.delay_secs == 0) || clean_start {
-                    self.publish_will(old, now);
-                }
-            }
+            self.take_over_link(slot, clean_start, now);
             if clean_start {
                 self.end_session(slot, now);
             } else if let Some(session) = self.session_mut(slot) {
