@@ -76,6 +76,69 @@ fn expired_retained_not_sent() {
     sim.expect_nothing(late);
 }
 
+/// A filter with more subscribers than `SUBSCRIBERS_INDEXED_MIN` (its list is indexed) after
+/// some of them disconnected, one re-subscribed at another QoS (it replaces the first
+/// [MQTT-3.8.4-3]) and some unsubscribed: a publish reaches exactly the subscribers left, once
+/// each, at their latest QoS.
+#[test]
+fn long_subscriber_list_after_disconnects_and_replacements() {
+    let mut sim = Sim::new(1);
+    let count = ringmq_engine::state::SUBSCRIBERS_INDEXED_MIN * 2;
+    let subscribers: Vec<Client> = (0..count)
+        .map(|i| {
+            let (c, _) = sim.connect(0, v311(&format!("vehicle-{i}")));
+            sim.subscribe(c, "fleet/all/command", QoS::AtMostOnce);
+            c
+        })
+        .collect();
+    for (i, &c) in subscribers.iter().enumerate() {
+        match i % 4 {
+            0 => sim.drop_connection(c),
+            1 => {
+                sim.subscribe(c, "fleet/all/command", QoS::AtLeastOnce);
+            }
+            2 if i % 8 == 2 => {
+                let unsubscribe = wire::Unsubscribe {
+                    packet_id: pid(9),
+                    filters: vec![Utf8Bytes::from("fleet/all/command")],
+                    properties: Default::default(),
+                };
+                sim.send(c, &Packet::Unsubscribe(unsubscribe));
+                sim.run_until_idle();
+                assert!(matches!(sim.expect(c), Packet::UnsubAck(_)));
+            }
+            _ => {}
+        }
+    }
+    let (publisher, _) = sim.connect(0, v311("ota"));
+    sim.send(
+        publisher,
+        &publish("fleet/all/command", b"update", QoS::AtLeastOnce, Some(1)),
+    );
+    sim.run_until_idle();
+    for (i, &c) in subscribers.iter().enumerate() {
+        let left = i % 4 != 0 && i % 8 != 2;
+        if !left {
+            if i % 4 != 0 {
+                sim.expect_nothing(c);
+            }
+            continue;
+        }
+        let p = sim.expect_publish(c);
+        let qos = if i % 4 == 1 {
+            QoS::AtLeastOnce
+        } else {
+            QoS::AtMostOnce
+        };
+        assert_eq!(
+            (p.qos, &p.payload[..]),
+            (qos, &b"update"[..]),
+            "subscriber {i}"
+        );
+        sim.expect_nothing(c);
+    }
+}
+
 fn subscribe_id(packet_id: u16, filter: &str, qos: QoS, id: u32) -> Packet {
     Packet::Subscribe(wire::Subscribe {
         packet_id: pid(packet_id),

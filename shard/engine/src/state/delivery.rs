@@ -260,14 +260,14 @@ impl ShardState {
             };
             let mut entries: SmallVec<[&FilterEntry; MATCHED_FILTERS_INLINE]> = SmallVec::new();
             subs.for_each_match(message.publish.topic.as_str(), |entry| {
-                if !entry.subscribers.is_empty() {
+                if !entry.subscribers().is_empty() {
                     entries.push(entry);
                 }
             });
             matched_entries = entries.len();
             if let [only] = entries.as_slice() {
                 // The common case: one filter matched, no overlap to merge.
-                for s in only.subscribers.iter() {
+                for s in only.subscribers() {
                     delivered += sink.enqueue(
                         s.slot,
                         message,
@@ -304,7 +304,7 @@ impl ShardState {
         frames: &mut FrameCache,
     ) -> usize {
         let member = self.subs.get(&pick.filter).and_then(|entry| {
-            let g = entry.groups.iter().find(|g| g.group == pick.group)?;
+            let g = entry.groups().iter().find(|g| g.group == pick.group)?;
             if g.members.is_empty() {
                 return None;
             }
@@ -459,7 +459,7 @@ impl Sink<'_> {
 }
 
 fn merge_into(merge: &mut AHashMap<u32, Merged>, entry: &FilterEntry) {
-    for s in &entry.subscribers {
+    for s in entry.subscribers() {
         let slot = merge
             .entry(s.slot)
             .or_insert((QoS::AtMostOnce, false, SmallVec::new(), true));

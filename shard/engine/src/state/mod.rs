@@ -22,6 +22,7 @@ pub use delivery::Merged;
 pub use handover::{Installed, SessionImage, HANDED_OVER_KEEP};
 pub use remote::{ClusterShard, ExportChange, CLUSTER_FORWARDS_MAX};
 pub use retained::RetainedOrder;
+pub use subscriptions::{FilterEntry, LocalGroup, SUBSCRIBERS_INDEXED_MIN};
 
 use std::cell::Cell;
 #[allow(unused_imports)]
@@ -65,61 +66,6 @@ pub struct Subscriber {
     pub slot: u32,
     pub options: SubscriptionOptions,
     pub id: Option<u32>,
-}
-
-/// A shared-subscription group's members on this shard.
-#[derive(Debug)]
-pub struct LocalGroup {
-    pub group: Arc<str>,
-    pub members: SmallVec<[Subscriber; 2]>,
-    /// Round-robin cursor.
-    pub next: Cell<u32>,
-}
-
-/// What the local trie stores per filter. 32 bytes: the exact-filter table pays it per bucket,
-/// so the shared groups most filters do not have live behind one pointer.
-#[derive(Debug, Default)]
-pub struct FilterEntry {
-    pub subscribers: SmallVec<[Subscriber; 1]>,
-    pub groups: LocalGroups,
-}
-
-/// A filter's shared groups on this shard: nothing allocated while there are none.
-#[derive(Debug, Default)]
-// A thin 8-byte pointer on purpose: a `Vec` (24 bytes) or a boxed slice (16) would be paid by
-// every filter entry, and the extra allocation only by the few filters that have groups.
-#[allow(clippy::box_collection)]
-pub struct LocalGroups(Option<Box<Vec<LocalGroup>>>);
-
-impl LocalGroups {
-    pub fn push(&mut self, group: LocalGroup) {
-        self.0.get_or_insert_with(Default::default).push(group);
-    }
-
-    pub fn remove(&mut self, index: usize) -> LocalGroup {
-        let groups = self
-            .0
-            .as_deref_mut()
-            .expect("remove from an empty group list");
-        let removed = groups.remove(index);
-        if groups.is_empty() {
-            self.0 = None;
-        }
-        removed
-    }
-}
-
-impl std::ops::Deref for LocalGroups {
-    type Target = [LocalGroup];
-    fn deref(&self) -> &[LocalGroup] {
-        self.0.as_deref().map_or(&[], |g| g.as_slice())
-    }
-}
-
-impl std::ops::DerefMut for LocalGroups {
-    fn deref_mut(&mut self) -> &mut [LocalGroup] {
-        self.0.as_deref_mut().map_or(&mut [], |g| g.as_mut_slice())
-    }
 }
 
 /// A shared group as the route table sees it: which shards have members.

@@ -1,5 +1,172 @@
 use super::*;
 
+/// From this many normal subscribers on, a filter's list keeps an index from session slot to
+/// position, so a subscribe or a removal (every disconnect of a broadcast's fleet) finds its
+/// entry without walking the list; below it a walk is cheaper than hashing.
+pub const SUBSCRIBERS_INDEXED_MIN: usize = 32;
+/// A list that was indexed drops its index only below this many (not at once below
+/// `SUBSCRIBERS_INDEXED_MIN`), so a list at the threshold does not rebuild it on every change.
+const SUBSCRIBERS_UNINDEXED_BELOW: usize = SUBSCRIBERS_INDEXED_MIN / 2;
+const _: () = assert!(SUBSCRIBERS_UNINDEXED_BELOW < SUBSCRIBERS_INDEXED_MIN);
+
+/// A shared-subscription group's members on this shard.
+#[derive(Debug)]
+pub struct LocalGroup {
+    pub group: Arc<str>,
+    pub members: SmallVec<[Subscriber; 2]>,
+    /// Round-robin cursor.
+    pub next: Cell<u32>,
+}
+
+/// What the local trie stores per filter. 32 bytes: the exact-filter table pays it per bucket,
+/// so what most filters do not have (shared groups, the index of a long list) lives behind one
+/// pointer.
+#[derive(Debug, Default)]
+pub struct FilterEntry {
+    /// Normal subscribers, one per session, in no promised order: a removal moves the last one
+    /// into the gap. Delivery walks this slice in place.
+    subscribers: SmallVec<[Subscriber; 1]>,
+    /// `None` while the filter has no shared group and its list is not indexed.
+    // A thin 8-byte pointer on purpose: a `Vec` (24 bytes) would be paid by every filter entry.
+    cold: Option<Box<FilterCold>>,
+}
+
+const _: () = assert!(std::mem::size_of::<FilterEntry>() <= 32);
+
+#[derive(Debug, Default)]
+struct FilterCold {
+    groups: Vec<LocalGroup>,
+    /// Session slot -> position in `FilterEntry::subscribers`. Either empty (the list is walked)
+    /// or exactly one entry per subscriber.
+    positions: AHashMap<u32, u32>,
+}
+
+impl FilterEntry {
+    /// The filter's normal subscribers.
+    pub fn subscribers(&self) -> &[Subscriber] {
+        &self.subscribers
+    }
+
+    /// The filter's shared groups with members on this shard.
+    pub fn groups(&self) -> &[LocalGroup] {
+        self.cold.as_deref().map_or(&[], |c| c.groups.as_slice())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.subscribers.is_empty() && self.groups().is_empty()
+    }
+
+    /// Whether the list keeps its slot index (for tests of the index's upkeep).
+    pub fn is_indexed(&self) -> bool {
+        self.cold
+            .as_deref()
+            .is_some_and(|c| !c.positions.is_empty())
+    }
+
+    fn position(&self, slot: u32) -> Option<usize> {
+        match self.cold.as_deref() {
+            Some(c) if !c.positions.is_empty() => c.positions.get(&slot).map(|&p| p as usize),
+            _ => self.subscribers.iter().position(|s| s.slot == slot),
+        }
+    }
+
+    /// Adds `subscriber`, or replaces the session's earlier subscription to this filter
+    /// [MQTT-3.8.4-3]. Returns whether it is new.
+    pub(super) fn upsert_subscriber(&mut self, subscriber: Subscriber) -> bool {
+        if let Some(p) = self.position(subscriber.slot) {
+            self.subscribers[p] = subscriber;
+            return false;
+        }
+        let position = self.subscribers.len();
+        self.subscribers.push(subscriber);
+        if self.is_indexed() {
+            if let Some(c) = self.cold.as_deref_mut() {
+                let earlier = c.positions.insert(subscriber.slot, position as u32);
+                debug_assert!(earlier.is_none(), "slot {} indexed twice", subscriber.slot);
+            }
+        } else if self.subscribers.len() >= SUBSCRIBERS_INDEXED_MIN {
+            let cold = self.cold.get_or_insert_with(Default::default);
+            cold.positions.reserve(self.subscribers.len());
+            for (p, s) in self.subscribers.iter().enumerate() {
+                cold.positions.insert(s.slot, p as u32);
+            }
+        }
+        self.debug_check_index();
+        true
+    }
+
+    /// Removes session `slot`'s subscriber. Returns whether it was there.
+    pub(super) fn remove_subscriber(&mut self, slot: u32) -> bool {
+        let Some(p) = self.position(slot) else {
+            return false;
+        };
+        self.subscribers.swap_remove(p);
+        if let Some(c) = self.cold.as_deref_mut().filter(|c| !c.positions.is_empty()) {
+            c.positions.remove(&slot);
+            if self.subscribers.len() < SUBSCRIBERS_UNINDEXED_BELOW {
+                c.positions = AHashMap::new();
+            } else if let Some(moved) = self.subscribers.get(p) {
+                let was = c.positions.insert(moved.slot, p as u32);
+                debug_assert_eq!(was, Some(self.subscribers.len() as u32));
+            }
+        }
+        self.drop_cold_if_unused();
+        self.debug_check_index();
+        true
+    }
+
+    /// Group `group`, created empty if the filter has none of that name yet.
+    pub(super) fn group_or_insert(&mut self, group: &Arc<str>) -> &mut LocalGroup {
+        let groups = &mut self.cold.get_or_insert_with(Default::default).groups;
+        let p = match groups.iter().position(|g| g.group == *group) {
+            Some(p) => p,
+            None => {
+                groups.push(LocalGroup {
+                    group: group.clone(),
+                    members: SmallVec::new(),
+                    next: Cell::new(0),
+                });
+                groups.len() - 1
+            }
+        };
+        &mut groups[p]
+    }
+
+    /// Removes session `slot` from group `group`. Returns the group's name when that left it
+    /// without members here (it is gone then).
+    pub(super) fn remove_member(&mut self, group: &str, slot: u32) -> Option<Arc<str>> {
+        let groups = &mut self.cold.as_deref_mut()?.groups;
+        let p = groups.iter().position(|g| &*g.group == group)?;
+        let g = &mut groups[p];
+        let before = g.members.len();
+        g.members.retain(|m| m.slot != slot);
+        if before == 0 || !g.members.is_empty() {
+            return None;
+        }
+        let gone = groups.remove(p).group;
+        self.drop_cold_if_unused();
+        Some(gone)
+    }
+
+    fn drop_cold_if_unused(&mut self) {
+        if self
+            .cold
+            .as_deref()
+            .is_some_and(|c| c.groups.is_empty() && c.positions.is_empty())
+        {
+            self.cold = None;
+        }
+    }
+
+    /// The index covers the list (a full check per change would make debug builds quadratic;
+    /// the changed entries are checked where they change).
+    fn debug_check_index(&self) {
+        if let Some(c) = self.cold.as_deref().filter(|c| !c.positions.is_empty()) {
+            debug_assert_eq!(c.positions.len(), self.subscribers.len());
+        }
+    }
+}
+
 impl ShardState {
     // ----- subscriptions --------------------------------------------------------------------
 
@@ -86,30 +253,13 @@ impl ShardState {
         let mut route_change = None;
         match shared {
             None => {
-                if let Some(s) = entry.subscribers.iter_mut().find(|s| s.slot == slot) {
-                    *s = subscriber;
-                    existed = true;
-                } else {
-                    entry.subscribers.push(subscriber);
-                    if entry.subscribers.len() == 1 {
-                        route_change = Some(None);
-                    }
+                existed = !entry.upsert_subscriber(subscriber);
+                if !existed && entry.subscribers().len() == 1 {
+                    route_change = Some(None);
                 }
             }
             Some((group, _)) => {
-                let pos = entry.groups.iter().position(|g| g.group == *group);
-                let g = match pos {
-                    Some(p) => &mut entry.groups[p],
-                    None => {
-                        entry.groups.push(LocalGroup {
-                            group: group.clone(),
-                            members: SmallVec::new(),
-                            next: Cell::new(0),
-                        });
-                        let last = entry.groups.len() - 1;
-                        &mut entry.groups[last]
-                    }
-                };
+                let g = entry.group_or_insert(group);
                 if let Some(m) = g.members.iter_mut().find(|m| m.slot == slot) {
                     *m = subscriber;
                     existed = true;
@@ -218,36 +368,94 @@ impl ShardState {
         let Some(entry) = self.subs.get_mut(topic_filter) else {
             return;
         };
-        let mut route_change = None;
-        match &shared {
+        let route_change = match &shared {
             None => {
-                let before = entry.subscribers.len();
-                entry.subscribers.retain(|s| s.slot != slot);
-                if before > 0 && entry.subscribers.is_empty() {
-                    route_change = Some(None);
-                }
+                (entry.remove_subscriber(slot) && entry.subscribers().is_empty()).then_some(None)
             }
-            Some((group, _)) => {
-                if let Some(pos) = entry
-                    .groups
-                    .iter()
-                    .position(|g| &*g.group == group.as_str())
-                {
-                    let g = &mut entry.groups[pos];
-                    let before = g.members.len();
-                    g.members.retain(|m| m.slot != slot);
-                    if before > 0 && g.members.is_empty() {
-                        route_change = Some(Some(g.group.clone()));
-                        entry.groups.remove(pos);
-                    }
-                }
-            }
-        }
-        if entry.subscribers.is_empty() && entry.groups.is_empty() {
+            Some((group, _)) => entry.remove_member(group, slot).map(Some),
+        };
+        if entry.is_empty() {
             self.subs.remove(topic_filter);
         }
         if let Some(group) = route_change {
             self.change_route(Arc::from(topic_filter), group, false);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    fn subscriber(slot: u32, qos: u8) -> Subscriber {
+        Subscriber {
+            slot,
+            options: SubscriptionOptions {
+                qos: QoS::try_from(qos % 3).unwrap_or(QoS::AtMostOnce),
+                ..Default::default()
+            },
+            id: Some(u32::from(qos)),
+        }
+    }
+
+    /// Every slot the reference holds is found at its real position, with its latest
+    /// subscription, and nothing else is in the list.
+    fn check(entry: &FilterEntry, reference: &BTreeMap<u32, u8>) {
+        assert_eq!(entry.subscribers().len(), reference.len());
+        for (p, s) in entry.subscribers().iter().enumerate() {
+            assert_eq!(entry.position(s.slot), Some(p));
+            assert_eq!(s.id, reference.get(&s.slot).map(|&q| u32::from(q)));
+        }
+        if entry.subscribers().len() >= SUBSCRIBERS_INDEXED_MIN {
+            assert!(entry.is_indexed());
+        }
+        if entry.subscribers().len() < SUBSCRIBERS_UNINDEXED_BELOW {
+            assert!(!entry.is_indexed());
+            assert!(
+                entry.cold.is_none(),
+                "nothing cold left without groups or index"
+            );
+        }
+    }
+
+    proptest! {
+        /// Adds, replacements and removals across the index thresholds, both ways, against a
+        /// map: the list holds each session once with its latest options [MQTT-3.8.4-3].
+        #[test]
+        fn subscriber_list_matches_a_map(ops in prop::collection::vec((any::<bool>(), 0u32..80, any::<u8>()), 0..600)) {
+            let mut entry = FilterEntry::default();
+            let mut reference = BTreeMap::new();
+            for (add, slot, qos) in ops {
+                if add {
+                    let new = entry.upsert_subscriber(subscriber(slot, qos));
+                    prop_assert_eq!(new, reference.insert(slot, qos).is_none());
+                } else {
+                    prop_assert_eq!(entry.remove_subscriber(slot), reference.remove(&slot).is_some());
+                }
+                check(&entry, &reference);
+            }
+        }
+    }
+
+    #[test]
+    fn a_long_list_is_indexed_until_it_is_short_again() {
+        let mut entry = FilterEntry::default();
+        for slot in 0..SUBSCRIBERS_INDEXED_MIN as u32 {
+            assert!(!entry.is_indexed());
+            entry.upsert_subscriber(subscriber(slot, 1));
+        }
+        assert!(entry.is_indexed());
+        for slot in 0..(SUBSCRIBERS_INDEXED_MIN - SUBSCRIBERS_UNINDEXED_BELOW) as u32 {
+            assert!(
+                entry.is_indexed(),
+                "kept down to {SUBSCRIBERS_UNINDEXED_BELOW}"
+            );
+            entry.remove_subscriber(slot);
+        }
+        entry.remove_subscriber(SUBSCRIBERS_INDEXED_MIN as u32 - 1);
+        assert!(!entry.is_indexed());
+        assert!(entry.cold.is_none());
     }
 }
