@@ -4,6 +4,8 @@
 mod sim;
 
 use sim::*;
+use std::time::Duration;
+
 use wire::{Packet, QoS, RetainHandling};
 
 /// 3.1.1 [MQTT-3.3.1-5] stored; [MQTT-3.3.1-6] sent to a new subscription; [MQTT-3.3.1-8] with
@@ -324,4 +326,97 @@ fn concurrent_sets_converge() {
         let on1 = retained_on(&mut sim, 1, "cfg");
         assert_eq!(on0, on1, "shards diverged");
     }
+}
+
+/// Hands node `from`'s retained set and remembered clears to node `to`, as a peer link coming up
+/// does (`ShardState::sync_retained_to` on `from`, each record into `Engine::publish_from_peer`
+/// on `to`, its age carried as the forward record carries it). Both sims' clocks advance
+/// together in these tests, so an age on one is the same span on the other.
+fn sync_retained(from: &mut Sim, to: &mut Sim, peer: u64) -> usize {
+    use ringmq_engine::message::PeerNode;
+    // What `from` forwarded while cut off never arrived (the partition).
+    from.engine_mut(0).state.take_cluster_forwards();
+    let count = from.engine_mut(0).state.sync_retained_to(PeerNode(peer));
+    let now_from = from.now();
+    let now_to = to.now();
+    for f in from.engine_mut(0).state.take_cluster_forwards() {
+        assert!(f.retained_sync);
+        let age = now_from.saturating_duration_since(f.message.received_at);
+        to.engine_mut(0)
+            .publish_from_peer(f.message.publish.clone(), age, &[], true, now_to);
+    }
+    to.run_until_idle();
+    count
+}
+
+fn clustered(sim: &mut Sim, node: u64) {
+    for shard in 0..2 {
+        sim.engine_mut(shard).state.enable_cluster(node);
+    }
+}
+
+/// A topic cleared on node A [MQTT-3.3.1-10] while node B was cut off is cleared on B when the
+/// link comes up (the clear travels with A's retained set), on every shard of B; a message B
+/// retained after that clear is newer and stays (last writer wins by the origin's time).
+#[test]
+fn a_clear_made_during_a_partition_reaches_the_peer_after_the_heal() {
+    let mut a = Sim::new(2);
+    let mut b = Sim::new(2);
+    clustered(&mut a, 1);
+    clustered(&mut b, 2);
+    let (pa, _) = a.connect(0, v311(""));
+    let (pb, _) = b.connect(1, v311(""));
+    b.send(
+        pb,
+        &publish_retained("car/1/state", b"old", QoS::AtMostOnce, None),
+    );
+    b.send(
+        pb,
+        &publish_retained("car/2/state", b"old", QoS::AtMostOnce, None),
+    );
+    b.run_until_idle();
+    a.advance(Duration::from_secs(5));
+    b.advance(Duration::from_secs(5));
+    // On A (cut off from B): set, then clear both topics.
+    for topic in ["car/1/state", "car/2/state"] {
+        a.send(pa, &publish_retained(topic, b"x", QoS::AtMostOnce, None));
+        a.send(pa, &publish_retained(topic, b"", QoS::AtMostOnce, None));
+    }
+    a.run_until_idle();
+    a.advance(Duration::from_secs(1));
+    b.advance(Duration::from_secs(1));
+    // B retains car/2 again after A's clear: newer, it must survive the heal.
+    b.send(
+        pb,
+        &publish_retained("car/2/state", b"new", QoS::AtMostOnce, None),
+    );
+    b.run_until_idle();
+    a.advance(Duration::from_secs(1));
+    b.advance(Duration::from_secs(1));
+
+    assert_eq!(
+        sync_retained(&mut a, &mut b, 2),
+        2,
+        "two clears, nothing retained"
+    );
+    for shard in 0..2 {
+        assert_eq!(b.engine(shard).state.retained_count(), 1, "shard {shard}");
+    }
+    let (sub, _) = b.connect(0, v311(""));
+    b.send(sub, &subscribe(1, &[("car/#", QoS::AtMostOnce)]));
+    b.run_until_idle();
+    assert!(matches!(b.expect(sub), Packet::SubAck(_)));
+    let got: Vec<(String, Vec<u8>)> = b
+        .recv_all(sub)
+        .into_iter()
+        .filter_map(|p| match p {
+            Packet::Publish(p) => Some((p.topic.as_str().to_owned(), p.payload.to_vec())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got, vec![("car/2/state".to_owned(), b"new".to_vec())]);
+
+    // And back: B's set reaches A (A's clear of car/2 is older than it).
+    sync_retained(&mut b, &mut a, 1);
+    assert_eq!(a.engine(0).state.retained_count(), 1);
 }

@@ -130,7 +130,13 @@ impl ShardState {
         now: Instant,
     ) -> usize {
         if message.publish.retain {
-            self.store_retained(&message);
+            if from_peer.is_some() {
+                // A peer's clear may be older than what this node stored since (last writer
+                // wins by the origin's time).
+                self.apply_retain(&message);
+            } else {
+                self.store_retained(&message);
+            }
             for shard in 0..self.shard_count {
                 if shard != self.id {
                     self.send_to(shard, ShardMsg::Retain(message.clone()));

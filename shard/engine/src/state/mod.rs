@@ -53,8 +53,11 @@ use crate::trie::{HasName, TopicMap, TopicTrie};
 /// Recently cleared retained topics remembered per shard (see `ShardState::retained_cleared`).
 /// Beyond it a clear is not remembered and a crossing older set may survive on one shard.
 pub const RETAINED_TOMBSTONES_MAX: usize = 4096;
-/// How long a clear is remembered: far longer than a cross-shard batch takes to arrive.
-pub const RETAINED_TOMBSTONE_KEEP: Duration = Duration::from_secs(60);
+/// How long a clear is remembered: far longer than a cross-shard batch takes to arrive, and
+/// long enough to outlast a network partition between cluster nodes, whose link-up hands the
+/// clears over with the retained set (`ShardState::sync_retained_to`). Pruned only when
+/// [`RETAINED_TOMBSTONES_MAX`] are held.
+pub const RETAINED_TOMBSTONE_KEEP: Duration = Duration::from_secs(3600);
 
 /// One bit per shard.
 pub type ShardMask = u64;

@@ -288,7 +288,26 @@ impl ShardState {
     /// joined after the messages were published). Bounded like any forward: past
     /// [`CLUSTER_FORWARDS_MAX`] or the link's bound the rest is dropped and counted.
     pub fn sync_retained_to(&mut self, peer: PeerNode) -> usize {
-        let messages: Vec<Arc<Message>> = self.retained.values().map(|r| r.0.clone()).collect();
+        let mut messages: Vec<Arc<Message>> = self.retained.values().map(|r| r.0.clone()).collect();
+        // And the clears this node remembers, as the empty retained publishes they were
+        // [MQTT-3.3.1-10]: a topic cleared here while the peer was cut off must not survive there
+        // (the peer keeps whichever of its message and the clear is later).
+        messages.extend(self.retained_cleared.iter().map(|(topic, at)| {
+            Arc::new(Message {
+                publish: wire::Publish {
+                    dup: false,
+                    qos: QoS::AtMostOnce,
+                    retain: true,
+                    topic: Utf8Bytes::from(&**topic),
+                    packet_id: None,
+                    properties: Default::default(),
+                    payload: Bytes::new(),
+                },
+                origin: None,
+                expires_at: None,
+                received_at: at.0,
+            })
+        }));
         let count = messages.len();
         for message in messages {
             let mut nodes = SmallVec::new();
@@ -307,7 +326,8 @@ impl ShardState {
     /// A retained message a peer handed over when its link came up: stored on every shard (last
     /// writer wins by the origin's time), delivered to nobody.
     pub fn retain_from_peer(&mut self, message: Arc<Message>) {
-        self.store_retained(&message);
+        // A clear from the peer removes only an older message (`apply_retain`'s order).
+        self.apply_retain(&message);
         for shard in 0..self.shard_count {
             if shard != self.id {
                 self.send_to(shard, ShardMsg::Retain(message.clone()));
