@@ -13,7 +13,8 @@
 #
 # usage: bench/takeover.sh [--no-docs]
 # env: LOADGEN, RINGMQ (release binaries), BROKER_CPU (0), LOADGEN_CPU (1), N (10000),
-#      CONC (500), PARTS ("storm move"), KEEP_WORK=1
+#      CONC (500), PARTS ("storm move"), PERF=NAME (perf record the brokers during run NAME,
+#      e.g. storm-cluster, into /tmp/ringmq-takeover-NAME.perf), KEEP_WORK=1
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -125,11 +126,18 @@ conn_run() {
     shift 2
     local before=() after=() i cpu=0 hz
     for pid in "${PIDS[@]}"; do before+=("$(ticks "$pid")"); done
+    local perf=
+    if [[ ${PERF:-} == "$name" ]]; then
+        perf record -q -e cpu-clock -F 2000 -g -o "/tmp/ringmq-takeover-$name.perf" -p "$(IFS=,; echo "${PIDS[*]}")" 2> /dev/null &
+        perf=$!
+        sleep 0.5
+    fi
     taskset -c "$LOADGEN_CPU" "$LOADGEN" --threads 1 --quiet --host 127.0.0.1 --port "$port" \
         --conn-concurrency "$CONC" --client-id-prefix tk- --json "$WORK/$name.json" \
         conn -c "$N" --duration 1 "$@" > "$WORK/$name.txt" 2>&1 ||
         { log "loadgen failed for $name"; tail -5 "$WORK/$name.txt" >&2; }
     for pid in "${PIDS[@]}"; do after+=("$(ticks "$pid")"); done
+    if [[ -n $perf ]]; then kill -INT "$perf"; wait "$perf" 2> /dev/null || true; fi
     hz=$(getconf CLK_TCK)
     for i in "${!before[@]}"; do cpu=$(( cpu + ${after[$i]} - ${before[$i]} )); done
     python3 - "$WORK/$name.json" "$cpu" "$hz" <<'PY'
