@@ -245,6 +245,8 @@ pub struct ClaimBook<T> {
     /// Claims of ours that ended, whose answers may still come: an image then is an orphan.
     /// Bounded by [`CLAIMS_PENDING_MAX`] (oldest forgotten first).
     ended: BTreeMap<u64, String>,
+    /// The newest claim's deadline.
+    last_deadline: Option<Instant>,
     stats: ClaimStats,
 }
 
@@ -257,6 +259,7 @@ impl<T: Clone> ClaimBook<T> {
             pending: BTreeMap::new(),
             by_client: BTreeMap::new(),
             ended: BTreeMap::new(),
+            last_deadline: None,
             stats: ClaimStats::default(),
         }
     }
@@ -296,6 +299,11 @@ impl<T: Clone> ClaimBook<T> {
             }];
         }
         self.stats.started += 1;
+        // Never earlier than an older claim's: `pending` stays in deadline order.
+        let deadline = self
+            .last_deadline
+            .map_or(now + self.timeout, |last| (now + self.timeout).max(last));
+        self.last_deadline = Some(deadline);
         let claim = self.next_claim;
         self.next_claim += 1;
         let events = peers
@@ -324,7 +332,7 @@ impl<T: Clone> ClaimBook<T> {
                     node: self.me,
                 },
                 waiting: peers,
-                deadline: now + self.timeout,
+                deadline,
                 images: Vec::new(),
             },
         );
@@ -463,17 +471,19 @@ impl<T: Clone> ClaimBook<T> {
             .collect()
     }
 
-    /// The earliest claim deadline.
+    /// The earliest claim deadline: the oldest claim's, as every claim waits the same timeout
+    /// and claim ids grow with their start (a driver's `now` does not go back).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.pending.values().map(|p| p.deadline).min()
+        self.pending.first_key_value().map(|(_, p)| p.deadline)
     }
 
-    /// Ends every claim whose deadline passed, as won without the silent peers.
+    /// Ends every claim whose deadline passed, as won without the silent peers (oldest first,
+    /// stopping at the first that is not due: no scan of every pending claim).
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<ClaimEvent<T>> {
         let due: Vec<u64> = self
             .pending
             .iter()
-            .filter(|(_, p)| p.deadline <= now)
+            .take_while(|(_, p)| p.deadline <= now)
             .map(|(id, _)| *id)
             .collect();
         due.into_iter()
@@ -717,5 +727,36 @@ mod tests {
                 "only the winner's claim reaches a home shard"
             );
         }
+    }
+
+    #[test]
+    fn claims_time_out_oldest_first_and_only_when_due() {
+        let t = Instant::now();
+        let mut book = ClaimBook::new(n(1), Duration::from_secs(2));
+        book.start(1u32, "a".into(), false, &[n(2)], t, 10);
+        book.start(
+            2u32,
+            "b".into(),
+            false,
+            &[n(2)],
+            t + Duration::from_secs(1),
+            11,
+        );
+        assert_eq!(book.poll_timeout(), Some(t + Duration::from_secs(2)));
+        let done = book.handle_timeout(t + Duration::from_millis(2500));
+        let tokens: Vec<u32> = done
+            .iter()
+            .filter_map(|e| match e {
+                ClaimEvent::Done { token, outcome, .. } => {
+                    assert!(outcome.won);
+                    assert_eq!(outcome.timed_out, vec![n(2)]);
+                    Some(*token)
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(tokens, vec![1]);
+        assert_eq!(book.poll_timeout(), Some(t + Duration::from_secs(3)));
+        assert_eq!(book.pending_len(), 1);
     }
 }
