@@ -218,6 +218,8 @@ pub struct ClaimStats {
     pub timed_out: u64,
     /// Claims not sent because [`CLAIMS_PENDING_MAX`] were outstanding.
     pub overflowed: u64,
+    /// Claims that did not wait for a silent peer (one that let an earlier claim time out).
+    pub silent_skipped: u64,
     /// Answers for claims this node no longer knows (late, after a timeout), not images.
     pub stale_answers: u64,
 }
@@ -247,6 +249,8 @@ pub struct ClaimBook<T> {
     ended: BTreeMap<u64, String>,
     /// The newest claim's deadline.
     last_deadline: Option<Instant>,
+    /// Peers that let a claim time out and sent nothing since: asked, not waited for.
+    silent: BTreeSet<NodeId>,
     stats: ClaimStats,
 }
 
@@ -260,6 +264,7 @@ impl<T: Clone> ClaimBook<T> {
             by_client: BTreeMap::new(),
             ended: BTreeMap::new(),
             last_deadline: None,
+            silent: BTreeSet::new(),
             stats: ClaimStats::default(),
         }
     }
@@ -306,7 +311,14 @@ impl<T: Clone> ClaimBook<T> {
         self.last_deadline = Some(deadline);
         let claim = self.next_claim;
         self.next_claim += 1;
-        let events = peers
+        // A peer that let a claim time out is still asked (so it closes its copy and answers
+        // when it recovers) but not waited for, until it sends anything again: while a hung
+        // peer's link is still up, every connect would otherwise wait the whole timeout.
+        let waiting: BTreeSet<NodeId> = peers.difference(&self.silent).copied().collect();
+        if waiting.len() < peers.len() {
+            self.stats.silent_skipped += 1;
+        }
+        let events: Vec<ClaimEvent<T>> = peers
             .iter()
             .map(|&to| ClaimEvent::Send {
                 to,
@@ -318,6 +330,22 @@ impl<T: Clone> ClaimBook<T> {
                 },
             })
             .collect();
+        if waiting.is_empty() {
+            // Only silent peers: done now; an image one of them still sends is kept offline.
+            self.remember_ended(claim, client_id.clone());
+            self.stats.won += 1;
+            let mut events = events;
+            events.push(ClaimEvent::Done {
+                token,
+                client_id,
+                outcome: ClaimOutcome {
+                    won: true,
+                    images: Vec::new(),
+                    timed_out: Vec::new(),
+                },
+            });
+            return events;
+        }
         self.by_client
             .entry(client_id.clone())
             .or_default()
@@ -331,7 +359,7 @@ impl<T: Clone> ClaimBook<T> {
                     at_us: now_us,
                     node: self.me,
                 },
-                waiting: peers,
+                waiting,
                 deadline,
                 images: Vec::new(),
             },
@@ -341,6 +369,7 @@ impl<T: Clone> ClaimBook<T> {
 
     /// A session message from peer `from`.
     pub fn handle(&mut self, from: NodeId, msg: SessionMsg) -> Vec<ClaimEvent<T>> {
+        self.silent.remove(&from);
         match msg {
             SessionMsg::Claim {
                 claim,
@@ -443,11 +472,13 @@ impl<T: Clone> ClaimBook<T> {
             self.stats.stale_answers += 1;
             return Vec::new();
         };
-        if !p.waiting.remove(&from) {
-            return Vec::new();
-        }
+        let waited = p.waiting.remove(&from);
         if let Some(image) = image {
+            // Also from a silent peer this claim did not wait for: the session is never dropped.
             p.images.push((from, image));
+        }
+        if !waited {
+            return Vec::new();
         }
         if !won {
             return self.finish(claim, false);
@@ -460,6 +491,7 @@ impl<T: Clone> ClaimBook<T> {
 
     /// Peer `node` went down (or its link did): it will not answer; its sessions are gone.
     pub fn peer_down(&mut self, node: NodeId) -> Vec<ClaimEvent<T>> {
+        self.silent.remove(&node);
         let claims: Vec<u64> = self
             .pending
             .iter_mut()
@@ -491,6 +523,18 @@ impl<T: Clone> ClaimBook<T> {
             .collect()
     }
 
+    /// Peers not waited for by new claims until they send something (see [`ClaimBook::start`]).
+    pub fn silent_peers(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.silent.iter().copied()
+    }
+
+    fn remember_ended(&mut self, claim: u64, client_id: String) {
+        if self.ended.len() >= CLAIMS_PENDING_MAX {
+            self.ended.pop_first();
+        }
+        self.ended.insert(claim, client_id);
+    }
+
     fn finish(&mut self, claim: u64, won: bool) -> Vec<ClaimEvent<T>> {
         let Some(p) = self.pending.remove(&claim) else {
             return Vec::new();
@@ -504,11 +548,9 @@ impl<T: Clone> ClaimBook<T> {
         if !p.waiting.is_empty() {
             if won {
                 self.stats.timed_out += 1;
+                self.silent.extend(p.waiting.iter().copied());
             }
-            if self.ended.len() >= CLAIMS_PENDING_MAX {
-                self.ended.pop_first();
-            }
-            self.ended.insert(claim, p.client_id.clone());
+            self.remember_ended(claim, p.client_id.clone());
         }
         if won {
             self.stats.won += 1;
@@ -758,5 +800,63 @@ mod tests {
         assert_eq!(tokens, vec![1]);
         assert_eq!(book.poll_timeout(), Some(t + Duration::from_secs(3)));
         assert_eq!(book.pending_len(), 1);
+    }
+
+    /// A peer that let a claim time out is asked but not waited for by the next claims, until
+    /// it answers again; its late image still reaches the claim (or the orphan path).
+    #[test]
+    fn a_silent_peer_is_asked_but_not_waited_for_until_it_speaks() {
+        let t = Instant::now();
+        let mut book = ClaimBook::new(n(1), Duration::from_secs(2));
+        book.start(1u32, "a".into(), false, &[n(2), n(3)], t, 10);
+        book.handle(
+            n(3),
+            SessionMsg::NoSession {
+                claim: 1,
+                client_id: "a".into(),
+            },
+        );
+        book.handle_timeout(t + Duration::from_secs(2));
+        assert_eq!(book.silent_peers().collect::<Vec<_>>(), vec![n(2)]);
+
+        // Node 2 is still asked, node 3 is waited for.
+        let events = book.start(2u32, "b".into(), false, &[n(2), n(3)], t, 11);
+        let asked: Vec<NodeId> = events
+            .iter()
+            .filter_map(|e| match e {
+                ClaimEvent::Send { to, .. } => Some(*to),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(asked, vec![n(2), n(3)]);
+        let done = book.handle(
+            n(3),
+            SessionMsg::NoSession {
+                claim: 2,
+                client_id: "b".into(),
+            },
+        );
+        assert!(matches!(
+            done.as_slice(),
+            [ClaimEvent::Done { token: 2, .. }]
+        ));
+        assert_eq!(book.stats().silent_skipped, 1);
+
+        // Only the silent peer: done at once; its late image is an orphan, not lost.
+        let events = book.start(3u32, "c".into(), false, &[n(2)], t, 12);
+        assert!(events
+            .iter()
+            .any(|e| matches!(e, ClaimEvent::Done { token: 3, .. })));
+        let late = book.handle(
+            n(2),
+            SessionMsg::Image {
+                claim: 3,
+                client_id: "c".into(),
+                image: vec![7],
+            },
+        );
+        assert!(matches!(late.as_slice(), [ClaimEvent::Orphan { .. }]));
+        // It spoke: waited for again.
+        assert_eq!(book.silent_peers().count(), 0);
     }
 }

@@ -113,6 +113,8 @@ fn publish(
     counter!("ringmq_cluster_claims_total", "outcome" => "lost").absolute(cs.lost);
     counter!("ringmq_cluster_claims_timed_out_total").absolute(cs.timed_out);
     counter!("ringmq_cluster_claims_overflowed_total").absolute(cs.overflowed);
+    counter!("ringmq_cluster_claims_silent_skipped_total").absolute(cs.silent_skipped);
+    gauge!("ringmq_cluster_claims_silent_peers").set(claims.silent_peers().count() as f64);
     counter!("ringmq_cluster_sessions_moved_total", "direction" => "in")
         .absolute(cs.sessions_moved_in);
     counter!("ringmq_cluster_sessions_moved_total", "direction" => "out")
