@@ -196,13 +196,19 @@ impl Cluster {
         format!(
             "[cluster]\nnode_id = {}\ngossip_listen = \"{host}:{}\"\npeer_listen = \"{host}:{}\"\n\
              seeds = [{}]\nsecret_file = \"{}\"\nprobe_period_ms = 300\nprobe_rtt_ms = 100\n\
-             suspect_timeout_ms = 1000\nreconcile_period_ms = 200\nanti_entropy_period_ms = 500\n\
+             {}reconcile_period_ms = 200\nanti_entropy_period_ms = 500\n\
              link_retry_ms = 300\n{}",
             spec.node_id,
             spec.gossip,
             spec.peer,
             seeds.join(", "),
             self.secret.0.display(),
+            // `extra` may set its own suspect timeout (a key given twice is a TOML error).
+            if self.extra.contains("suspect_timeout_ms") {
+                ""
+            } else {
+                "suspect_timeout_ms = 1000\n"
+            },
             self.extra,
             host = self.host(i),
         )
@@ -1455,6 +1461,46 @@ fn concurrent_connects_of_one_id_on_two_nodes_leave_one_connection() {
         );
     }
     eprintln!("{refused} of {ROUNDS} rounds ended with a refused concurrent connect");
+    for broker in [a, b] {
+        broker.stop();
+    }
+}
+
+/// A peer that stops answering (SIGSTOP: its link stays up) costs one claim timeout, not one per
+/// connect: later connects on the other node do not wait for it until it speaks again. Every
+/// connect succeeds meanwhile, and after SIGCONT the peer answers and is waited for again.
+#[test]
+fn a_hung_peer_delays_one_connect_not_every_connect() {
+    use ringmq_tests::{connect_v4, RawClient};
+    use wire::ReasonCode;
+
+    let rt = runtime();
+    let mut cluster = Cluster::new(2);
+    // Long enough that SWIM does not declare the stopped node down during the test.
+    cluster.extra = "suspect_timeout_ms = 60000\ntakeover_timeout_ms = 500\n".to_string();
+    let a = cluster.start(0);
+    let b = cluster.start(1);
+    cluster.wait_formed(&[0, 1]);
+    b.signal(libc::SIGSTOP);
+    for i in 0..5 {
+        let id = unique(&format!("hung-{i}"));
+        let (_client, ack) = rt.block_on(RawClient::handshake(addr(&a), connect_v4(&id)));
+        assert_eq!(ack.reason_code, ReasonCode::Success, "connect {i}");
+    }
+    cluster.wait_for("one claim timed out on the stopped peer", || {
+        cluster.metric(0, "ringmq_cluster_claims_timed_out_total", &[]) >= 1.0
+    });
+    cluster.wait_for("later claims did not wait for it", || {
+        cluster.metric(0, "ringmq_cluster_claims_silent_skipped_total", &[]) >= 1.0
+            && cluster.metric(0, "ringmq_cluster_claims_silent_peers", &[]) == 1.0
+    });
+    b.signal(libc::SIGCONT);
+    // It answers the claims it was sent while stopped: waited for again.
+    cluster.wait_for("the resumed peer is waited for again", || {
+        cluster.metric(0, "ringmq_cluster_claims_silent_peers", &[]) == 0.0
+    });
+    let (_client, ack) = rt.block_on(RawClient::handshake(addr(&a), connect_v4(&unique("after"))));
+    assert_eq!(ack.reason_code, ReasonCode::Success);
     for broker in [a, b] {
         broker.stop();
     }
