@@ -847,6 +847,21 @@ fn wait_routes_agree(cluster: &Cluster, exports: &[f64]) {
                 ),
                 || cluster.metric(observer, "ringmq_cluster_remote_routes", &[&label]) == *want,
             );
+            // And the order-independent digests: what the observer holds of the origin's set
+            // is the origin's own set.
+            cluster.wait_for(
+                &format!(
+                    "node {}'s digest of node {}'s routes equals node {}'s own",
+                    observer + 1,
+                    origin + 1,
+                    origin + 1
+                ),
+                || {
+                    let own = cluster.metric(origin, "ringmq_cluster_route_digest", &[&label]);
+                    own != 0.0
+                        && cluster.metric(observer, "ringmq_cluster_route_digest", &[&label]) == own
+                },
+            );
         }
     }
 }

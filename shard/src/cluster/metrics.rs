@@ -48,6 +48,12 @@ fn publish(
     counter!("ringmq_cluster_links_refused_total").absolute(node.stats().links_refused);
     counter!("ringmq_cluster_route_changes_applied_total").absolute(stats.route_changes_applied);
     gauge!("ringmq_cluster_route_seq").set(node.local_summary().seq as f64);
+    // The route sets' order-independent digests, this node's own and each origin's as held
+    // here: converged when every node shows the same value for an origin (the low 52 bits, so
+    // the gauge's f64 holds them exactly).
+    let digest = |d: u64| (d & ((1 << 52) - 1)) as f64;
+    gauge!("ringmq_cluster_route_digest", "origin" => me.to_string())
+        .set(digest(node.local_summary().digest));
     // An origin that went down is gone from the table: it shows 0, not its last size.
     for id in origins_seen.iter() {
         if node.remote_table().get(NodeId(*id)).is_none() {
@@ -58,6 +64,8 @@ fn publish(
         let id = origin.summary().origin.0;
         origins_seen.insert(id);
         gauge!("ringmq_cluster_remote_routes", "origin" => id.to_string()).set(origin.len() as f64);
+        gauge!("ringmq_cluster_route_digest", "origin" => id.to_string())
+            .set(digest(origin.summary().digest));
     }
     let up: Vec<_> = node.links_up().map(|(link, p)| (link, p.node_id)).collect();
     let mut linked = BTreeSet::new();
