@@ -6,14 +6,17 @@
 # Mosquitto, to a lone ringmq, and to node 1 of a two-node ringmq cluster (each CONNECT claims
 # its id from node 2). Part "move": N persistent clients connect and hold (a first loadgen); then
 # the same N ids connect again (a second loadgen): to the same broker for Mosquitto and the lone
-# ringmq (local takeovers), to node 2 of the cluster (every session moves from node 1). Figures:
+# ringmq (local takeovers), to node 2 of the cluster (every session moves from node 1). Part
+# "failover": N persistent clients with --reconnect spread round robin over the two nodes; once
+# all are connected node 1 is killed (SIGKILL) and its clients reconnect to node 2 (reconnect
+# time from the loss to the new CONNACK, per client). Figures:
 # the (second) loadgen's connect latency and time to its last CONNACK, and the brokers'
 # utime+stime over that run (both nodes for the cluster). Brokers on BROKER_CPU (both nodes
 # there, one shard each), loadgens on LOADGEN_CPU.
 #
 # usage: bench/takeover.sh [--no-docs]
 # env: LOADGEN, RINGMQ (release binaries), BROKER_CPU (0), LOADGEN_CPU (1), N (10000),
-#      CONC (500), PARTS ("storm move"), PERF=NAME (perf record the brokers during run NAME,
+#      CONC (500), PARTS ("storm move failover"), PERF=NAME (perf record the brokers during run NAME,
 #      e.g. storm-cluster, into /tmp/ringmq-takeover-NAME.perf), KEEP_WORK=1
 set -euo pipefail
 
@@ -35,7 +38,7 @@ BROKER_CPU=${BROKER_CPU:-0}
 LOADGEN_CPU=${LOADGEN_CPU:-1}
 N=${N:-10000}
 CONC=${CONC:-500}
-PARTS=${PARTS:-storm move}
+PARTS=${PARTS:-storm move failover}
 WORK=$(mktemp -d /tmp/ringmq-takeover-bench.XXXXXX)
 PIDS=()
 ulimit -n "$(ulimit -Hn)"
@@ -210,6 +213,37 @@ for part in $PARTS; do
             log "sessions moved in on node 2: $moved"
             unhold; stop_all
             ;;
+        failover)
+            log "failover: kill -9 node 1 of two"
+            start_cluster
+            taskset -c "$LOADGEN_CPU" "$LOADGEN" --threads 1 \
+                --host "127.0.0.1:${ports[0]},127.0.0.1:${ports[1]}" --reconnect \
+                --reconnect-backoff-ms 100,2000 --conn-concurrency "$CONC" --client-id-prefix fo- \
+                --persistent --json "$WORK/failover.json" conn -c "$N" --duration 20 \
+                > "$WORK/failover.txt" 2>&1 &
+            HOLDER=$!
+            for _ in $(seq 1 600); do
+                grep -q "conn $N/$N" "$WORK/failover.txt" 2>/dev/null && break
+                sleep 0.1
+            done
+            kill -9 "${PIDS[0]}"
+            wait "$HOLDER" 2>/dev/null || log "the failover loadgen failed"
+            HOLDER=
+            failover=$(python3 - "$WORK/failover.json" <<'PY'
+import json, sys
+try:
+    c = json.load(open(sys.argv[1]))["connections"]
+    r = c["reconnect_time_ms"]
+    print(f'{c["reconnects"]} reconnects (failed: {sum(c["reconnect_failures"].values())}); '
+          f'reconnect time p50 {r["p50"]:.0f} ms, p99 {r["p99"]:.0f} ms, max {r["max"]:.0f} ms; '
+          f'CONNACKs per broker {c["connects_per_broker"]}')
+except Exception as e:
+    print(f"no summary ({e})")
+PY
+)
+            log "failover: $failover"
+            stop_all
+            ;;
         *) echo "unknown part $part" >&2; exit 2 ;;
     esac
 done
@@ -223,6 +257,7 @@ REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
     echo
     echo "- \`$("$RINGMQ" --version 2>/dev/null | head -1)\` from \`$RINGMQ\` (tree at $REV); $N clients, $CONC handshakes in flight, 3.1.1; brokers on CPU $BROKER_CPU (one shard per node), loadgen (one thread) on CPU $LOADGEN_CPU; $LOAD at the end."
     [[ -n ${moved:-} ]] && echo "- move: node 2 counted $moved sessions moved in (\`ringmq_cluster_sessions_moved_total{direction=\"in\"}\`)."
+    [[ -n ${failover:-} ]] && echo "- failover (node 1 of two killed with SIGKILL once $N clients were connected, half on each; \`--reconnect --reconnect-backoff-ms 100,2000\`): $failover."
     echo
     echo "| part | setup | connected | connect p50, ms | p99, ms | last CONNACK, ms | broker CPU-s |"
     echo "|---|---|---:|---:|---:|---:|---:|"
