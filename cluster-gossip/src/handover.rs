@@ -293,15 +293,7 @@ impl<T: Clone> ClaimBook<T> {
             if !peers.is_empty() {
                 self.stats.overflowed += 1;
             }
-            return vec![ClaimEvent::Done {
-                token,
-                client_id,
-                outcome: ClaimOutcome {
-                    won: true,
-                    images: Vec::new(),
-                    timed_out: Vec::new(),
-                },
-            }];
+            return vec![won_at_once(token, client_id)];
         }
         self.stats.started += 1;
         // Never earlier than an older claim's: `pending` stays in deadline order.
@@ -335,15 +327,7 @@ impl<T: Clone> ClaimBook<T> {
             self.remember_ended(claim, client_id.clone());
             self.stats.won += 1;
             let mut events = events;
-            events.push(ClaimEvent::Done {
-                token,
-                client_id,
-                outcome: ClaimOutcome {
-                    won: true,
-                    images: Vec::new(),
-                    timed_out: Vec::new(),
-                },
-            });
+            events.push(won_at_once(token, client_id));
             return events;
         }
         self.by_client
@@ -569,6 +553,19 @@ impl<T: Clone> ClaimBook<T> {
                 timed_out: p.waiting.into_iter().collect(),
             },
         }]
+    }
+}
+
+/// A claim that waits for nobody: won, nothing came.
+fn won_at_once<T>(token: T, client_id: String) -> ClaimEvent<T> {
+    ClaimEvent::Done {
+        token,
+        client_id,
+        outcome: ClaimOutcome {
+            won: true,
+            images: Vec::new(),
+            timed_out: Vec::new(),
+        },
     }
 }
 

@@ -1248,6 +1248,29 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
+/// mosquitto_sub on node `i` (`broker`) with a persistent session of `id`, QoS 1, printing topics.
+fn persistent_sub(
+    cluster: &Cluster,
+    i: usize,
+    broker: &BrokerProcess,
+    id: &str,
+    filter: &str,
+) -> mosquitto::Tool {
+    let args = [
+        "-p",
+        &port(broker),
+        "-i",
+        id,
+        "-c",
+        "-q",
+        "1",
+        "-t",
+        filter,
+        "-v",
+    ];
+    cluster.tool(i, "mosquitto_sub", &args)
+}
+
 /// One session per client id in the cluster (issue 9): a client that connects to node 2 while
 /// its session lives on node 1 takes it over. Node 1's connection is closed with DISCONNECT
 /// 0x8E Session taken over [MQTT-3.1.4-3]; the session moves with its subscription and its
@@ -1287,22 +1310,7 @@ fn session_with_qos1_in_flight_moves_to_the_node_the_client_connects_to() {
         holder
     });
     // The offline one: subscribes on node 1 with a persistent session, then goes away.
-    let sub = cluster.tool(
-        0,
-        "mosquitto_sub",
-        &[
-            "-p",
-            &port(&a),
-            "-i",
-            &offline,
-            "-c",
-            "-q",
-            "1",
-            "-t",
-            &format!("{topic}/#"),
-            "-v",
-        ],
-    );
+    let sub = persistent_sub(&cluster, 0, &a, &offline, &format!("{topic}/#"));
     publish_until_seen(&sub, &a, &format!("{topic}/probe"), "p");
     sub.kill();
     for i in 0..3 {
@@ -1363,22 +1371,7 @@ fn session_with_qos1_in_flight_moves_to_the_node_the_client_connects_to() {
     rt.block_on(holder.expect_disconnect(ReasonCode::SessionTakenOver));
 
     // 3. The offline client's queued messages moved too.
-    let sub = cluster.tool(
-        1,
-        "mosquitto_sub",
-        &[
-            "-p",
-            &port(&b),
-            "-i",
-            &offline,
-            "-c",
-            "-q",
-            "1",
-            "-t",
-            &format!("{topic}/#"),
-            "-v",
-        ],
-    );
+    let sub = persistent_sub(&cluster, 1, &b, &offline, &format!("{topic}/#"));
     let mut lines = Vec::new();
     let deadline = Instant::now() + CLUSTER_WAIT;
     while lines.len() < 3 && Instant::now() < deadline {

@@ -603,6 +603,17 @@ impl ClusterRuntime {
                 events.extend(book.handle_timeout(now));
             }
         }
+        self.run_claim_events(ctx, events, now)
+    }
+
+    /// [`ClusterRuntime::claim_events`] outside a turn (borrows the engine); true if there were
+    /// any (the engine got work).
+    fn run_claim_events(
+        &self,
+        ctx: &Rc<ShardCtx>,
+        events: Vec<ClaimEvent<ClaimToken>>,
+        now: Instant,
+    ) -> bool {
         if events.is_empty() {
             return false;
         }
@@ -786,13 +797,7 @@ impl ClusterRuntime {
                     }
                 };
                 let events = self.claims.borrow_mut().handle(from, msg);
-                if events.is_empty() {
-                    return false;
-                }
-                let mut node = self.node.borrow_mut();
-                let mut engine = ctx.engine.borrow_mut();
-                self.claim_events(&mut node, &mut engine, events, now);
-                true
+                self.run_claim_events(ctx, events, now)
             }
         }
     }
