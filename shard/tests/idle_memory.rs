@@ -1,8 +1,10 @@
 //! Heap held per idle connection, counted by a wrapping global allocator: a broker on one shard,
 //! `N` raw MQTT 3.1.1 clients that each CONNECT and SUBSCRIBE to their own topic, then the live
 //! heap before and after, divided by `N`, right after they connected (there is no parking: an
-//! idle connection is its session and the ring's small per-connection record). Run with `--nocapture` to see
-//! where the bytes go (live allocations by size). The check is a memory budget, not a timing.
+//! idle connection is its session and the ring's small per-connection record), and again once
+//! each received one QoS 0 and one QoS 1 message and is idle again. Run with `--nocapture` to
+//! see where the bytes go (live allocations by size). The check is a memory budget, not a
+//! timing.
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -135,6 +137,52 @@ fn idle_client(addr: std::net::SocketAddr, i: usize) -> TcpStream {
     s
 }
 
+/// A publisher that sends every idle client, on its own topic, one QoS 0 and one QoS 1
+/// message, and reads its PUBACKs.
+fn publish_to_each(addr: std::net::SocketAddr, clients: std::ops::Range<usize>) {
+    let mut p = TcpStream::connect(addr).expect("connect");
+    p.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut connect = string("MQTT");
+    connect.extend_from_slice(&[4, 2, 0, 0]);
+    connect.extend(string("ota-publisher"));
+    p.write_all(&frame(0x10, &connect)).unwrap();
+    let mut connack = [0u8; 4];
+    p.read_exact(&mut connack).expect("connack");
+    let mut out = Vec::new();
+    for (n, i) in clients.clone().enumerate() {
+        let topic = string(&format!("fleet/vehicle-{i:06}/command"));
+        let mut qos0 = topic.clone();
+        qos0.extend_from_slice(b"ota-0");
+        out.extend(frame(0x30, &qos0));
+        let mut qos1 = topic;
+        qos1.extend_from_slice(&(n as u16 + 1).to_be_bytes());
+        qos1.extend_from_slice(b"ota-1");
+        out.extend(frame(0x32, &qos1));
+    }
+    p.write_all(&out).unwrap();
+    let mut pubacks = vec![0u8; 4 * clients.len()];
+    p.read_exact(&mut pubacks)
+        .expect("pubacks to the publisher");
+    // Kept open until the end: its own session is not what an idle client costs.
+    std::mem::forget(p);
+}
+
+/// Reads the QoS 0 then the QoS 1 PUBLISH an idle client was sent and acknowledges the second.
+fn receive_both(s: &mut TcpStream) {
+    for qos in [0u8, 1] {
+        let mut header = [0u8; 2];
+        s.read_exact(&mut header).expect("publish");
+        assert_eq!(header[0] & 0xF6, 0x30 | (qos << 1), "QoS {qos} publish");
+        let mut body = vec![0u8; usize::from(header[1])];
+        s.read_exact(&mut body).expect("publish body");
+        if qos == 1 {
+            let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+            let id = &body[2 + topic_len..4 + topic_len];
+            s.write_all(&[0x40, 2, id[0], id[1]]).unwrap();
+        }
+    }
+}
+
 fn snapshot() -> (i64, i64, Vec<i64>) {
     (
         LIVE_BYTES.load(Ordering::Relaxed),
@@ -213,6 +261,35 @@ fn heap_per_idle_connection_with_one_subscription() {
         "  of which tables: {:.0} per connection (allocated {came:?}, freed {gone:?})",
         tables as f64 / n as f64
     );
+
+    // Every client receives one QoS 0 and one QoS 1 message and acknowledges the second; then
+    // they are idle again and the shard's traffic sweep may release what delivery needed.
+    publish_to_each(addr, WARM..WARM + n);
+    for s in &mut clients[WARM..] {
+        receive_both(s);
+    }
+    // Two visits of each session's slot free an idle traffic box (one to see it unused).
+    let sessions = WARM + n + 1;
+    let sweeps = 2 * sessions.div_ceil(engine::state::TRAFFIC_SWEEP_SLOTS_MAX) + 1;
+    std::thread::sleep(engine::state::TRAFFIC_SWEEP_INTERVAL * sweeps as u32);
+    std::thread::sleep(Duration::from_millis(300));
+    let (b2, c2, h2) = snapshot();
+    let per_conn_delivered = (b2 - b0) as f64 / n as f64;
+    println!(
+        "heap per idle connection after one QoS 0 and one QoS 1 delivery: \
+         {per_conn_delivered:.0} B in {:.1} allocations",
+        (c2 - c0) as f64 / n as f64
+    );
+    for (bucket, (before, after)) in h1.iter().zip(&h2).enumerate() {
+        let delta = after - before;
+        if delta.unsigned_abs() as usize >= n / 10 {
+            println!(
+                "  chunks <= {:>5} B: {:+.2} per connection since connected",
+                bucket * 32,
+                delta as f64 / n as f64
+            );
+        }
+    }
     broker.shutdown();
     drop(clients);
     broker.join().unwrap();
@@ -223,5 +300,12 @@ fn heap_per_idle_connection_with_one_subscription() {
     assert!(
         per_conn <= 740.0,
         "an idle connection holds {per_conn:.0} B of heap, over the 740 B budget"
+    );
+    // The same budget once it received a message of each QoS and is idle again: delivery
+    // leaves nothing behind (the session's `Traffic` is released by the sweep).
+    assert!(
+        per_conn_delivered <= 740.0,
+        "an idle connection holds {per_conn_delivered:.0} B of heap after its deliveries, \
+         over the 740 B budget"
     );
 }

@@ -40,6 +40,8 @@ pub struct Counters {
     pub cross_shard_sent: u64,
     pub wills_published: u64,
     pub sessions_expired: u64,
+    /// Idle sessions' traffic boxes freed by the traffic sweep (`ShardState::sweep_traffic`).
+    pub traffic_released: u64,
     pub takeovers: u64,
     /// Sessions that arrived from a peer node (cluster takeover) and were installed here.
     pub sessions_handed_in: u64,

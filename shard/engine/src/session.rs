@@ -223,6 +223,11 @@ pub struct Traffic {
     /// Inbound QoS 2 packet ids received and PUBREC'd, awaiting PUBREL. At most our
     /// Receive Maximum.
     pub incoming_qos2: SmallVec<[u16; 4]>,
+    /// Set by every [`Session::traffic_mut`], cleared by each visit of the shard's traffic
+    /// sweep: a box is freed only when a visit finds it empty and unused since the last one, so
+    /// a stream of messages keeps its box (and its queues' capacity) instead of allocating them
+    /// again after every drive that emptied them.
+    used_since_sweep: bool,
 }
 
 impl Traffic {
@@ -350,7 +355,24 @@ impl Session {
 
     /// The session's traffic, created on first use.
     pub fn traffic_mut(&mut self) -> &mut Traffic {
-        self.traffic.get_or_insert_with(Default::default)
+        let traffic = self.traffic.get_or_insert_with(Default::default);
+        traffic.used_since_sweep = true;
+        traffic
+    }
+
+    /// One visit of the shard's traffic sweep: frees the traffic box when nothing is in progress
+    /// (queue, retained owed, in flight, inbound QoS 2 all empty) and nothing was queued on it
+    /// since the previous visit. Returns whether it freed it.
+    pub fn sweep_traffic(&mut self) -> bool {
+        let Some(traffic) = self.traffic.as_deref_mut() else {
+            return false;
+        };
+        if traffic.is_empty() && !traffic.used_since_sweep {
+            self.traffic = None;
+            return true;
+        }
+        traffic.used_since_sweep = false;
+        false
     }
 
     /// Frees the traffic box when nothing is in progress (an idle session keeps none).

@@ -23,6 +23,7 @@ pub use handover::{Installed, SessionImage, HANDED_OVER_KEEP};
 pub use remote::{ClusterShard, ExportChange, CLUSTER_FORWARDS_MAX};
 pub use retained::RetainedOrder;
 pub use subscriptions::{FilterEntry, LocalGroup, SUBSCRIBERS_INDEXED_MIN};
+pub use timers::{TRAFFIC_SWEEP_INTERVAL, TRAFFIC_SWEEP_SLOTS_MAX};
 
 use std::cell::Cell;
 #[allow(unused_imports)]
@@ -284,6 +285,10 @@ pub struct ShardState {
     pub started_at: Instant,
     /// What timer due times count from (a [`TimerEntry`] holds an offset, not an `Instant`).
     timer_epoch: Instant,
+    /// When the traffic sweep runs next ([`ShardState::sweep_traffic`]).
+    traffic_sweep_at: Instant,
+    /// The session slot the next traffic sweep starts at.
+    traffic_sweep_cursor: u32,
     /// PUBACK/PUBRECs owed once Kafka acknowledges, by bridge token. Bounded by the clients'
     /// inflight windows (a client cannot have more unacknowledged publishes than its window).
     pub kafka_pending: AHashMap<u64, crate::bridge::PendingKafkaAck>,
@@ -355,6 +360,8 @@ impl ShardState {
             next_link_generation: 1,
             started_at: Instant::now(),
             timer_epoch: Instant::now(),
+            traffic_sweep_at: Instant::now() + TRAFFIC_SWEEP_INTERVAL,
+            traffic_sweep_cursor: 0,
             kafka_pending: AHashMap::new(),
             next_kafka_token: 0,
             ready: ReadyQueue::default(),

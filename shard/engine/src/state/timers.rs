@@ -1,5 +1,14 @@
 use super::*;
 
+/// How often the shard's traffic sweep runs (`ShardState::sweep_traffic`): it frees the
+/// `session::Traffic` of sessions that are idle again, so an idle connection that once received
+/// a message costs what one that never did costs.
+pub const TRAFFIC_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// Session slots one sweep visits (a cursor walks the slot table round-robin), so a sweep costs
+/// the same however many sessions the shard holds; a slot is visited every
+/// `ceil(slots / TRAFFIC_SWEEP_SLOTS_MAX)` sweeps.
+pub const TRAFFIC_SWEEP_SLOTS_MAX: usize = 4096;
+
 impl ShardState {
     // ----- timers ---------------------------------------------------------------------------
 
@@ -39,11 +48,40 @@ impl ShardState {
         self.timers.len()
     }
 
-    /// When the next timer is due.
+    /// When the next timer is due: the heap's first, or the traffic sweep while the shard holds
+    /// sessions.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.timers
+        let timer = self
+            .timers
             .peek()
-            .map(|Reverse(t)| self.timer_epoch + Duration::from_nanos(t.at_ns()))
+            .map(|Reverse(t)| self.timer_epoch + Duration::from_nanos(t.at_ns()));
+        let sweep = (self.slots.len() > self.free_slots.len()).then_some(self.traffic_sweep_at);
+        timer.into_iter().chain(sweep).min()
+    }
+
+    /// Visits the next `TRAFFIC_SWEEP_SLOTS_MAX` session slots once the sweep is due, freeing
+    /// the traffic of sessions idle since the last visit ([`Session::sweep_traffic`]): after
+    /// its deliveries an idle connection costs no more than before them, and nothing is freed
+    /// or allocated per message.
+    pub(super) fn sweep_traffic(&mut self, now: Instant) {
+        if now < self.traffic_sweep_at {
+            return;
+        }
+        self.traffic_sweep_at = now + TRAFFIC_SWEEP_INTERVAL;
+        let slots = self.slots.len();
+        if slots == 0 {
+            return;
+        }
+        let mut at = self.traffic_sweep_cursor as usize % slots;
+        for _ in 0..slots.min(TRAFFIC_SWEEP_SLOTS_MAX) {
+            if let Some(session) = self.slots[at].session.as_deref_mut() {
+                if session.sweep_traffic() {
+                    self.counters.traffic_released += 1;
+                }
+            }
+            at = (at + 1) % slots;
+        }
+        self.traffic_sweep_cursor = at as u32;
     }
 
     /// Runs every due timer: keepalive expiry closes connections, delayed wills are published,
@@ -125,5 +163,6 @@ impl ShardState {
                 }
             }
         }
+        self.sweep_traffic(now);
     }
 }
