@@ -12,6 +12,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+source "$ROOT/bench/lib.sh"
 COMMAND="bench/broadcast.sh${*:+ $*}"
 ROUNDS=2
 DURATION=5
@@ -44,27 +45,13 @@ trap cleanup EXIT
 
 log() { echo "[broadcast $(date +%H:%M:%S)] $*" >&2; }
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-wait_port() {
-    for _ in $(seq 1 200); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-        sleep 0.05
-    done
-    echo "broker did not listen on $1" >&2
-    return 1
-}
-
 start_broker() {
     local broker=$1
     PORT=$(free_port)
     ulimit -n "$(ulimit -Hn)"
     case "$broker" in
         mosquitto)
-            printf 'listener %s 127.0.0.1\nallow_anonymous true\nallow_duplicate_messages true\nmax_connections -1\npersistence false\nlog_dest stderr\n' \
-                "$PORT" > "$WORK/mosquitto.conf"
+            mosquitto_conf "$WORK/mosquitto.conf" "$PORT"
             taskset -c "$BROKER_CPU" mosquitto -c "$WORK/mosquitto.conf" 2>> "$WORK/mosquitto.log" &
             ;;
         ringmq|ringmq-before)
@@ -79,15 +66,7 @@ start_broker() {
 }
 
 stop_broker() {
-    if [[ -n "$BROKER_PID" ]] && kill -0 "$BROKER_PID" 2>/dev/null; then
-        kill "$BROKER_PID" 2>/dev/null || true
-        for _ in $(seq 1 100); do
-            kill -0 "$BROKER_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -9 "$BROKER_PID" 2>/dev/null || true
-        wait "$BROKER_PID" 2>/dev/null || true
-    fi
+    stop_pid "$BROKER_PID"
     BROKER_PID=""
 }
 

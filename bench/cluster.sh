@@ -17,6 +17,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+source "$ROOT/bench/lib.sh"
 COMMAND="bench/cluster.sh${*:+ $*}"
 WRITE_DOCS=1
 while [[ $# -gt 0 ]]; do
@@ -42,12 +43,9 @@ PIDS=()
 log() { echo "[cluster-bench $(date +%H:%M:%S)] $*" >&2; }
 
 stop_all() {
+    # All signalled first, so their graceful shutdowns overlap.
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
+    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
     PIDS=()
 }
 cleanup() {
@@ -55,22 +53,6 @@ cleanup() {
     if [[ ${KEEP_WORK:-0} != 1 ]]; then rm -rf "$WORK"; else echo "work dir kept: $WORK"; fi
 }
 trap cleanup EXIT
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-wait_port() {
-    for _ in $(seq 1 200); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-        sleep 0.05
-    done
-    echo "nothing listens on $1" >&2
-    return 1
-}
-
-# CPU ticks (utime+stime) of a process.
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 metric() {
     curl -s --max-time 2 "http://127.0.0.1:$1/metrics" | awk -v n="$2" '$1 ~ "^"n {s += $2} END {print s + 0}'
@@ -110,14 +92,14 @@ run_load() {
     local name=$1 file=$2 brokers=$3
     shift 3
     local before=() after=() i
-    for pid in "$@"; do before+=("$(ticks "$pid")"); done
+    for pid in "$@"; do before+=("$(cpu_ticks "$pid")"); done
     local target=(--host "$brokers")
     # One broker is --host/--port; a comma list is several brokers.
     [[ $brokers == *,* ]] || target=(--host "${brokers%:*}" --port "${brokers##*:}")
     taskset -c "$LOADGEN_CPU" "$LOADGEN" --threads 1 "${target[@]}" --quiet \
         --json "$WORK/$name.json" scenario "$file" > "$WORK/$name.txt" 2>&1 ||
         { log "loadgen failed for $name"; tail -5 "$WORK/$name.txt" >&2; }
-    for pid in "$@"; do after+=("$(ticks "$pid")"); done
+    for pid in "$@"; do after+=("$(cpu_ticks "$pid")"); done
     local hz cpu=0
     hz=$(getconf CLK_TCK)
     for i in "${!before[@]}"; do cpu=$(( cpu + ${after[$i]} - ${before[$i]} )); done
@@ -144,7 +126,7 @@ record() { results+=("$1|$2|$3|$4|$5"); log "$1: $2 delivered of $5 expected ($4
 
 log "mosquitto, one process, $PAIRS pairs"
 port=$(free_port)
-printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_connections -1\npersistence false\n' "$port" > "$WORK/mosquitto.conf"
+mosquitto_conf "$WORK/mosquitto.conf" "$port"
 taskset -c "$BROKER_CPU" mosquitto -c "$WORK/mosquitto.conf" 2>> "$WORK/mosquitto.log" &
 PIDS+=($!)
 wait_port "$port"
@@ -229,7 +211,7 @@ PY
 }
 log "broadcast: mosquitto"
 port=$(free_port)
-printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_connections -1\npersistence false\n' "$port" > "$WORK/mosquitto.conf"
+mosquitto_conf "$WORK/mosquitto.conf" "$port"
 ulimit -n "$(ulimit -Hn)"
 taskset -c "$BROKER_CPU" mosquitto -c "$WORK/mosquitto.conf" 2>> "$WORK/mosquitto.log" &
 PIDS+=($!)

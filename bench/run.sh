@@ -12,6 +12,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+source "$ROOT/bench/lib.sh"
 COMMAND="bench/run.sh${*:+ $*}"
 QUICK=0
 WRITE_DOCS=1
@@ -54,21 +55,6 @@ trap cleanup EXIT
 
 log() { echo "[bench $(date +%H:%M:%S)] $*" >&2; }
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-wait_port() {
-    local port=$1
-    for _ in $(seq 1 200); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
-        sleep 0.05
-    done
-    echo "broker did not listen on $port" >&2
-    return 1
-}
-
-MOSQUITTO_SETTINGS="listener PORT 127.0.0.1; allow_anonymous true; allow_duplicate_messages true; max_connections -1; persistence false; other settings default (max_queued_messages 1000, max_inflight_messages 20, no max_queued_bytes)"
 RINGMQ_SETTINGS="--listen 127.0.0.1:PORT --shards $RINGMQ_SHARDS (CPUs $BROKER_CPU) --metrics-listen 127.0.0.1:MPORT, defaults otherwise (session_queue_len_max 1000 like Mosquitto's max_queued_messages, inflight_max 32)"
 
 start_broker() {
@@ -77,15 +63,7 @@ start_broker() {
     ulimit -n "$(ulimit -Hn)"
     case "$broker" in
         mosquitto)
-            cat > "$WORK/mosquitto.conf" <<CONF
-listener $PORT 127.0.0.1
-allow_anonymous true
-allow_duplicate_messages true
-max_connections -1
-persistence false
-log_dest stderr
-CONF
-            # mosquitto drops root privileges, so it logs to stderr rather than into $WORK.
+            mosquitto_conf "$WORK/mosquitto.conf" "$PORT"
             taskset -c "$BROKER_CPU" mosquitto -c "$WORK/mosquitto.conf" 2>> "$WORK/mosquitto.log" &
             BROKER_PID=$!
             ;;
@@ -104,15 +82,8 @@ stop_broker() {
         if [[ -n "${METRICS_PORT:-}" ]] && [[ -n "${CURRENT_JSON:-}" ]]; then
             curl -s --max-time 2 "http://127.0.0.1:$METRICS_PORT/metrics" > "${CURRENT_JSON%.json}.prom" 2>/dev/null || true
         fi
-        kill "$BROKER_PID" 2>/dev/null || true
-        # Graceful shutdown gets 10 s, then SIGKILL.
-        for _ in $(seq 1 100); do
-            kill -0 "$BROKER_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -9 "$BROKER_PID" 2>/dev/null || true
-        wait "$BROKER_PID" 2>/dev/null || true
     fi
+    stop_pid "$BROKER_PID"
     BROKER_PID=""
 }
 

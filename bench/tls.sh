@@ -26,6 +26,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+source "$ROOT/bench/lib.sh"
 COMMAND="bench/tls.sh${*:+ $*}"
 WRITE_DOCS=1
 ONLY=""
@@ -65,19 +66,6 @@ trap cleanup EXIT
 
 log() { echo "[bench-tls $(date +%H:%M:%S)] $*" >&2; }
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-wait_port() {
-    local port=$1
-    for _ in $(seq 1 200); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
-        sleep 0.05
-    done
-    echo "broker did not listen on $port" >&2
-    return 1
-}
 
 make_certs() {
     local ossl=(openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
@@ -143,15 +131,7 @@ CONF
 }
 
 stop_broker() {
-    if [[ -n "$BROKER_PID" ]] && kill -0 "$BROKER_PID" 2>/dev/null; then
-        kill "$BROKER_PID" 2>/dev/null || true
-        for _ in $(seq 1 100); do
-            kill -0 "$BROKER_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -9 "$BROKER_PID" 2>/dev/null || true
-        wait "$BROKER_PID" 2>/dev/null || true
-    fi
+    stop_pid "$BROKER_PID"
     BROKER_PID=""
 }
 
