@@ -21,6 +21,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 COMMAND="bench/takeover.sh${*:+ $*}"
 WRITE_DOCS=1
 while [[ $# -gt 0 ]]; do
@@ -47,11 +49,7 @@ log() { echo "[takeover-bench $(date +%H:%M:%S)] $*" >&2; }
 
 stop_all() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
+    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
     PIDS=()
 }
 HOLDER=
@@ -62,28 +60,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-wait_port() {
-    for _ in $(seq 1 200); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-        sleep 0.05
-    done
-    echo "nothing listens on $1" >&2
-    return 1
-}
-
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-
 metric() {
     curl -s --max-time 2 "http://127.0.0.1:$1/metrics" | awk -v n="$2" '$1 ~ "^"n {s += $2} END {print s + 0}'
 }
 
 start_mosquitto() { # sets port
     port=$(free_port)
-    printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_connections -1\npersistence false\n' "$port" > "$WORK/mosquitto.conf"
+    mosquitto_conf "$WORK/mosquitto.conf" "$port"
     taskset -c "$BROKER_CPU" mosquitto -c "$WORK/mosquitto.conf" 2>> "$WORK/mosquitto.log" &
     PIDS+=($!)
     wait_port "$port"
@@ -128,7 +111,7 @@ conn_run() {
     local name=$1 port=$2
     shift 2
     local before=() after=() i cpu=0 hz
-    for pid in "${PIDS[@]}"; do before+=("$(ticks "$pid")"); done
+    for pid in "${PIDS[@]}"; do before+=("$(cpu_ticks "$pid")"); done
     local perf=
     if [[ ${PERF:-} == "$name" ]]; then
         perf record -q -e cpu-clock -F 2000 -g -o "/tmp/ringmq-takeover-$name.perf" -p "$(IFS=,; echo "${PIDS[*]}")" 2> /dev/null &
@@ -139,7 +122,7 @@ conn_run() {
         --conn-concurrency "$CONC" --client-id-prefix tk- --json "$WORK/$name.json" \
         conn -c "$N" --duration 1 "$@" > "$WORK/$name.txt" 2>&1 ||
         { log "loadgen failed for $name"; tail -5 "$WORK/$name.txt" >&2; }
-    for pid in "${PIDS[@]}"; do after+=("$(ticks "$pid")"); done
+    for pid in "${PIDS[@]}"; do after+=("$(cpu_ticks "$pid")"); done
     if [[ -n $perf ]]; then kill -INT "$perf"; wait "$perf" 2> /dev/null || true; fi
     hz=$(getconf CLK_TCK)
     for i in "${!before[@]}"; do cpu=$(( cpu + ${after[$i]} - ${before[$i]} )); done
@@ -255,6 +238,7 @@ REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
     echo
     echo "## $START — session claim cost at connect (\`$COMMAND\`)"
     echo
+    echo "- Mosquitto: $MOSQUITTO_SETTINGS."
     echo "- \`$("$RINGMQ" --version 2>/dev/null | head -1)\` from \`$RINGMQ\` (tree at $REV); $N clients, $CONC handshakes in flight, 3.1.1; brokers on CPU $BROKER_CPU (one shard per node), loadgen (one thread) on CPU $LOADGEN_CPU; $LOAD at the end."
     [[ -n ${moved:-} ]] && echo "- move: node 2 counted $moved sessions moved in (\`ringmq_cluster_sessions_moved_total{direction=\"in\"}\`)."
     [[ -n ${failover:-} ]] && echo "- failover (node 1 of two killed with SIGKILL once $N clients were connected, half on each; \`--reconnect --reconnect-backoff-ms 100,2000\`): $failover."
