@@ -42,6 +42,8 @@ pub struct Exporter {
     sessions_refused: Counter,
     subscriptions_over_limit: Counter,
     publishes_replayed: Counter,
+    /// Idle sessions' traffic state freed by the sweep (`Counters::traffic_released`).
+    traffic_released: Counter,
     /// The data plane ring's counters, and their values last published.
     ring_last: uring::RingStats,
     ring_enters: Counter,
@@ -117,6 +119,10 @@ impl Exporter {
             ),
             publishes_replayed: counter!(
                 "ringmq_cross_shard_replayed_total",
+                "shard" => s.clone()
+            ),
+            traffic_released: counter!(
+                "ringmq_session_traffic_released_total",
                 "shard" => s.clone()
             ),
             ring_last: uring::RingStats::default(),
@@ -202,6 +208,8 @@ impl Exporter {
             .increment(now.subscriptions_over_limit - last.subscriptions_over_limit);
         self.publishes_replayed
             .increment(now.publishes_replayed - last.publishes_replayed);
+        self.traffic_released
+            .increment(now.traffic_released - last.traffic_released);
         self.g_connections.set(gauges.connections as f64);
         self.g_online.set(gauges.sessions_online as f64);
         self.g_offline.set(gauges.sessions_offline as f64);
