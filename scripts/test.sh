@@ -2,7 +2,8 @@
 # Runs ringmq's whole test suite on a fresh Debian machine, installing what it needs first:
 #   mosquitto + mosquitto-clients (independent MQTT clients, and the comparison broker),
 #   openssl (test certificates), haproxy (a real PROXY protocol v2 sender), nodejs + npm
-#   (MQTT.js over WebSocket; the test installs mqtt@5 into a temp dir),
+#   (MQTT.js over WebSocket; the test installs mqtt@5 into a temp dir), chromium (MQTT.js in a
+#   headless browser page),
 #   cmake (librdkafka's build), kafka-python and paho-mqtt (independent Kafka / MQTT clients),
 #   tansu (a real Kafka-protocol broker; ~11 minutes to build the first time, then reused),
 #   iproute2 (`ip netns` for the cluster partition tests, which need root and skip without it).
@@ -19,7 +20,7 @@ if [[ "${RINGMQ_SKIP_INSTALL:-0}" != 1 ]]; then
     say "system packages"
     need=()
     # make and gcc build jemalloc (the broker's allocator) and librdkafka.
-    for pair in mosquitto:mosquitto mosquitto_sub:mosquitto-clients openssl:openssl haproxy:haproxy node:nodejs npm:npm cmake:cmake curl:curl make:make gcc:gcc ip:iproute2; do
+    for pair in mosquitto:mosquitto mosquitto_sub:mosquitto-clients openssl:openssl haproxy:haproxy node:nodejs npm:npm chromium:chromium cmake:cmake curl:curl make:make gcc:gcc ip:iproute2; do
         command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair##*:}")
     done
     if ((${#need[@]})); then

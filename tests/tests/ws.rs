@@ -1,5 +1,6 @@
 //! WebSocket listeners (RFC 6455, MQTT section 6): Python paho-mqtt with
-//! `transport="websockets"` over ws:// and wss://, and byte transcripts of the upgrade and the
+//! `transport="websockets"` over ws:// and wss://, MQTT.js in Node and in a browser page
+//! (headless Chromium), and byte transcripts of the upgrade and the
 //! framing rules the real clients do not exercise (packets spanning and sharing frames,
 //! ping/pong, close, a wrong path).
 
@@ -293,6 +294,113 @@ c.on("error", (e) => {{ console.log("error " + e.message); if (got === null) pro
         assert!(
             status.is_some_and(|s| s.success()),
             "mqtt.js over {url}: {lines:?}"
+        );
+    }
+}
+
+/// MQTT.js in a browser page (headless Chromium, Debian's package) over ws:// and wss://,
+/// unchanged: the page loads `mqtt.min.js`, connects, subscribes and publishes QoS 1, and
+/// reports what it received by fetching a URL from a listener of this test. For wss:// the
+/// browser is told to accept the test CA's server certificate (`--ignore-certificate-errors`;
+/// the Node test above verifies it against the CA).
+#[test]
+fn mqtt_js_in_a_browser_page_over_ws_and_wss() {
+    use std::io::{Read, Write};
+    if std::process::Command::new("chromium")
+        .arg("--version")
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
+        eprintln!("\n!!!!! SKIPPED: chromium missing (apt-get install chromium) !!!!!\n");
+        return;
+    }
+    let Some(dir) = mqtt_js() else { return };
+    let pki = Pki::new();
+    let config = format!(
+        "{WS_CONFIG}[[listener]]\nkind = \"wss\"\naddr = \"127.0.0.1:0\"\n[listener.tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+        pki.path("server.pem"),
+        pki.path("server.key")
+    );
+    let broker = BrokerProcess::start_with_config(&config, &[]);
+    for (url, id) in [
+        (
+            format!("ws://127.0.0.1:{}/mqtt", broker.listener("ws", 0).port()),
+            unique("browser-ws"),
+        ),
+        (
+            format!("wss://localhost:{}/mqtt", broker.listener("wss", 0).port()),
+            unique("browser-wss"),
+        ),
+    ] {
+        let report = std::net::TcpListener::bind("127.0.0.1:0").expect("report listener");
+        let report_port = report.local_addr().expect("addr").port();
+        let work = std::env::temp_dir().join(unique("ringmq-browser"));
+        std::fs::create_dir_all(&work).expect("work dir");
+        let page = work.join("page.html");
+        std::fs::write(
+            &page,
+            format!(
+                r#"<!doctype html><html><body>
+<script src="file://{lib}"></script>
+<script>
+const report = (what) => fetch("http://127.0.0.1:{report_port}/" + encodeURIComponent(what), {{ mode: "no-cors" }});
+const c = mqtt.connect({url:?}, {{ clientId: {id:?}, protocolVersion: 5, reconnectPeriod: 0 }});
+c.on("connect", () => c.subscribe({id:?} + "/t", {{ qos: 1 }}, () => c.publish({id:?} + "/t", "from the browser", {{ qos: 1 }})));
+c.on("message", (t, m) => {{ report("got " + t + " " + m.toString()); c.end(); }});
+c.on("error", (e) => report("error " + e.message));
+</script></body></html>"#,
+                lib = dir.join("node_modules/mqtt/dist/mqtt.min.js").display(),
+            ),
+        )
+        .expect("write page");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            if let Ok((mut conn, _)) = report.accept() {
+                let mut buf = [0u8; 2048];
+                let n = conn.read(&mut buf).unwrap_or(0);
+                let _ = conn.write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n");
+                let line = String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_owned();
+                let _ = tx.send(line);
+            }
+        });
+        let mut browser = std::process::Command::new("chromium");
+        // Its own process group, so the renderer and helper processes go with it.
+        std::os::unix::process::CommandExt::process_group(&mut browser, 0);
+        let mut browser = browser
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--ignore-certificate-errors",
+                "--no-first-run",
+                &format!("--user-data-dir={}", work.join("profile").display()),
+                &format!("file://{}", page.display()),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("chromium starts");
+        let line = rx.recv_timeout(Duration::from_secs(30));
+        // SAFETY: kill(2) on the browser's own process group; no memory is involved.
+        unsafe { libc::kill(-(browser.id() as i32), libc::SIGKILL) };
+        let _ = browser.wait();
+        // Helpers may still be writing the profile for a moment after the group is killed.
+        for _ in 0..50 {
+            if std::fs::remove_dir_all(&work).is_ok() || !work.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let want = format!("GET /got%20{}%2Ft%20from%20the%20browser HTTP/1.1", id);
+        assert_eq!(
+            line.as_deref(),
+            Ok(want.as_str()),
+            "mqtt.js in the browser over {url}"
         );
     }
 }
