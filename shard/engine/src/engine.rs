@@ -290,7 +290,10 @@ impl Engine {
         } else {
             c.input(data);
         }
-        let pause = !c.reading_paused && c.input_buffered() > INPUT_BUFFERED_MAX_BYTES;
+        let max_packet = self.state.limits.max_packet_size_bytes;
+        let pause = !c.reading_paused
+            && c.input_buffered() > INPUT_BUFFERED_MAX_BYTES
+            && c.input_ready(max_packet);
         if pause {
             c.reading_paused = true;
         }
@@ -767,12 +770,15 @@ impl Engine {
         // Reading pauses while the client does not take its output (slow consumer), its input
         // piles up faster than it is handled, or it publishes over its budget; it resumes below
         // half of either bound once the budget refilled.
+        // Input counts only while it starts with a frame that can be handled: a frame larger
+        // than the bound (up to the maximum packet size) must be read to its end first.
         let budget_blocked = conn.budget_blocked(now);
+        let input_ready = conn.input_ready(self.state.limits.max_packet_size_bytes);
         let over = conn.transport_queued() > TRANSPORT_QUEUED_MAX_BYTES
-            || conn.input_buffered() > INPUT_BUFFERED_MAX_BYTES
+            || (conn.input_buffered() > INPUT_BUFFERED_MAX_BYTES && input_ready)
             || budget_blocked;
         let under = conn.transport_queued() <= TRANSPORT_QUEUED_MAX_BYTES / 2
-            && conn.input_buffered() <= INPUT_BUFFERED_MAX_BYTES / 2
+            && (conn.input_buffered() <= INPUT_BUFFERED_MAX_BYTES / 2 || !input_ready)
             && !budget_blocked;
         if over && !conn.reading_paused {
             conn.reading_paused = true;

@@ -357,3 +357,30 @@ fn v5_client_maximum_packet_size() {
     assert_eq!(counters.messages_dropped[0][too_large], 1);
     assert_eq!(counters.messages_dropped[1][too_large], 1);
 }
+
+/// A PUBLISH larger than `INPUT_BUFFERED_MAX_BYTES` but within the maximum packet size
+/// (1 MiB by default) arrives in 16 KiB reads: reading must not pause on a frame still
+/// arriving (its end can only come by reading), or the connection stalls for good. It is
+/// delivered whole, and reading is not left paused.
+#[test]
+fn a_publish_larger_than_the_input_bound_is_read_to_its_end() {
+    let mut sim = Sim::new(1);
+    let (sub, _) = sim.connect(0, v311("sub"));
+    sim.subscribe(sub, "big", QoS::AtMostOnce);
+    let (publisher, _) = sim.connect(0, v311("pub"));
+    let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    // INPUT_BUFFERED_MAX_BYTES is 256 KiB.
+    assert!(payload.len() > 256 * 1024);
+    let bytes = encode_all(
+        ProtocolVersion::V3_1_1,
+        &[publish("big", &payload, QoS::AtMostOnce, None)],
+    );
+    for chunk in bytes.chunks(16 * 1024) {
+        sim.send_bytes(publisher, chunk);
+        sim.run_until_idle();
+    }
+    assert!(!sim.is_paused(publisher), "reading left paused");
+    let got = sim.expect_publish(sub);
+    assert_eq!(got.payload.len(), payload.len());
+    assert!(got.payload[..] == payload[..]);
+}

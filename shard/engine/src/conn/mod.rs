@@ -246,6 +246,17 @@ impl Conn {
         self.partial.len()
     }
 
+    /// Whether the buffered input starts with a frame a drive can handle now (complete, or one
+    /// to refuse). False while the first frame is still arriving: only reading more lets it be
+    /// handled, so pausing reading for it would stall the connection for good (a publish
+    /// larger than `INPUT_BUFFERED_MAX_BYTES` and within the maximum packet size).
+    pub(crate) fn input_ready(&self, max_packet_size: u32) -> bool {
+        !matches!(
+            wire::check(&self.partial, max_packet_size),
+            Ok(Framing::Incomplete { .. })
+        )
+    }
+
     pub(crate) fn set_eof(&mut self) {
         self.eof = true;
     }
