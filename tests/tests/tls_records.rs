@@ -261,3 +261,44 @@ async fn a_client_key_update_is_closed_and_counted() {
     drop(stdin);
     assert_eq!(counted, 1);
 }
+
+/// Eclipse Paho (Python) as an independent TLS 1.3 client: a 1 MB QoS 1 publish from one
+/// connection and its delivery to another, both through ringmq's record layer (about 62 records
+/// of 2^14 bytes each way, RFC 8446 5.1). Skipped loudly without python3 and paho-mqtt.
+#[test]
+fn paho_one_megabyte_over_tls_both_ways() {
+    let paho = Command::new("python3")
+        .args(["-c", "import paho.mqtt.client"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !paho {
+        eprintln!("\n*** SKIPPED paho TLS test: python3 with paho-mqtt missing ***\n");
+        return;
+    }
+    let pki = Pki::new();
+    let mut broker = BrokerProcess::start_with_config(&tls_config(&pki), &[]);
+    let port = broker.listener("tls", 0).port();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/paho_tls_large.py");
+    let mut child = Command::new("python3")
+        .args([script, "127.0.0.1", &port.to_string(), &pki.path("ca.pem")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("paho TLS check did not finish within 90 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().expect("output");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("paho tls large passed"),
+        "paho TLS check failed:\n{stdout}\n{stderr}"
+    );
+    broker.assert_alive();
+}
