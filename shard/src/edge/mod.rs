@@ -281,6 +281,12 @@ pub enum Failure {
     TlsKeyUpdate,
     /// A TLS record on ringmq's record layer failed authentication (`bad_record_mac`).
     TlsBadRecordMac,
+    /// The peer ended the session with a fatal alert (any but close_notify; RFC 8446 6.2).
+    TlsPeerAlert,
+    /// ringmq's record layer used up the sequence numbers of its sending direction (RFC 8446
+    /// 5.3: they must not wrap; KeyUpdate, which would renew them, is not followed): the
+    /// connection ends with close_notify.
+    TlsSequenceExhausted,
     /// Not a valid WebSocket upgrade request (answered with its HTTP status).
     WsRequest,
     /// A WebSocket framing error after the upgrade.
@@ -288,7 +294,7 @@ pub enum Failure {
 }
 
 impl Failure {
-    pub const ALL: [Failure; 13] = [
+    pub const ALL: [Failure; 15] = [
         Failure::Timeout,
         Failure::ProxyUntrusted,
         Failure::ProxyHeader,
@@ -300,6 +306,8 @@ impl Failure {
         Failure::TlsProtocol,
         Failure::TlsKeyUpdate,
         Failure::TlsBadRecordMac,
+        Failure::TlsPeerAlert,
+        Failure::TlsSequenceExhausted,
         Failure::WsRequest,
         Failure::WsFrame,
     ];
@@ -317,6 +325,8 @@ impl Failure {
             Failure::TlsProtocol => "tls_protocol",
             Failure::TlsKeyUpdate => "tls_key_update",
             Failure::TlsBadRecordMac => "tls_bad_record_mac",
+            Failure::TlsPeerAlert => "tls_peer_alert",
+            Failure::TlsSequenceExhausted => "tls_sequence_exhausted",
             Failure::WsRequest => "ws_request",
             Failure::WsFrame => "ws_frame",
         }
@@ -713,7 +723,12 @@ impl Edge {
 
     /// The engine's output for `conn`, framed and encrypted, to the ring.
     pub fn transmit(&mut self, ring: &mut Ring, key: ConnKey, conn: ConnId, data: Bytes) {
-        let Edge { conns, scratch, .. } = self;
+        let Edge {
+            conns,
+            scratch,
+            counters,
+            ..
+        } = self;
         let layer = match conns.get_mut(conn.index as usize) {
             Some(Some(l)) if l.generation == conn.generation => l,
             _ => return send(ring, key, data),
@@ -732,13 +747,23 @@ impl Edge {
                 send(ring, key, data);
             }
             (ws, Some(tls)) => {
+                let mut sealed = Ok(());
                 if ws.is_some() {
                     scratch.plain.clear();
                     wire::ws::encode_frame_header(true, 0x2, data.len(), None, &mut scratch.plain);
-                    tls::write_plaintext(tls, &scratch.plain, &mut scratch.tx);
+                    sealed = tls::write_plaintext(tls, &scratch.plain, &mut scratch.tx);
                 }
-                tls::write_plaintext(tls, &data, &mut scratch.tx);
+                if sealed.is_ok() {
+                    sealed = tls::write_plaintext(tls, &data, &mut scratch.tx);
+                }
                 send(ring, key, scratch.tx.split().freeze());
+                if let Err(failure) = sealed {
+                    // The session cannot send any more: what was sealed (and its close_notify)
+                    // goes out, then the connection closes rather than lose output.
+                    counters.fail(failure);
+                    layer.failed = true;
+                    ring.close(key);
+                }
             }
         }
     }
@@ -759,8 +784,10 @@ impl Edge {
         }
         match &mut layer.tls {
             Some(tls) => {
-                tls::write_plaintext(tls, &scratch.plain, &mut scratch.tx);
-                tls::close_notify(tls, &mut scratch.tx);
+                // Closing either way: a session that cannot send has appended its close_notify.
+                if tls::write_plaintext(tls, &scratch.plain, &mut scratch.tx).is_ok() {
+                    tls::close_notify(tls, &mut scratch.tx);
+                }
             }
             None => scratch.tx.extend_from_slice(&scratch.plain),
         }
@@ -908,7 +935,7 @@ fn feed(
     reply.clear();
     let outcome = ws.feed(stream, spec, ws_in, mqtt, reply);
     match &mut layer.tls {
-        Some(tls) => tls::write_plaintext(tls, reply, tx),
+        Some(tls) => tls::write_plaintext(tls, reply, tx)?,
         None => tx.extend_from_slice(reply),
     }
     Ok(outcome? == ws::WsOutcome::Closing || tls_closed)

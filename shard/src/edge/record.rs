@@ -10,7 +10,9 @@
 //! traffic secrets, so the next generation cannot be derived): [`open`] returns
 //! [`RecordError::KeyUpdate`] and the caller closes with an `unexpected_message` alert. Any
 //! record that fails authentication is [`RecordError::BadRecordMac`]. Sequence numbers never
-//! wrap: at `u64::MAX` the direction is exhausted ([`RecordError::SequenceExhausted`]).
+//! wrap (RFC 8446 5.3): application data may use them up to `u64::MAX - 2`; the last one,
+//! `u64::MAX - 1`, is kept for the closing alert, and then the direction is exhausted
+//! ([`RecordError::SequenceExhausted`]; the caller closes the connection).
 //!
 //! Only TLS 1.3 secrets fit here (the nonce and AAD of TLS 1.2 differ): the caller checks the
 //! negotiated protocol version before it extracts.
@@ -151,7 +153,7 @@ impl DirectionKeys {
     }
 
     #[cfg(test)]
-    fn set_seq(&mut self, seq: u64) {
+    pub(crate) fn set_seq(&mut self, seq: u64) {
         self.seq = seq;
     }
 }
@@ -243,11 +245,22 @@ fn seal_record(
     Ok(())
 }
 
+/// The last sequence number application data may use: the one after it is kept for the alert
+/// that closes the connection ([`alert`]), and `u64::MAX` is never used (RFC 8446 5.3: the
+/// sequence number must not wrap).
+pub const DATA_SEQ_LAST: u64 = u64::MAX - 2;
+
 /// Encrypts `data` into application data records of up to 2^14 bytes appended to `out`; one
-/// key expansion for the whole batch.
+/// key expansion for the whole batch. All or nothing: when the batch would use a sequence
+/// number past [`DATA_SEQ_LAST`] nothing is sealed and the direction is
+/// [`RecordError::SequenceExhausted`] (the caller sends its close_notify and closes).
 pub fn seal(dir: &mut DirectionKeys, data: &[u8], out: &mut BytesMut) -> Result<(), RecordError> {
     if data.is_empty() {
         return Ok(());
+    }
+    let records = data.len().div_ceil(RECORD_PLAINTEXT_MAX) as u64;
+    if DATA_SEQ_LAST.saturating_sub(dir.seq) < records - 1 || dir.seq > DATA_SEQ_LAST {
+        return Err(RecordError::SequenceExhausted);
     }
     let key = dir.expand()?;
     for chunk in data.chunks(RECORD_PLAINTEXT_MAX) {
@@ -346,7 +359,7 @@ pub fn open(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! The peer is rustls itself (a `ClientConnection` in memory), an independent
     //! implementation of the same record layer.
     use super::*;
@@ -457,7 +470,9 @@ mod tests {
 
     /// A completed handshake: the client, and the server's keys (everything the server had
     /// to send, session tickets included, already delivered to the client).
-    fn pair(suite: Option<rustls::SupportedCipherSuite>) -> (ClientConnection, RecordKeys) {
+    pub(crate) fn pair(
+        suite: Option<rustls::SupportedCipherSuite>,
+    ) -> (ClientConnection, RecordKeys) {
         let (certs, key, ca) = cert();
         let mut roots = rustls::RootCertStore::empty();
         roots.add(ca).expect("root");
@@ -711,16 +726,86 @@ mod tests {
         );
     }
 
+    /// RFC 8446 5.3: the sequence number must not wrap. Data may use it up to DATA_SEQ_LAST;
+    /// past it nothing more is sealed (not even part of a batch), and the number kept after
+    /// it still carries the close_notify, which rustls reads as an orderly close.
     #[test]
-    fn sequence_numbers_never_wrap() {
+    fn sequence_numbers_never_wrap_and_the_last_closes() {
         let (_client, mut keys) = pair(None);
-        keys.tx.set_seq(u64::MAX - 1);
         let mut out = BytesMut::new();
-        seal(&mut keys.tx, b"last", &mut out).expect("the last sequence number");
+        // A batch of two records that would cross the last number: nothing sealed.
+        keys.tx.set_seq(DATA_SEQ_LAST);
+        let two = vec![b'x'; RECORD_PLAINTEXT_MAX + 1];
+        assert_eq!(
+            seal(&mut keys.tx, &two, &mut out),
+            Err(RecordError::SequenceExhausted)
+        );
+        assert!(out.is_empty());
+        assert_eq!(keys.tx.seq(), DATA_SEQ_LAST);
+        seal(&mut keys.tx, b"last", &mut out).expect("the last data sequence number");
         assert_eq!(
             seal(&mut keys.tx, b"one more", &mut out),
             Err(RecordError::SequenceExhausted)
         );
+        alert(&mut keys.tx, ALERT_CLOSE_NOTIFY, &mut out).expect("the kept number");
+        assert_eq!(keys.tx.seq(), u64::MAX);
+        assert_eq!(
+            alert(&mut keys.tx, ALERT_CLOSE_NOTIFY, &mut BytesMut::new()),
+            Err(RecordError::SequenceExhausted)
+        );
+    }
+
+    /// The close_notify sealed after data is read by rustls as an orderly end.
+    #[test]
+    fn close_notify_after_data_reaches_rustls() {
+        let (mut client, mut keys) = pair(None);
+        let mut out = BytesMut::new();
+        seal(&mut keys.tx, b"bye", &mut out).expect("seal");
+        alert(&mut keys.tx, ALERT_CLOSE_NOTIFY, &mut out).expect("alert");
+        let mut r = &out[..];
+        client.read_tls(&mut r).expect("read_tls");
+        let state = client.process_new_packets().expect("no error");
+        assert!(state.peer_has_closed());
+        let mut got = Vec::new();
+        let _ = client.reader().read_to_end(&mut got);
+        assert_eq!(got, b"bye");
+    }
+
+    /// A fatal alert from the peer is its own error, with its description (not a protocol
+    /// error of ours): RFC 8446 6.2.
+    #[test]
+    fn a_peer_fatal_alert_is_reported_with_its_description() {
+        let (mut client, mut keys) = pair(None);
+        client.send_close_notify();
+        let mut records = Vec::new();
+        client.write_tls(&mut records).expect("write_tls");
+        let (mut pending, mut work, mut plain) =
+            (BytesMut::new(), BytesMut::new(), BytesMut::new());
+        assert_eq!(
+            open(&mut keys.rx, &mut pending, &records, &mut work, &mut plain),
+            Ok(true),
+            "close_notify is an orderly close"
+        );
+        // A fatal alert sealed as the client would (our own sealer, the client's direction).
+        let (_client, mut keys) = pair(None);
+        let rx = &keys.rx;
+        let mut peer_tx = DirectionKeys {
+            suite: rx.suite,
+            key: rx.key,
+            iv: rx.iv,
+            seq: rx.seq,
+        };
+        let mut alert_record = BytesMut::new();
+        alert(&mut peer_tx, 48, &mut alert_record).expect("unknown_ca alert");
+        let err = open(
+            &mut keys.rx,
+            &mut pending,
+            &alert_record,
+            &mut work,
+            &mut plain,
+        );
+        assert_eq!(err, Err(RecordError::PeerAlert(48)));
+        assert_eq!(RecordError::PeerAlert(48).alert(), None);
     }
 
     #[test]

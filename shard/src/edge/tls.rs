@@ -278,6 +278,7 @@ pub fn failure_of(err: &rustls::Error) -> Failure {
             Failure::TlsCertificateRevoked
         }
         rustls::Error::InvalidCertificate(_) => Failure::TlsBadCertificate,
+        rustls::Error::AlertReceived(_) => Failure::TlsPeerAlert,
         _ => Failure::TlsProtocol,
     }
 }
@@ -317,11 +318,6 @@ impl TlsSession {
             Engine::Rustls(conn) => conn.is_handshaking(),
             Engine::Own(_) | Engine::Gone => false,
         }
-    }
-
-    /// True once the session runs on [`record`] instead of rustls.
-    pub fn own_records(&self) -> bool {
-        matches!(self.engine, Engine::Own(_))
     }
 
     /// After the handshake of a TLS 1.3 session whose records rustls has all handed out
@@ -369,6 +365,8 @@ fn record_failure(err: RecordError) -> Failure {
     match err {
         RecordError::KeyUpdate => Failure::TlsKeyUpdate,
         RecordError::BadRecordMac => Failure::TlsBadRecordMac,
+        RecordError::PeerAlert(_) => Failure::TlsPeerAlert,
+        RecordError::SequenceExhausted => Failure::TlsSequenceExhausted,
         _ => Failure::TlsProtocol,
     }
 }
@@ -576,23 +574,41 @@ fn with_write_traffic(
     false
 }
 
-/// Encrypts `data` into records appended to `tx`.
-pub fn write_plaintext(s: &mut TlsSession, data: &[u8], tx: &mut BytesMut) {
+/// Encrypts `data` into records appended to `tx`. An error means the session cannot send any
+/// more (on ringmq's record layer: the sequence numbers are used up, RFC 8446 5.3, and the
+/// close_notify that ends the session is appended instead): the caller closes the connection,
+/// as dropping the output would leave a hole in the MQTT stream.
+pub fn write_plaintext(s: &mut TlsSession, data: &[u8], tx: &mut BytesMut) -> Result<(), Failure> {
     if data.is_empty() {
-        return;
+        return Ok(());
     }
-    let ok = match &mut s.engine {
-        Engine::Rustls(conn) => with_write_traffic(conn, tx, |traffic, tx| {
-            append(tx, records_len(data.len()), |buf| {
-                traffic.encrypt(data, buf).map_err(encrypt_error)
-            })
+    let result = match &mut s.engine {
+        Engine::Rustls(conn) => {
+            let ok = with_write_traffic(conn, tx, |traffic, tx| {
+                append(tx, records_len(data.len()), |buf| {
+                    traffic.encrypt(data, buf).map_err(encrypt_error)
+                })
+            });
+            if ok {
+                Ok(())
+            } else {
+                Err(Failure::TlsProtocol)
+            }
+        }
+        Engine::Own(keys) => record::seal(&mut keys.tx, data, tx).map_err(|err| {
+            let _ = record::alert(&mut keys.tx, record::ALERT_CLOSE_NOTIFY, tx);
+            record_failure(err)
         }),
-        Engine::Own(keys) => record::seal(&mut keys.tx, data, tx).is_ok(),
-        Engine::Gone => false,
+        Engine::Gone => Err(Failure::TlsProtocol),
     };
-    if !ok {
-        tracing::debug!(len = data.len(), "tls session cannot send; output dropped");
+    if let Err(failure) = result {
+        tracing::debug!(
+            len = data.len(),
+            reason = failure.label(),
+            "tls session cannot send; closing"
+        );
     }
+    result
 }
 
 /// Appends a close_notify alert to `tx`.
@@ -650,4 +666,51 @@ fn identity_of_conn(conn: &UnbufferedServerConnection) -> Option<PeerIdentity> {
         }
     }
     Some(identity)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 8446 5.3: when the sending direction's sequence numbers are used up the session
+    /// does not drop output silently: `write_plaintext` fails with its own reason (the edge
+    /// then closes the connection) after appending the close_notify that ends the session.
+    #[test]
+    fn used_up_sequence_numbers_fail_the_write_with_a_close_notify() {
+        let (_client, mut keys) = record::tests::pair(None);
+        keys.tx.set_seq(record::DATA_SEQ_LAST + 1);
+        let mut session = TlsSession {
+            engine: Engine::Own(keys),
+            pending: BytesMut::new(),
+            identity: None,
+        };
+        let mut tx = BytesMut::new();
+        assert_eq!(
+            write_plaintext(&mut session, b"publish", &mut tx),
+            Err(Failure::TlsSequenceExhausted)
+        );
+        // Only the alert: header, level and description, content type, tag.
+        assert_eq!(tx.len(), record::HEADER_LEN + 2 + 1 + record::TAG_LEN);
+        // Nothing is left to seal with afterwards.
+        let mut more = BytesMut::new();
+        assert!(write_plaintext(&mut session, b"x", &mut more).is_err());
+        assert!(more.is_empty());
+    }
+
+    /// A fatal alert from the peer is counted as `tls_peer_alert`, on rustls (during the
+    /// handshake) as on ringmq's record layer.
+    #[test]
+    fn a_peer_alert_has_its_own_failure_reason() {
+        assert_eq!(
+            failure_of(&rustls::Error::AlertReceived(
+                rustls::AlertDescription::UnknownCA
+            )),
+            Failure::TlsPeerAlert
+        );
+        assert_eq!(
+            record_failure(RecordError::PeerAlert(48)),
+            Failure::TlsPeerAlert
+        );
+        assert_eq!(Failure::TlsPeerAlert.label(), "tls_peer_alert");
+    }
 }
