@@ -772,13 +772,16 @@ impl Engine {
         // half of either bound once the budget refilled.
         // Input counts only while it starts with a frame that can be handled: a frame larger
         // than the bound (up to the maximum packet size) must be read to its end first.
+        // (The frame check runs only for a connection holding more than half the bound.)
         let budget_blocked = conn.budget_blocked(now);
-        let input_ready = conn.input_ready(self.state.limits.max_packet_size_bytes);
+        let max_packet = self.state.limits.max_packet_size_bytes;
+        let buffered = conn.input_buffered();
+        let input_ready = buffered > INPUT_BUFFERED_MAX_BYTES / 2 && conn.input_ready(max_packet);
         let over = conn.transport_queued() > TRANSPORT_QUEUED_MAX_BYTES
-            || (conn.input_buffered() > INPUT_BUFFERED_MAX_BYTES && input_ready)
+            || (buffered > INPUT_BUFFERED_MAX_BYTES && input_ready)
             || budget_blocked;
         let under = conn.transport_queued() <= TRANSPORT_QUEUED_MAX_BYTES / 2
-            && (conn.input_buffered() <= INPUT_BUFFERED_MAX_BYTES / 2 || !input_ready)
+            && (buffered <= INPUT_BUFFERED_MAX_BYTES / 2 || !input_ready)
             && !budget_blocked;
         if over && !conn.reading_paused {
             conn.reading_paused = true;
