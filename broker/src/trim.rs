@@ -13,21 +13,9 @@ use tikv_jemalloc_sys::{mallctl, mallctlbymib, mallctlnametomib};
 /// arena's lock, which no other thread normally holds. A failed call leaves the memory to the
 /// decay; there is nothing else to do about it.
 pub fn purge_thread_arena() {
-    let mut arena: c_uint = 0;
-    let mut len = std::mem::size_of::<c_uint>();
-    // SAFETY: `thread.arena` reads an unsigned into `arena`, whose size `len` gives.
-    let rc = unsafe {
-        mallctl(
-            c"thread.arena".as_ptr(),
-            (&raw mut arena).cast::<c_void>(),
-            &mut len,
-            ptr::null_mut(),
-            0,
-        )
-    };
-    if rc != 0 {
+    let Some(arena) = thread_arena() else {
         return;
-    }
+    };
     // `arena.<i>.purge` by MIB: the name's middle component replaced by the arena index, so no
     // string is formatted (nor allocated) per call.
     let mut mib = [0usize; 3];
@@ -51,6 +39,23 @@ pub fn purge_thread_arena() {
     };
 }
 
+/// The calling thread's arena index (`thread.arena`), if jemalloc answers.
+fn thread_arena() -> Option<c_uint> {
+    let mut arena: c_uint = 0;
+    let mut len = std::mem::size_of::<c_uint>();
+    // SAFETY: `thread.arena` reads an unsigned into `arena`, whose size `len` gives.
+    let rc = unsafe {
+        mallctl(
+            c"thread.arena".as_ptr(),
+            (&raw mut arena).cast::<c_void>(),
+            &mut len,
+            ptr::null_mut(),
+            0,
+        )
+    };
+    (rc == 0).then_some(arena)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,20 +64,7 @@ mod tests {
     /// jemalloc is its global allocator too): the thread has an arena and the purge returns.
     #[test]
     fn purge_finds_the_thread_arena() {
-        let mut arena: c_uint = u32::MAX;
-        let mut len = std::mem::size_of::<c_uint>();
-        // SAFETY: as in `purge_thread_arena`.
-        let rc = unsafe {
-            mallctl(
-                c"thread.arena".as_ptr(),
-                (&raw mut arena).cast::<c_void>(),
-                &mut len,
-                ptr::null_mut(),
-                0,
-            )
-        };
-        assert_eq!(rc, 0);
-        assert_ne!(arena, u32::MAX);
+        assert!(thread_arena().is_some());
         purge_thread_arena();
     }
 }

@@ -251,28 +251,38 @@ fn mqtt_js() -> Option<std::path::PathBuf> {
     }
 }
 
+/// A broker with a ws:// and a wss:// listener (the test CA's server certificate).
+fn ws_and_wss_broker(pki: &Pki) -> BrokerProcess {
+    let config = format!(
+        "{WS_CONFIG}[[listener]]\nkind = \"wss\"\naddr = \"127.0.0.1:0\"\n[listener.tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+        pki.path("server.pem"),
+        pki.path("server.key")
+    );
+    BrokerProcess::start_with_config(&config, &[])
+}
+
+/// The broker's ws:// and wss:// MQTT URLs, each with a fresh client id from `prefix`.
+fn ws_and_wss_urls(broker: &BrokerProcess, prefix: &str) -> [(String, String); 2] {
+    [
+        (
+            format!("ws://127.0.0.1:{}/mqtt", broker.listener("ws", 0).port()),
+            unique(&format!("{prefix}-ws")),
+        ),
+        (
+            format!("wss://localhost:{}/mqtt", broker.listener("wss", 0).port()),
+            unique(&format!("{prefix}-wss")),
+        ),
+    ]
+}
+
 /// MQTT.js in Node over ws:// and wss://, unchanged: connect, subscribe, receive its own
 /// QoS 1 publish.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_js_over_ws_and_wss() {
     let Some(dir) = mqtt_js() else { return };
     let pki = Pki::new();
-    let config = format!(
-        "{WS_CONFIG}[[listener]]\nkind = \"wss\"\naddr = \"127.0.0.1:0\"\n[listener.tls]\ncert_file = {:?}\nkey_file = {:?}\n",
-        pki.path("server.pem"),
-        pki.path("server.key")
-    );
-    let broker = BrokerProcess::start_with_config(&config, &[]);
-    for (url, id) in [
-        (
-            format!("ws://127.0.0.1:{}/mqtt", broker.listener("ws", 0).port()),
-            unique("mqttjs-ws"),
-        ),
-        (
-            format!("wss://localhost:{}/mqtt", broker.listener("wss", 0).port()),
-            unique("mqttjs-wss"),
-        ),
-    ] {
+    let broker = ws_and_wss_broker(&pki);
+    for (url, id) in ws_and_wss_urls(&broker, "mqttjs") {
         let script = format!(
             r#"
 const mqtt = require({module:?});
@@ -317,22 +327,8 @@ fn mqtt_js_in_a_browser_page_over_ws_and_wss() {
     }
     let Some(dir) = mqtt_js() else { return };
     let pki = Pki::new();
-    let config = format!(
-        "{WS_CONFIG}[[listener]]\nkind = \"wss\"\naddr = \"127.0.0.1:0\"\n[listener.tls]\ncert_file = {:?}\nkey_file = {:?}\n",
-        pki.path("server.pem"),
-        pki.path("server.key")
-    );
-    let broker = BrokerProcess::start_with_config(&config, &[]);
-    for (url, id) in [
-        (
-            format!("ws://127.0.0.1:{}/mqtt", broker.listener("ws", 0).port()),
-            unique("browser-ws"),
-        ),
-        (
-            format!("wss://localhost:{}/mqtt", broker.listener("wss", 0).port()),
-            unique("browser-wss"),
-        ),
-    ] {
+    let broker = ws_and_wss_broker(&pki);
+    for (url, id) in ws_and_wss_urls(&broker, "browser") {
         let report = std::net::TcpListener::bind("127.0.0.1:0").expect("report listener");
         let report_port = report.local_addr().expect("addr").port();
         let work = std::env::temp_dir().join(unique("ringmq-browser"));
