@@ -105,8 +105,12 @@ impl Conn {
             }
         }
         self.version = connect.protocol;
-        if sh.state.authenticate && !answered {
-            // Bans, quotas and the CONNECT's own validity before the costly check.
+        // One session per client id in the cluster: a connect with an id claims it from the
+        // peer nodes (below). An assigned id is unique in the cluster and claims nothing.
+        let claims = sh.state.cluster_enabled() && !connect.client_id.is_empty();
+        if (sh.state.authenticate || claims) && !answered {
+            // Bans, quotas and the CONNECT's own validity before the costly steps
+            // (authentication, the claim).
             let peer = self.meta().and_then(|m| m.peer).map(|a| a.ip());
             if let Err(code) = Self::check_connect(sh, &connect, peer, now, false) {
                 self.refuse_checked(sh, &connect, code);
@@ -134,18 +138,10 @@ impl Conn {
                 AuthStep::Refused => return self.close_unattached(),
             },
         };
-        if !was_claimed && sh.state.cluster_enabled() && !connect.client_id.is_empty() {
-            // One session per client id in the cluster: a peer node holding this id's session
-            // closes its connection and hands the session here first. Only a client that passed
-            // the checks and authentication claims, so a refused CONNECT never touches a session
-            // elsewhere. An assigned id is unique in the cluster and claims nothing.
-            if !sh.state.authenticate {
-                let peer = self.meta().and_then(|m| m.peer).map(|a| a.ip());
-                if let Err(code) = Self::check_connect(sh, &connect, peer, now, false) {
-                    self.refuse_checked(sh, &connect, code);
-                    return self.close_unattached();
-                }
-            }
+        if claims && !was_claimed {
+            // A peer node holding this id's session closes its connection and hands the session
+            // here first. Only a client that passed the checks and authentication claims, so a
+            // refused CONNECT never touches a session elsewhere.
             self.partial = bytes::BytesMut::from(all);
             self.extra_mut().claim = Some(Box::new(ConnClaim::Pending { authenticated }));
             sh.state
