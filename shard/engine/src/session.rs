@@ -354,6 +354,22 @@ impl Session {
     }
 
     /// The session's traffic, created on first use.
+    /// Whether the publish `message` waits among the retained messages owed to a new
+    /// subscription. The store keeps its own compacted copy, so it is recognised by what
+    /// identifies the publish (its acceptance time and publisher, topic and payload), not by
+    /// pointer.
+    pub fn owes_retained(&self, message: &Message) -> bool {
+        self.traffic.as_deref().is_some_and(|t| {
+            t.retained_pending.iter().any(|d| {
+                let m = &d.message;
+                m.received_at == message.received_at
+                    && m.origin == message.origin
+                    && m.publish.topic == message.publish.topic
+                    && m.publish.payload == message.publish.payload
+            })
+        })
+    }
+
     pub fn traffic_mut(&mut self) -> &mut Traffic {
         let traffic = self.traffic.get_or_insert_with(Default::default);
         traffic.used_since_sweep = true;

@@ -270,3 +270,65 @@ fn publish_before_the_subscribe_is_not_replayed() {
     sim.run_until_idle();
     sim.expect_nothing(sub);
 }
+
+/// A retained publish read on another shard in the same turn as a SUBSCRIBE reaches the new
+/// subscriber exactly once: neither from the publishing shard (the route had not arrived, and
+/// retained messages are not replayed) nor from this shard's retained store at SUBSCRIBE time
+/// (the store's copy was still in flight) would deliver it on their own. Seen end to end as a
+/// `mosquitto_sub` missing a retained probe published right after it connected on another shard.
+#[test]
+fn retained_publish_racing_a_subscribe_on_another_shard_is_delivered_once() {
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+        let mut sim = Sim::new(2);
+        let (sub, _) = sim.connect(0, v5(&sim.client_id_on(0, "s")));
+        let (publisher, _) = sim.connect(1, v5(&sim.client_id_on(1, "p")));
+        sim.tick(Duration::from_millis(1));
+        sim.send(sub, &subscribe(1, &[("race/+", QoS::ExactlyOnce)]));
+        let id = (qos != QoS::AtMostOnce).then_some(1);
+        sim.send(publisher, &publish_retained("race/1", b"probe", qos, id));
+        sim.run_until_idle();
+        assert_eq!(
+            sim.expect_suback(sub).reason_codes,
+            [ReasonCode::GrantedQoS2],
+            "{qos:?}"
+        );
+        assert_eq!(&sim.expect_publish(sub).payload[..], b"probe", "{qos:?}");
+        sim.expect_nothing(sub);
+    }
+}
+
+/// The other order of the same race: the retained store here already had the publish when the
+/// subscription scanned it, but the SUBSCRIBE's bytes arrived before the publish was accepted,
+/// so the publishing shard replays it too. The subscriber gets it once (from the scan, with
+/// RETAIN=1 [MQTT-3.3.1-9]), not twice.
+#[test]
+fn retained_publish_in_the_store_and_replayed_is_delivered_once() {
+    let mut sim = Sim::new(2);
+    let (sub, _) = sim.connect(0, v5(&sim.client_id_on(0, "s")));
+    let (publisher, _) = sim.connect(1, v5(&sim.client_id_on(1, "p")));
+    sim.run_until_idle();
+    let subscribe_arrived = sim.now();
+    sim.tick(Duration::from_millis(1));
+    sim.send(
+        publisher,
+        &publish_retained("race/1", b"probe", QoS::AtLeastOnce, Some(1)),
+    );
+    // Shard 1 accepts it and sends shard 0 its copy for the store.
+    sim.step();
+    // Shard 0 reads the SUBSCRIBE, which reached its socket before the publish was accepted.
+    sim.engine_mut(0).set_input_floor(subscribe_arrived);
+    sim.send(sub, &subscribe(1, &[("race/+", QoS::AtLeastOnce)]));
+    sim.run_until_idle();
+    assert_eq!(
+        sim.expect_suback(sub).reason_codes,
+        [ReasonCode::GrantedQoS1]
+    );
+    let p = sim.expect_publish(sub);
+    assert_eq!(&p.payload[..], b"probe");
+    assert!(p.retain, "from the retained store");
+    sim.expect_nothing(sub);
+    assert!(
+        sim.engine(1).state.counters.publishes_replayed > 0,
+        "the publishing shard replayed it (the case this test is about)"
+    );
+}

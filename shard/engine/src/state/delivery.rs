@@ -86,13 +86,17 @@ impl ShardState {
     /// Shard `change.shard` now has a subscriber for `change.filter`, since `change.since`.
     /// Publishes accepted here at or after that time that matched it but were not forwarded to
     /// that shard (the route had not arrived yet) are forwarded now.
+    ///
+    /// Retained ones too: that shard's store may have had no copy yet when the subscription
+    /// scanned it (the `ShardMsg::Retain` was in flight), and then nothing else delivers them.
+    /// When the store did have it, the subscriber still owes it from that scan while its SUBACK
+    /// waits for this shard's `RouteAck` (which follows this replay), and `Sink::enqueue` skips
+    /// the copy, so it arrives once either way.
     pub(super) fn replay_recent(&mut self, change: &RouteChange) {
         let b = bit(change.shard);
         let mut owed: SmallVec<[Arc<Message>; 4]> = SmallVec::new();
         for r in self.recent.iter_mut() {
-            // Retained messages reach a new subscriber from the retained store instead.
             if r.forwarded & b == 0
-                && !r.message.publish.retain
                 && r.message.received_at > change.since
                 && wire::topic::matches(&change.filter, r.message.publish.topic.as_str())
             {
@@ -409,6 +413,11 @@ impl Sink<'_> {
         };
         // [MQTT-3.8.3-3] no-local: not to the publisher's own session.
         if no_local && message.origin == Some(session.key) {
+            return 0;
+        }
+        // A retained publish that raced a new subscription: once, not both from the retained
+        // scan and as the publishing shard's replay (`ShardState::replay_recent`).
+        if message.publish.retain && session.owes_retained(message) {
             return 0;
         }
         // The read check per delivered topic, as Mosquitto does for every message: covers
