@@ -353,7 +353,6 @@ impl Session {
         Some(link.conn)
     }
 
-    /// The session's traffic, created on first use.
     /// Whether the publish `message` waits among the retained messages owed to a new
     /// subscription. The store keeps its own compacted copy, so it is recognised by what
     /// identifies the publish (its acceptance time and publisher, topic and payload), not by
@@ -370,6 +369,7 @@ impl Session {
         })
     }
 
+    /// The session's traffic, created on first use.
     pub fn traffic_mut(&mut self) -> &mut Traffic {
         let traffic = self.traffic.get_or_insert_with(Default::default);
         traffic.used_since_sweep = true;
